@@ -1,0 +1,121 @@
+"""Argument checks shared by the public functions.
+
+Every check raises ``ValueError`` (bad value) or ``TypeError`` (bad type) with a
+message that names the argument and the offending value. Checks run only on
+concrete values: under ``jax.jit`` the arguments are tracers and cannot be
+inspected, so the caller is trusted (the same contract as optax and lineax).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import numpy as np
+
+MOMENTUM_RULES = ("heavy_ball", "nesterov", "shifted")
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds no tracer, so its value can be inspected."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def _summary(x) -> str:
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        return repr(arr.item())
+    return f"array of shape {arr.shape} (first bad entries shown)"
+
+
+def _fail(name: str, x, condition: str, bad=None) -> None:
+    if bad is not None and np.ndim(x) > 0:
+        shown = np.asarray(x)[bad][:5]
+        raise ValueError(f"{name} must be {condition}; got {shown.tolist()} (in {_summary(x)})")
+    raise ValueError(f"{name} must be {condition}; got {_summary(x)}")
+
+
+def check_finite(name: str, x) -> None:
+    """Reject NaN and inf."""
+    if not is_concrete(x):
+        return
+    arr = np.asarray(x)
+    bad = ~np.isfinite(arr)
+    if np.any(bad):
+        _fail(name, x, "finite", bad)
+
+
+def check_positive(name: str, x) -> None:
+    """Require finite values > 0 (learning rates, sharpness thresholds)."""
+    if not is_concrete(x):
+        return
+    check_finite(name, x)
+    arr = np.asarray(x)
+    bad = ~(arr > 0)
+    if np.any(bad):
+        _fail(name, x, "> 0", bad)
+
+
+def check_lr(x, name: str = "lr") -> None:
+    """A learning rate: finite and > 0."""
+    check_positive(name, x)
+
+
+def check_beta(x, name: str = "beta") -> None:
+    """A momentum coefficient in [0, 1)."""
+    if not is_concrete(x):
+        return
+    check_finite(name, x)
+    arr = np.asarray(x)
+    bad = ~((arr >= 0) & (arr < 1))
+    if np.any(bad):
+        _fail(name, x, "in [0, 1)", bad)
+
+
+def check_tau(x, name: str = "tau") -> None:
+    """A delay: a non-negative integer (or integer-valued array)."""
+    if not is_concrete(x):
+        return
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be a non-negative integer; got {x!r}")
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a non-negative integer; got {x!r}")
+    bad = ~(np.isfinite(arr) & (arr >= 0) & (np.round(arr) == arr))
+    if np.any(bad):
+        _fail(name, x, "a non-negative integer", bad)
+
+
+def check_int(name: str, x, minimum: int = 0) -> int:
+    """A Python-level integer option (a static argument), returned as ``int``."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        if isinstance(x, numbers.Real) and float(x).is_integer() and not isinstance(x, bool):
+            x = int(x)
+        else:
+            raise TypeError(f"{name} must be an integer; got {x!r}")
+    if x < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {x!r}")
+    return int(x)
+
+
+def check_momentum(x, name: str = "momentum") -> str:
+    """One of the momentum rule names in ``MOMENTUM_RULES``."""
+    if not isinstance(x, str):
+        raise TypeError(f"{name} must be one of {MOMENTUM_RULES}; got {x!r}")
+    if x not in MOMENTUM_RULES:
+        raise ValueError(f"{name} must be one of {MOMENTUM_RULES}; got {x!r}")
+    return x
+
+
+def check_probabilities(x, name: str = "probabilities", atol: float = 1e-9) -> np.ndarray:
+    """A probability vector: 1-D, non-negative, finite, summing to 1."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D vector; got shape {arr.shape}")
+    check_finite(name, arr)
+    if np.any(arr < 0):
+        _fail(name, arr, "non-negative", arr < 0)
+    total = float(arr.sum())
+    if abs(total - 1.0) > atol:
+        raise ValueError(f"{name} must sum to 1; got sum {total!r} for {arr.tolist()[:8]}")
+    return arr
