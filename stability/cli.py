@@ -1,0 +1,208 @@
+"""The ``stability`` command line: ``demo``, ``table`` and ``check``.
+
+Errors in the user's input (a bad value, a missing file, a model that does not
+import) end the command with exit status 2 and a one-line message on stderr,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stability",
+        description="Can asynchronous training with delay tau, learning rate lr and momentum "
+        "beta reach and stay in a minimum?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a small network on digits and judge its minimum")
+    demo.add_argument("--out", default="stability-demo", help="output folder for the PNG")
+    demo.add_argument(
+        "--quick", action="store_true", help="fewer delays and shorter simulations (for tests)"
+    )
+
+    table = sub.add_parser("table", help="max stable lr*sharpness for delays and momenta")
+    table.add_argument("--tau", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32, 64])
+    table.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.9])
+    table.add_argument(
+        "--momentum",
+        nargs="+",
+        default=["heavy_ball", "nesterov", "shifted"],
+        help="one or more of heavy_ball, nesterov, shifted",
+    )
+    table.add_argument("--json", action="store_true", help="machine-readable output")
+
+    check = sub.add_parser("check", help="judge your own model and checkpoint")
+    check.add_argument("--model", required=True, help="PKG.MODULE:FACTORY returning the model")
+    check.add_argument("--params", help="checkpoint: .npz file or Orbax directory")
+    check.add_argument("--data", required=True, help="PKG.MODULE:BATCHES (callable or iterable)")
+    check.add_argument("--loss", help="PKG.MODULE:FN, loss(outputs, labels) for modules")
+    check.add_argument("--tau", type=int, required=True)
+    check.add_argument("--lr", type=float, required=True)
+    check.add_argument("--beta", type=float, default=0.0)
+    check.add_argument("--momentum", default="heavy_ball")
+    check.add_argument("--max-hvps", type=int, default=300)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _resolve(spec: str, what: str):
+    """Import ``PKG.MODULE:NAME`` and return the object."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{what} must look like PKG.MODULE:NAME; got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UsageError(f"{what}: cannot import module {module_name!r} ({err})") from err
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{what}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _cmd_table(args) -> int:
+    import numpy as np
+
+    from stability.boundary_locus import max_stable_sharpness
+    from stability.validation import check_momentum
+
+    for rule in args.momentum:
+        check_momentum(rule, "--momentum")
+    taus = np.asarray(args.tau)
+    rows = []
+    for beta in args.beta:
+        per_rule = {
+            rule: np.asarray(max_stable_sharpness(1.0, taus, beta, momentum=rule), dtype=float)
+            for rule in args.momentum
+        }
+        for i, tau in enumerate(args.tau):
+            rows.append(
+                {"tau": int(tau), "beta": float(beta)}
+                | {rule: float(q[i]) for rule, q in per_rule.items()}
+            )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("max stable lr * sharpness (q_max); with momentum, divide by (1 - beta) for the")
+    print("threshold at equal effective learning rate lr / (1 - beta)")
+    header = f"{'tau':>5} {'beta':>6} " + " ".join(f"{rule:>12}" for rule in args.momentum)
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['tau']:>5d} {row['beta']:>6.3g} "
+            + " ".join(f"{row[rule]:>12.8f}" for rule in args.momentum)
+        )
+    return 0
+
+
+def _load_data(spec: str):
+    obj = _resolve(spec, "--data")
+    if callable(obj):
+        produced = obj()
+        if isinstance(produced, (tuple, dict)):
+            return produced  # a single batch
+        if isinstance(produced, list):
+            return produced
+        return obj  # re-callable for a fresh iterator per pass
+    return obj
+
+
+def _cmd_check(args) -> int:
+    from stability.accessibility import is_accessible
+    from stability.checkpoints import load_params
+
+    factory = _resolve(args.model, "--model")
+    model = factory() if callable(factory) and not _is_module(factory) else factory
+    params = load_params(args.params) if args.params else None
+    if params is not None:
+        params = _restore_into(model, params)
+    data = _load_data(args.data)
+    loss = _resolve(args.loss, "--loss") if args.loss else None
+    report = is_accessible(
+        model,
+        params,
+        args.tau,
+        args.lr,
+        beta=args.beta,
+        momentum=args.momentum,
+        data=data,
+        loss=loss,
+        max_hvps=args.max_hvps,
+        progress=False if (args.quiet or args.json) else None,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report)
+    return 0 if report.verdict is not None else 3
+
+
+def _is_module(obj) -> bool:
+    try:
+        from flax import linen, nnx
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, (linen.Module, nnx.Module))
+
+
+def _restore_into(model, params):
+    """Checkpoints of nnx modules hold the Param state: load it into the module."""
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        return params
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model, nnx.Param)
+        import jax
+
+        target = jax.tree_util.tree_structure(nnx.to_pure_dict(state))
+        got = jax.tree_util.tree_structure(params)
+        if target != got:
+            raise UsageError(
+                "--params: checkpoint does not match the nnx model's parameters "
+                f"(expected {target}, got {got})"
+            )
+        nnx.replace_by_pure_dict(state, params)
+        nnx.update(model, state)
+        return None
+    return params
+
+
+def _cmd_demo(args) -> int:
+    from stability.demo import run_demo
+
+    run_demo(out_dir=args.out, quick=args.quick)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"table": _cmd_table, "check": _cmd_check, "demo": _cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, KeyError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"stability {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
