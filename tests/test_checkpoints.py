@@ -1,0 +1,52 @@
+"""Checkpoint round trips (.npz and Orbax) and errors."""
+
+import jax
+import numpy as np
+import pytest
+
+from stability.checkpoints import load_params, save_npz
+
+
+def _tree():
+    rng = np.random.default_rng(0)
+    return {
+        "params": {
+            "Dense_0": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))},
+            "Dense_1": {"kernel": rng.normal(size=(4, 2)).astype(np.float32)},
+        }
+    }
+
+
+def _assert_same(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_npz_round_trip(tmp_path):
+    tree = _tree()
+    path = tmp_path / "ckpt.npz"
+    save_npz(path, tree)
+    _assert_same(load_params(path), tree)
+
+
+def test_orbax_round_trip(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    tree = _tree()
+    path = tmp_path / "orbax_ckpt"
+    ocp.PyTreeCheckpointer().save(str(path), tree)
+    _assert_same(load_params(path), tree)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope.npz"
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        load_params(missing)
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not a zip archive")
+    with pytest.raises(ValueError, match="bad.npz"):
+        load_params(bad)
