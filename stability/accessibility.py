@@ -219,9 +219,9 @@ def is_accessible(
     spectrum: HessianSpectrum | None = None,
     train: bool = False,
     tol: float = 1e-6,
-    max_hvps: int = 300,
+    max_hvps: int = 200,
     seed: int = 0,
-    progress: bool | None = None,
+    progress: bool = True,
 ) -> Accessibility:
     """Is the minimum ``params`` of ``model`` accessible with delay tau and lr?
 
@@ -251,7 +251,9 @@ def is_accessible(
     """
     _check_hyperparameters(tau, lr, beta, momentum)
     if spectrum is None:
-        loss_fn, flat_params = loss_from_model(model, params, loss=loss, train=train)
+        # One in-memory batch lets the adapter check params against the model.
+        probe = data if isinstance(data, tuple) else None
+        loss_fn, flat_params = loss_from_model(model, params, loss=loss, train=train, data=probe)
         spectrum = hessian_spectrum(
             loss_fn,
             flat_params,

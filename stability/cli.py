@@ -53,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--lr", type=float, required=True)
     check.add_argument("--beta", type=float, default=0.0)
     check.add_argument("--momentum", default="heavy_ball")
-    check.add_argument("--max-hvps", type=int, default=300)
+    check.add_argument("--max-hvps", type=int, default=200)
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -145,7 +145,7 @@ def _cmd_check(args) -> int:
         data=data,
         loss=loss,
         max_hvps=args.max_hvps,
-        progress=False if (args.quiet or args.json) else None,
+        progress=not (args.quiet or args.json),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))

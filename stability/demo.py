@@ -1,0 +1,224 @@
+"""``stability demo``: the whole product on an embedded default.
+
+1. The threshold table: max stable q = lr * sharpness for common delays and
+   momentum rules (boundary locus, no eigenvalues).
+2. A tanh MLP trained on scikit-learn's bundled digits to a true minimum
+   (squared error, interpolating its data, L-BFGS in float64).
+3. Its Hessian's extreme eigenvalues (Lanczos), then the verdict for delays
+   0..64 and each rule at the learning rate that is 0.9x the tau = 0 limit of
+   plain SGD (momentum rules at the same effective rate lr / (1 - beta)),
+   with the lr that the paper's rule (`lr_for_delay`) recommends instead.
+4. Asynchronous SGD simulated from the minimum (plus 1e-6 along the top
+   eigenvector, so the unstable direction is excited) at 0.8x and 1.25x the
+   max stable lr: the first stays, the second leaves, and the measured growth
+   per step is compared with the predicted spectral radius.
+5. A PNG with the stability region, the thresholds, the margins and the runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["DemoResult", "run_demo"]
+
+DEMO_TAUS = (0, 1, 2, 4, 8, 16, 32, 64)
+DEMO_BETA = 0.9
+# (label, momentum rule, beta): plain SGD plus each momentum rule.
+CONFIGS = (
+    ("sgd", "heavy_ball", 0.0),
+    ("heavy_ball", "heavy_ball", DEMO_BETA),
+    ("nesterov", "nesterov", DEMO_BETA),
+    ("shifted", "shifted", DEMO_BETA),
+)
+
+
+class SimulationCheck(NamedTuple):
+    """One simulated run against its prediction."""
+
+    tau: int
+    momentum: str
+    beta: float
+    factor: float
+    lr: float
+    steps: int
+    loss_start: float
+    loss_end: float
+    predicted_radius: float
+    measured_growth: float
+    verdict: bool | None
+    stayed: bool
+
+
+class DemoResult(NamedTuple):
+    """What the demo computed (also printed)."""
+
+    sharpness: float
+    sharpness_error: float
+    lr0: float
+    reports: dict
+    simulations: list
+    figure_path: str
+    seconds: float
+
+
+def _perturb(params, vector, eps):
+    """params + eps * unit vector (both pytrees of the same structure)."""
+    return jax.tree_util.tree_map(lambda p, v: p + eps * v.astype(p.dtype), params, vector)
+
+
+def _steps_for(rho: float, eps: float, lo: int, hi: int) -> int:
+    """Steps for growth by 1/eps at rate rho (THEORY.md section 8), clipped."""
+    if rho <= 1.0:
+        return lo
+    return int(min(hi, max(lo, math.ceil(1.5 * math.log(1.0 / eps) / math.log(rho)))))
+
+
+def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print) -> DemoResult:
+    """Run the demo, print its report, write ``out_dir/demo.png``."""
+    import stability as st
+
+    start = time.perf_counter()
+    jax.config.update("jax_enable_x64", True)
+    taus = DEMO_TAUS if not quick else (0, 1, 4, 16)
+
+    # 1. Thresholds.
+    echo("== Max stable q = lr x sharpness (boundary locus) ==")
+    header = f"{'tau':>4}  {'sgd':>10}" + "".join(
+        f"  {f'{rule} {DEMO_BETA:g}':>15}" for _, rule, b in CONFIGS if b
+    )
+    echo(header)
+    tau_arr = np.asarray(taus)
+    q_table = {
+        label: np.asarray(st.max_stable_sharpness(1.0, tau_arr, beta, momentum=rule))
+        for label, rule, beta in CONFIGS
+    }
+    for i, tau in enumerate(taus):
+        echo(f"{tau:>4}  " + "  ".join(
+            f"{q_table[label][i]:>10.6f}" if not beta else f"{q_table[label][i]:>15.6f}"
+            for label, _, beta in CONFIGS
+        ))
+
+    # 2. A true minimum.
+    echo("\n== Training a tanh MLP on 256 bundled digits to a minimum (L-BFGS, float64) ==")
+    minimum = st.examples.train_to_minimum(n=256, dtype=jnp.float64)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(minimum.params))
+    echo(
+        f"{n_params} parameters, loss {minimum.loss:.3g}, gradient norm {minimum.grad_norm:.3g}, "
+        f"{minimum.steps} L-BFGS steps, minimum reached: {minimum.converged}"
+    )
+
+    # 3. Spectrum and verdicts.
+    spectrum = st.hessian_spectrum(
+        minimum.loss_fn, minimum.params, minimum.data, k=1, tol=1e-8, return_vectors=True
+    )
+    echo(f"Hessian: {spectrum}")
+    sharp = spectrum.sharpness
+    lr0 = 0.9 * float(st.max_stable_lr(sharp, 0))
+    echo(
+        f"\n== Verdicts at effective lr {lr0:.5g} (0.9x the tau = 0 limit of plain SGD); "
+        f"momentum rules use lr = {lr0:.4g} x (1 - {DEMO_BETA:g}) =="
+    )
+    echo(
+        f"{'tau':>4} {'rule':>11} {'verdict':>8} {'margin':>8} {'max stable lr':>14} "
+        f"{'paper-rule lr':>14}"
+    )
+    reports = {}
+    for tau in taus:
+        for label, rule, beta in CONFIGS:
+            lr = lr0 * (1.0 - beta)
+            rep = st.verdict_from_spectrum(spectrum, tau, lr, beta=beta, momentum=rule)
+            paper_lr = float(st.lr_for_delay(lr, tau, from_tau=0, beta=beta, momentum=rule))
+            reports[(tau, label)] = rep
+            word = {True: "yes", False: "no", None: "undecided"}[rep.verdict]
+            echo(
+                f"{tau:>4} {label:>11} {word:>8} {rep.margin:>8.3f} {rep.max_stable_lr:>14.6g} "
+                f"{paper_lr:>14.6g}"
+            )
+
+    # 4. Simulations from the minimum.
+    echo("\n== Simulated asynchronous SGD from the minimum (+1e-6 along the top eigenvector) ==")
+    eps = 1e-6
+    top_vec = jax.tree_util.tree_map(lambda v: v[0], spectrum.eigenvectors)
+    start_params = _perturb(minimum.params, top_vec, eps)
+    sim_cases = [(1, "heavy_ball", 0.0), (4, "heavy_ball", 0.0), (16, "heavy_ball", 0.0),
+                 (4, "shifted", DEMO_BETA)]
+    if quick:
+        sim_cases = [(1, "heavy_ball", 0.0), (4, "shifted", DEMO_BETA)]
+    echo(
+        f"{'tau':>4} {'rule':>11} {'x lr_max':>8} {'steps':>6} {'loss start':>11} "
+        f"{'loss end':>11} {'verdict':>8} {'stayed':>7} {'rho pred':>10} {'growth':>10}"
+    )
+    sims, curves = [], {}
+    for tau, rule, beta in sim_cases:
+        lr_max = float(st.max_stable_lr(sharp, tau, beta, momentum=rule))
+        rho_hi = float(st.spectral_radius(sharp, 1.25 * lr_max, tau, beta, momentum=rule))
+        steps = _steps_for(rho_hi, eps, 300, 800 if quick else 4000)
+        for factor in (0.8, 1.25):
+            lr = factor * lr_max
+            rep = st.verdict_from_spectrum(spectrum, tau, lr, beta=beta, momentum=rule)
+            traj = st.simulate_async(
+                minimum.loss_fn, start_params, minimum.data, lr=lr, tau=tau, beta=beta,
+                momentum=rule, steps=steps,
+            )
+            loss = np.asarray(traj.loss)
+            # Deviation from the minimum along the trajectory, its growth per step.
+            growth = st.simulate.growth_rate(np.sqrt(np.maximum(loss - minimum.loss, 1e-300)))
+            rho = float(st.spectral_radius(sharp, lr, tau, beta, momentum=rule))
+            stayed = bool(np.isfinite(loss[-1]) and loss[-1] < 100 * max(loss[0], 1e-12))
+            name = "sgd" if beta == 0 else rule
+            sims.append(SimulationCheck(
+                tau, rule, beta, factor, lr, steps, float(loss[0]), float(loss[-1]), rho,
+                growth, rep.verdict, stayed,
+            ))
+            curves[f"{name} tau={tau} {factor:g}x"] = traj
+            word = {True: "yes", False: "no", None: "undecided"}[rep.verdict]
+            echo(
+                f"{tau:>4} {name:>11} {factor:>8.2f} {steps:>6} {loss[0]:>11.3e} {loss[-1]:>11.3e} "
+                f"{word:>8} {str(stayed):>7} {rho:>10.6f} {growth:>10.6f}"
+            )
+    agree = sum(s.stayed == bool(s.verdict) for s in sims)
+    echo(f"verdict and simulation agree in {agree} of {len(sims)} runs")
+
+    # 5. The figure.
+    figure_path = _figure(out_dir, spectrum, reports, taus, curves, lr0)
+    seconds = time.perf_counter() - start
+    echo(f"\nwrote {figure_path}  ({seconds:.1f} s)")
+    return DemoResult(sharp, spectrum.sharpness_error, lr0, reports, sims, figure_path, seconds)
+
+
+def _figure(out_dir, spectrum, reports, taus, curves, lr0) -> str:
+    from stability import plotting
+
+    plt = plotting._pyplot()
+    os.makedirs(out_dir, exist_ok=True)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    plotting.plot_stability_region(8, momentum="shifted", resolution=120, ax=axes[0, 0])
+    plotting.plot_thresholds(taus=(0, 1, 2, 4, 8, 16, 32, 64), beta=DEMO_BETA, ax=axes[0, 1])
+    ax = axes[1, 0]
+    for label, _, _ in CONFIGS:
+        margins = [reports[(tau, label)].margin for tau in taus]
+        ax.plot(np.maximum(taus, 0.5), margins, "-o", ms=3, label=label)
+    ax.axhline(1.0, color="k", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("delay tau (0 drawn at 0.5)")
+    ax.set_ylabel("sharpness / max stable sharpness")
+    ax.set_title(
+        f"digits MLP, sharpness {spectrum.sharpness:.3g}, effective lr {lr0:.3g}: "
+        "accessible below 1", fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    plotting.plot_trajectories(curves, ax=axes[1, 1])
+    axes[1, 1].set_title("simulated async SGD from the minimum: 0.8x stays, 1.25x leaves")
+    fig.tight_layout()
+    path = os.path.join(out_dir, "demo.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
