@@ -8,7 +8,33 @@ __version__ = "0.1.0"
 
 # --- stability core (rules, delays, companion matrices, thresholds, tuning) ---
 # (names are added here by the modules that define them)
+from stability.boundary_locus import (  # noqa: E402
+    Threshold,
+    dense_threshold,
+    max_stable_lr,
+    max_stable_sharpness,
+    stability_threshold,
+)
+from stability.companion import companion_matrix, spectral_radius  # noqa: E402
+from stability.delays import (  # noqa: E402
+    DelayDistribution,
+    delay_distribution,
+    fixed_delay,
+    random_order,
+    round_robin,
+)
+from stability.rules import CharacteristicPolynomial, characteristic_polynomial  # noqa: E402
 
 # --- Hessian spectrum engine ---
 
 # --- trained networks: verdicts and simulation ---
+from stability.accessibility import (  # noqa: E402
+    Accessibility,
+    is_accessible,
+    verdict_from_spectrum,
+)
+from stability.plotting import (  # noqa: E402
+    plot_stability_region,
+    plot_thresholds,
+    plot_trajectories,
+)

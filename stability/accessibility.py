@@ -49,9 +49,10 @@ class Accessibility:
       smallest_eigenvalue, smallest_error: the smallest eigenvalue and bound.
       max_stable_sharpness: q_max(tau, beta) / lr for these hyperparameters.
       margin: sharpness / max_stable_sharpness (< 1 is the stable side).
-      spectral_radius: largest spectral radius over the two extreme Hessian
-        directions: the per-step growth (> 1) or contraction (< 1) factor
-        of the worst direction.
+      spectral_radius: spectral radius along the top Hessian direction (or
+        the bottom one when its curvature is negative, whichever is larger):
+        the per-step growth (> 1) or contraction (< 1) factor of the worst
+        direction. Flat directions (eigenvalue 0) are neutral and left out.
       max_stable_lr: the largest lr at this tau, beta and rule for which
         this sharpness is stable.
       reason: one line explaining the verdict.
@@ -135,9 +136,11 @@ def verdict_from_spectrum(
 
     limit = float(boundary_locus.max_stable_sharpness(lr, tau, beta, momentum=momentum))
     margin = top / limit
+    # The worst direction is an end of the spectrum; a flat (zero) direction has
+    # a neutral unit root, so the bottom counts only when it is really negative.
+    ends = (top, low) if low + low_err < 0 else (top,)
     rho = max(
-        float(companion.spectral_radius(a, lr, tau, beta, momentum=momentum))
-        for a in (top, low)
+        float(companion.spectral_radius(a, lr, tau, beta, momentum=momentum)) for a in ends
     )
     max_lr = (
         float(boundary_locus.max_stable_lr(top, tau, beta, momentum=momentum))
