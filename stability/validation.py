@@ -119,3 +119,28 @@ def check_probabilities(x, name: str = "probabilities", atol: float = 1e-9) -> n
     if abs(total - 1.0) > atol:
         raise ValueError(f"{name} must sum to 1; got sum {total!r} for {arr.tolist()[:8]}")
     return arr
+
+
+def check_option(name: str, x, options) -> str:
+    """One of a fixed set of string options (a static argument)."""
+    if not isinstance(x, str) or x not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}; got {x!r}")
+    return x
+
+
+def leading_size(name: str, data) -> int:
+    """The common leading (example) axis length of a pytree of arrays."""
+    leaves = jax.tree_util.tree_leaves(data)
+    if not leaves:
+        raise ValueError(f"{name} must contain at least one array; got {data!r}")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) > 0 else None for leaf in leaves}
+    if None in sizes:
+        raise ValueError(f"{name} arrays must have a leading example axis; found a scalar leaf")
+    if len(sizes) != 1:
+        raise ValueError(
+            f"{name} arrays must share the leading example axis; got sizes {sorted(sizes)}"
+        )
+    (n,) = sizes
+    if n < 1:
+        raise ValueError(f"{name} must hold at least one example; got leading size {n}")
+    return int(n)

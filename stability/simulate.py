@@ -1,0 +1,375 @@
+"""Simulated asynchronous SGD, as a parameter server sees it.
+
+At step t the server applies a gradient computed at stale weights
+w_{t - tau_t} (THEORY.md sections 1-2). Update rules (v = momentum buffer,
+g = the stale gradient that arrives at step t):
+
+=============  ===========================================================
+``heavy_ball``  v+ = beta v + g;             w+ = w - lr v+   (torch/optax SGD)
+``nesterov``    v+ = beta v + g;             w+ = w - lr (g + beta v+)
+``shifted``     v_k+ = beta v_k + g;         w+ = w - lr v_k+ (k = the pushing
+                worker; each worker keeps its own buffer, Giladi et al. 2020)
+=============  ===========================================================
+
+``beta = 0`` is plain delayed SGD (every rule reduces to it). With a constant
+delay and round-robin workers, ``shifted`` is v_{t+1} = beta v_{t-tau} +
+g_{t-tau}.
+
+Delay models:
+
+- constant ``tau``: the gradient at step t is evaluated at w_{t - tau}
+  (w_0 for t < tau: the ring buffer starts filled with the initial weights).
+  Memory: ``tau`` extra copies of the parameters (plus ``tau + 1`` momentum
+  buffers for ``shifted``).
+- ``num_workers = N``: at step t worker k = schedule(t) pushes a gradient
+  computed at the weights it pulled right after its own previous push (w_0
+  before its first push), then pulls the new weights. ``"round_robin"``
+  (k = t mod N) gives exactly the constant delay tau = N - 1;
+  ``"random"`` draws each round of N consecutive steps as a fresh uniformly
+  random permutation of the workers, so the delays lie in 0..2N-2 with the
+  triangular law P(tau) = (N - |N - 1 - tau|) / N^2 (after the first round).
+  Memory: N snapshots of the parameters (plus N momentum buffers for
+  ``shifted``).
+
+Everything runs in one jit-compiled ``jax.lax.scan``; parameters, data, lr,
+beta and the random key are arguments of the compiled function (not
+constants), the shapes, rule and schedule are static.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stability.validation import (
+    check_beta,
+    check_int,
+    check_lr,
+    check_momentum,
+    check_option,
+    leading_size,
+)
+
+SCHEDULES = ("round_robin", "random")
+
+
+class AsyncTrajectory(NamedTuple):
+    """The record of one simulated asynchronous run.
+
+    Attributes:
+      loss: full-data loss at the recorded steps, shape ``(records,)``
+        (``(steps + 1,)`` with ``record_every=1``: w_0 .. w_steps).
+      distance: ``||w_t - w_0||`` (Euclidean norm over all leaves) at the
+        recorded steps, same shape as ``loss``.
+      params: the final parameters w_steps (same pytree as the input).
+      delays: the delay tau_t applied at each step t, int32, shape ``(steps,)``.
+      step: the step index t of each record, shape ``(records,)``.
+      diverged: True when the loss or the distance became non-finite.
+    """
+
+    loss: jax.Array
+    distance: jax.Array
+    params: Any
+    delays: jax.Array
+    step: np.ndarray
+    diverged: bool
+
+
+def simulate_async(
+    loss: Callable,
+    params,
+    data=None,
+    *,
+    lr,
+    tau: int | None = None,
+    num_workers: int | None = None,
+    beta=0.0,
+    momentum: str = "heavy_ball",
+    schedule: str = "round_robin",
+    batch_size: int | None = None,
+    steps: int,
+    seed: int = 0,
+    record_every: int = 1,
+) -> AsyncTrajectory:
+    """Run asynchronous SGD with stale gradients and record loss and distance.
+
+    Args:
+      loss: ``loss(params, batch) -> scalar`` (the mean loss over the batch),
+        or ``loss(params)`` when ``data`` is None.
+      params: initial parameters w_0 (any pytree of float arrays).
+      data: the whole data set as ONE batch held in memory: a pytree of arrays
+        sharing the leading (example) axis; or None.
+      lr: learning rate (> 0). A traced argument: sweeping it does not
+        recompile.
+      tau: constant delay (integer >= 0). Give exactly one of ``tau`` and
+        ``num_workers``.
+      num_workers: number of workers N >= 1 (see ``schedule``).
+      beta: momentum coefficient in [0, 1); 0 is plain delayed SGD.
+      momentum: "heavy_ball", "nesterov" or "shifted" (see module docstring).
+      schedule: "round_robin" (tau = N - 1) or "random" (a random permutation
+        of the workers per round of N steps); needs ``num_workers``.
+      batch_size: if given, each step's gradient is on a mini-batch of that
+        many distinct examples drawn uniformly at random (with ``seed``);
+        otherwise on the full batch ``data``.
+      steps: number of server updates (>= 1).
+      seed: seeds the random schedule and the mini-batches.
+      record_every: record loss and distance every this many steps (and at
+        the last step); the full-data loss is evaluated only there.
+
+    Returns:
+      An `AsyncTrajectory`.
+    """
+    check_lr(lr)
+    check_beta(beta)
+    momentum = check_momentum(momentum)
+    schedule = check_option("schedule", schedule, SCHEDULES)
+    steps = check_int("steps", steps, 1)
+    record_every = check_int("record_every", record_every, 1)
+    seed = check_int("seed", seed, 0)
+    if (tau is None) == (num_workers is None):
+        raise ValueError(
+            f"give exactly one of tau and num_workers; got tau={tau!r}, num_workers={num_workers!r}"
+        )
+    if tau is not None:
+        tau = check_int("tau", tau, 0)
+        if schedule != "round_robin":
+            raise ValueError(
+                f"schedule={schedule!r} needs num_workers (a constant tau has no schedule)"
+            )
+    else:
+        num_workers = check_int("num_workers", num_workers, 1)
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError("params must contain at least one array")
+    for leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise TypeError(
+                f"params must be floating-point arrays; got a leaf of dtype {leaf.dtype}"
+            )
+    if data is None:
+        if batch_size is not None:
+            raise ValueError(f"batch_size={batch_size!r} needs data; got data=None")
+    else:
+        n = leading_size("data", data)
+        if batch_size is not None:
+            batch_size = check_int("batch_size", batch_size, 1)
+            if batch_size > n:
+                raise ValueError(
+                    f"batch_size must be in 1..{n} (the number of examples); got {batch_size}"
+                )
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    dtype = jnp.result_type(*leaves)
+    key = jax.random.key(seed)
+    traj = _simulate(
+        params,
+        data,
+        jnp.asarray(lr, dtype=dtype),
+        jnp.asarray(beta, dtype=dtype),
+        key,
+        loss=loss,
+        tau=tau,
+        num_workers=num_workers,
+        momentum=momentum,
+        schedule=schedule,
+        batch_size=batch_size,
+        steps=steps,
+        record_every=record_every,
+    )
+    loss_rec, dist_rec, final, delays = traj
+    record_steps = _record_steps(steps, record_every)
+    diverged = bool(
+        not (np.all(np.isfinite(np.asarray(loss_rec))) and np.all(np.isfinite(dist_rec)))
+    )
+    return AsyncTrajectory(loss_rec, dist_rec, final, delays, record_steps, diverged)
+
+
+def _record_steps(steps: int, every: int) -> np.ndarray:
+    rec = np.arange(0, steps + 1, every)
+    if rec[-1] != steps:
+        rec = np.append(rec, steps)
+    return rec
+
+
+def _tree_stack(tree, size: int):
+    """``size`` copies of ``tree`` along a new leading axis."""
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size, *x.shape)), tree)
+
+
+def _tree_read(buf, i):
+    return jax.tree_util.tree_map(lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False), buf)
+
+
+def _tree_write(buf, i, tree):
+    return jax.tree_util.tree_map(lambda b, x: b.at[i].set(x), buf, tree)
+
+
+def _distance(w, w0):
+    pairs = zip(jax.tree.leaves(w), jax.tree.leaves(w0), strict=True)
+    sq = [jnp.sum(jnp.square(a - b)) for a, b in pairs]
+    return jnp.sqrt(functools.reduce(jnp.add, sq))
+
+
+def _momentum_update(momentum, w, v, g, lr, beta):
+    """(w+, v+) for one step of the rule; ``v`` is the buffer the rule uses."""
+    v_new = jax.tree_util.tree_map(lambda vi, gi: beta.astype(vi.dtype) * vi + gi, v, g)
+    if momentum == "nesterov":
+        step = jax.tree_util.tree_map(lambda gi, vi: gi + beta.astype(vi.dtype) * vi, g, v_new)
+    else:  # heavy_ball, and shifted with the pushing worker's own buffer
+        step = v_new
+    w_new = jax.tree_util.tree_map(lambda wi, si: wi - lr.astype(wi.dtype) * si, w, step)
+    return w_new, v_new
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "loss",
+        "tau",
+        "num_workers",
+        "momentum",
+        "schedule",
+        "batch_size",
+        "steps",
+        "record_every",
+    ),
+)
+def _simulate(
+    params,
+    data,
+    lr,
+    beta,
+    key,
+    *,
+    loss,
+    tau,
+    num_workers,
+    momentum,
+    schedule,
+    batch_size,
+    steps,
+    record_every,
+):
+    full_loss = (lambda w: loss(w)) if data is None else (lambda w: loss(w, data))
+    grad_fn = jax.grad(loss)
+    w0 = params
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    constant = tau is not None
+    # Slots: stale-weight ring (constant tau) or per-worker snapshots.
+    n_slots = tau if constant else num_workers
+    n_vbuf = (tau + 1 if constant else num_workers) if momentum == "shifted" else 1
+
+    schedule_key, batch_key = jax.random.split(key)
+    t_all = jnp.arange(steps, dtype=jnp.int32)
+    if constant:
+        workers = t_all  # unused: the ring slot is t mod tau
+    elif schedule == "round_robin":
+        workers = t_all % num_workers
+    else:
+        rounds = -(-steps // num_workers)
+        perms = jax.vmap(lambda k: jax.random.permutation(k, num_workers))(
+            jax.random.split(schedule_key, rounds)
+        )
+        workers = perms.reshape(-1)[:steps].astype(jnp.int32)
+    batch_keys = jax.random.split(batch_key, steps)
+
+    def gradient(w_stale, bkey):
+        if data is None:
+            return grad_fn(w_stale)
+        if batch_size is None:
+            return grad_fn(w_stale, data)
+        n = jax.tree_util.tree_leaves(data)[0].shape[0]
+        idx = jax.random.choice(bkey, n, (batch_size,), replace=False)
+        batch = jax.tree_util.tree_map(lambda x: jnp.take(x, idx, axis=0), data)
+        return grad_fn(w_stale, batch)
+
+    def step(carry, xs):
+        w, slots, pulled, v, t = carry
+        worker, bkey = xs
+        # Read the stale weights the arriving gradient was computed at.
+        if constant:
+            slot = t % tau if tau > 0 else None
+            w_stale = w if tau == 0 else _tree_read(slots, slot)
+            delay = jnp.minimum(t, tau).astype(jnp.int32)
+        else:
+            w_stale = _tree_read(slots, worker)
+            delay = (t - pulled[worker]).astype(jnp.int32)
+        g = gradient(w_stale, bkey)
+        if momentum == "shifted":
+            vslot = t % n_vbuf if constant else worker
+            w_new, v_k = _momentum_update(momentum, w, _tree_read(v, vslot), g, lr, beta)
+            v = _tree_write(v, vslot, v_k)
+        else:
+            w_new, v = _momentum_update(momentum, w, v, g, lr, beta)
+        if constant:
+            if tau > 0:  # w_t goes where w_{t-tau} was: read at step t + tau
+                slots = _tree_write(slots, slot, w)
+        else:  # the pushing worker pulls the new weights
+            slots = _tree_write(slots, worker, w_new)
+            pulled = pulled.at[worker].set(t + 1)
+        return (w_new, slots, pulled, v, t + 1), delay
+
+    slots = _tree_stack(w0, n_slots) if n_slots else None
+    v = _tree_stack(zeros, n_vbuf) if momentum == "shifted" else zeros
+    pulled = jnp.zeros((num_workers or 1,), jnp.int32)
+    carry = (w0, slots, pulled, v, jnp.zeros((), jnp.int32))
+
+    def record(w):
+        return full_loss(w), _distance(w, w0)
+
+    def chunk(carry, xs):
+        carry, delays = jax.lax.scan(step, carry, xs)
+        return carry, (record(carry[0]), delays)
+
+    n_chunks, rem = divmod(steps, record_every)
+    xs = (workers, batch_keys)
+    head = jax.tree_util.tree_map(
+        lambda a: a[: n_chunks * record_every].reshape(n_chunks, record_every, *a.shape[1:]), xs
+    )
+    l0, d0 = record(w0)
+    losses, dists, delays = [l0[None]], [d0[None]], []
+    if n_chunks:
+        carry, ((lc, dc), dl) = jax.lax.scan(chunk, carry, head)
+        losses.append(lc)
+        dists.append(dc)
+        delays.append(dl.reshape(-1))
+    if rem:
+        tail = jax.tree_util.tree_map(lambda a: a[n_chunks * record_every :], xs)
+        carry, ((lc, dc), dl) = chunk(carry, tail)
+        losses.append(lc[None])
+        dists.append(dc[None])
+        delays.append(dl)
+    return (
+        jnp.concatenate(losses),
+        jnp.concatenate(dists),
+        carry[0],
+        jnp.concatenate(delays),
+    )
+
+
+def growth_rate(values, *, window: int | None = None) -> float:
+    """Geometric growth per step of a trajectory, from windowed RMS values.
+
+    ``rho = (rms(values[-window:]) / rms(values[:window])) ** (1 / (T - window))``
+    with T the length: the root-mean-square over a window smooths out the
+    oscillation of a complex dominant pair, so for x_t ~ rho^t cos(theta t)
+    the estimate tends to rho. Useful to compare a simulated run with a
+    predicted spectral radius (pass e.g. ``sqrt(loss - loss_min)`` or a
+    distance from the minimum).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size < 4:
+        raise ValueError(f"values must be a 1-D array of length >= 4; got shape {x.shape}")
+    if window is None:
+        window = max(2, x.size // 10)
+    window = check_int("window", window, 1)
+    if 2 * window > x.size:
+        raise ValueError(f"window must be <= half the length {x.size}; got {window}")
+    first = math.sqrt(float(np.mean(x[:window] ** 2)))
+    last = math.sqrt(float(np.mean(x[-window:] ** 2)))
+    return (last / first) ** (1.0 / (x.size - window))
