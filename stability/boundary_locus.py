@@ -1,0 +1,329 @@
+"""Stability thresholds without eigenvalues: the boundary locus.
+
+Every rule's characteristic polynomial is ``P(z) = A(z) + q B(z)`` (``q = lr *
+sharpness``, ``stability.rules``). A root is on the unit circle at ``z =
+e^{i theta}`` exactly when ``q = -A(e^{i theta}) / B(e^{i theta})`` is real, so the
+largest stable q is the smallest positive real value of that curve over
+``theta in [0, pi]`` (THEORY.md section 4). For small q > 0 all roots of the
+named rules are inside the unit circle (q = 0: roots 0, beta and 1, and the root
+at 1 moves inwards), so the stable set is ``0 < q < q_max`` (tested as a
+property: it is an interval).
+
+Named rules (fast path, O(1) per point, no eigenvalues). Factor
+``-A/B = 2 sin(theta/2) (-i) G(theta)`` with, writing ``c, s = cos, sin(theta/2)``,
+``G = e^{i alpha} (X + i Y)`` up to a positive factor:
+
+- heavy_ball: X = (1-beta) c, Y = (1+beta) s, alpha = tau theta,
+  |q| = 2s |e^{i theta} - beta|;
+- nesterov: X = (1-beta) c^2 + (1+beta)(1+2beta) s^2, Y = 2 beta^2 c s,
+  alpha = (tau + 1/2) theta, |q| = 2s |e^{i theta} - beta| / |(1+beta) e^{i theta} - beta|;
+- shifted: X = (1-beta) cos(psi/2), Y = (1+beta) sin(psi/2), alpha = tau theta / 2,
+  |q| = 2s |e^{i psi} - beta|, psi = (tau + 1) theta.
+
+(beta = 0 gives gd: X + iY = e^{i theta/2}, so G = e^{i(tau+1/2)theta}.) q is real
+and positive iff the unwrapped phase ``g = alpha + arg(X + iY)`` (g(0) = 0) equals
+``pi/2 + 2 pi k``. Facts used (each checked by the tests against eigenvalues):
+
+- g is increasing for all three rules (nesterov: for tau >= 1; at tau = 0 it
+  stays below pi/2 until theta = pi): heavy_ball g' = tau - 1/2 + Re(e^{i theta} /
+  (e^{i theta} - beta)) >= tau - 1/2 + 1/(1+beta); shifted g' >= (tau+1)/(1+beta)
+  - 1/2 > 0; nesterov checked numerically on a fine (theta, beta) grid.
+- The modulus at a crossing is increasing in theta, so the FIRST crossing (k =
+  0) is the minimum. heavy_ball, nesterov: |q(theta)| itself is increasing. shifted
+  (where |e^{i psi} - beta| oscillates): at a crossing ``arg(e^{i psi} - beta) =
+  pi/2 + theta/2 (mod 2 pi)``, which fixes ``psi mod 2 pi`` as an increasing
+  function u(theta) in (0, pi], so the modulus ``2 sin(theta/2) |e^{iu} - beta|``
+  is increasing along crossings.
+- Bracket: the crossing lies in ``(0, h]`` with h = 1.5 pi / (2 tau + 1) (heavy_ball,
+  nesterov) or 2 pi / (2 tau + 1) (shifted), capped at pi, and on that bracket g
+  stays below 3 pi / 2, so ``F = X cos(alpha) - Y sin(alpha) = |X+iY| cos g`` has
+  exactly one sign change. F is solved by bracketed Newton from a quadratic
+  initial guess (F is even in theta); 4 to 6 iterations reach full precision.
+- tau = 0: the crossing is z = -1 (theta = pi) for every rule; tau = 1, nesterov
+  (where g is nearly flat): the cubic's unit-circle condition ``1 - a0^2 + a0 a2 -
+  a1 = 0`` gives ``beta^2 q^2 + (1 - beta^2) q - (1 - beta) = 0``.
+
+Closed forms reproduced: gd ``2 sin(pi / (2(2 tau + 1)))`` (Levin and May 1976);
+heavy_ball ``2(1+beta)`` (tau=0), ``1-beta`` (tau=1); shifted ``2(1+beta)``,
+``1-beta^2``; nesterov ``(2+2beta)/(1+2beta)`` (tau=0).
+
+Dense polynomials (delay distributions, linearised optax optimisers):
+``H = Im(-A conj(B))`` is sampled on ``theta_j = pi j / M`` with M >= 16 deg P
+(resolving every sign change unless two crossings are closer than pi / M), plus
+points on the scale 1 - |r| around the angle of every root r of A within 0.1 of
+the unit circle (where the locus loops tightly around 0); the
+(up to) 8 sign changes with smallest interpolated q are refined by bisection,
+and the result carries a ``reliable`` flag.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from stability.companion import companion_from_coefficients
+from stability.delays import DelayDistribution
+from stability.rules import characteristic_polynomial, check_delay, float_dtype
+from stability.validation import check_beta, check_lr, check_momentum, check_positive
+
+_MAX_NEWTON = 40
+_DENSE_CANDIDATES = 8
+_BISECTION_STEPS = 64
+_ROOT_OFFSETS = (-8.0, -4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class Threshold(NamedTuple):
+    """The largest stable ``q = lr * sharpness``.
+
+    q_max: the threshold (stable iff 0 < q < q_max); inf if no root ever reaches
+      the unit circle.
+    theta: the angle of the unit-circle root at q = q_max (radians, in [0, pi]).
+    reliable: False where the solver did not certify the result (Newton not
+      converged; dense locus with unresolved candidates).
+    """
+
+    q_max: jnp.ndarray
+    theta: jnp.ndarray
+    reliable: jnp.ndarray
+
+
+# ----------------------------------------------------------------------------
+# Named rules: O(1) per point
+
+
+def _xy_alpha(theta, tau, beta, momentum):
+    c, s = jnp.cos(0.5 * theta), jnp.sin(0.5 * theta)
+    if momentum == "heavy_ball":
+        return (1 - beta) * c, (1 + beta) * s, tau * theta
+    if momentum == "nesterov":
+        x = (1 - beta) * c * c + (1 + beta) * (1 + 2 * beta) * s * s
+        return x, 2 * beta * beta * c * s, (tau + 0.5) * theta
+    half_psi = 0.5 * (tau + 1) * theta
+    return (1 - beta) * jnp.cos(half_psi), (1 + beta) * jnp.sin(half_psi), 0.5 * tau * theta
+
+
+def _crossing_f(theta, tau, beta, momentum):
+    x, y, alpha = _xy_alpha(theta, tau, beta, momentum)
+    return x * jnp.cos(alpha) - y * jnp.sin(alpha)
+
+
+def _modulus(theta, tau, beta, momentum):
+    """|A/B| on the unit circle, written without cancellation near theta = 0, beta = 1."""
+    s = jnp.sin(0.5 * theta)
+    if momentum == "shifted":
+        s_psi = jnp.sin(0.5 * (tau + 1) * theta)
+        return 2 * s * jnp.sqrt((1 - beta) ** 2 + 4 * beta * s_psi * s_psi)
+    hb = 2 * s * jnp.sqrt((1 - beta) ** 2 + 4 * beta * s * s)
+    if momentum == "heavy_ball":
+        return hb
+    return hb / jnp.sqrt(1 + 4 * beta * (1 + beta) * s * s)
+
+
+@partial(jax.jit, static_argnames=("momentum",))
+def _named_threshold(tau, beta, momentum):
+    f = lambda t: _crossing_f(t, tau, beta, momentum)  # noqa: E731
+    span = 2.0 if momentum == "shifted" else 1.5
+    hi = jnp.minimum(jnp.pi, span * jnp.pi / (2 * tau + 1))
+    lo = jnp.zeros_like(hi)
+    # F(theta) ~ F(0) + F''(0) theta^2 / 2: start at its root.
+    f0 = f(lo)
+    f2 = jax.jvp(lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1], (lo,), (jnp.ones_like(lo),))[1]
+    theta0 = jnp.sqrt(2 * f0 / jnp.maximum(-f2, jnp.finfo(hi.dtype).tiny))
+    theta0 = jnp.where(jnp.isfinite(theta0), jnp.clip(theta0, lo, hi), 0.5 * hi)
+    eps = 4 * jnp.finfo(hi.dtype).eps
+
+    def body(state):
+        it, th, lo, hi, _ = state
+        val, slope = jax.jvp(f, (th,), (jnp.ones_like(th),))
+        lo = jnp.where(val > 0, th, lo)
+        hi = jnp.where(val > 0, hi, th)
+        new = th - val / slope
+        new = jnp.where((new >= lo) & (new <= hi), new, 0.5 * (lo + hi))
+        done = (jnp.abs(new - th) <= eps * th) | (hi - lo <= eps * hi)
+        return it + 1, new, lo, hi, done
+
+    def cond(state):
+        it, _, _, _, done = state
+        return (it < _MAX_NEWTON) & ~jnp.all(done)
+
+    init = (jnp.int32(0), theta0, lo, hi, jnp.zeros(hi.shape, bool))
+    _, theta, _, _, done = jax.lax.while_loop(cond, body, init)
+    theta = jnp.where(tau == 0, jnp.pi, theta)
+    q = _modulus(theta, tau, beta, momentum)
+    if momentum == "nesterov":
+        # tau = 1: closed form of beta^2 q^2 + (1 - beta^2) q - (1 - beta) = 0 (stable root).
+        b2 = (1 - beta) * (1 + beta)
+        q1 = 2 * (1 - beta) / (b2 + jnp.sqrt(b2 * b2 + 4 * beta * beta * (1 - beta)))
+        # the circle pair has cos(theta) = (a0 - a2) / 2 with a0 = -q beta, a2 = -(1 + beta)
+        th1 = jnp.arccos(jnp.clip(0.5 * (1 + beta - q1 * beta), -1.0, 1.0))
+        q = jnp.where(tau == 1, q1, q)
+        theta = jnp.where(tau == 1, th1, theta)
+        done = done | (tau == 1)
+    return Threshold(q, theta, done | (tau == 0))
+
+
+def _prepare(tau, beta, momentum, *extra):
+    check_momentum(momentum, "momentum")
+    check_delay(tau, "tau")
+    check_beta(beta, "beta")
+    dtype = float_dtype(beta, *extra)
+    return dtype
+
+
+def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Threshold:
+    """The largest stable ``q = lr * sharpness`` of a rule (boundary locus).
+
+    Args:
+      tau: delay, integer or integer array (broadcasts with beta), or a
+        ``DelayDistribution`` (first-moment model; dense boundary locus).
+      beta: momentum in [0, 1) (array allowed).
+      momentum: "heavy_ball", "nesterov" or "shifted" (beta = 0: plain delayed SGD).
+
+    Returns:
+      :class:`Threshold` ``(q_max, theta, reliable)``, broadcast over tau and beta.
+    """
+    dtype = _prepare(tau, beta, momentum)
+    if isinstance(tau, DelayDistribution):
+        poly = characteristic_polynomial(tau, beta, momentum=momentum)
+        return dense_threshold(poly.a, poly.b)
+    tau_f = jnp.asarray(tau).astype(dtype)
+    beta = jnp.asarray(beta, dtype)
+    tau_f, beta = jnp.broadcast_arrays(tau_f, beta)
+    return _named_threshold(tau_f, beta, momentum)
+
+
+def max_stable_sharpness(lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
+    """The largest Hessian eigenvalue a minimum may have and stay linearly stable.
+
+    ``q_max(tau, beta) / lr``, from the boundary locus (no eigenvalues); see
+    :func:`stability_threshold`. Broadcasts over lr, tau and beta (tau must be a
+    concrete integer array or a ``DelayDistribution``). Where the solver could not
+    certify the value the result is NaN (use ``stability_threshold`` for the flag).
+    Units: the same as the loss Hessian's eigenvalues (1 / lr).
+    """
+    check_lr(lr, "lr")
+    dtype = _prepare(tau, beta, momentum, lr)
+    t = stability_threshold(tau, jnp.asarray(beta, dtype), momentum=momentum)
+    q = jnp.where(t.reliable, t.q_max, jnp.nan)
+    return q / jnp.asarray(lr, dtype)
+
+
+def max_stable_lr(sharpness, tau, beta=0.0, *, momentum: str = "heavy_ball"):
+    """The largest learning rate at which a minimum of this sharpness is stable.
+
+    ``q_max(tau, beta) / sharpness`` (sharpness > 0); broadcasts like
+    :func:`max_stable_sharpness`.
+    """
+    check_positive("sharpness", sharpness)
+    dtype = _prepare(tau, beta, momentum, sharpness)
+    t = stability_threshold(tau, jnp.asarray(beta, dtype), momentum=momentum)
+    q = jnp.where(t.reliable, t.q_max, jnp.nan)
+    return q / jnp.asarray(sharpness, dtype)
+
+
+# ----------------------------------------------------------------------------
+# Dense polynomials: sampled locus + bisection
+
+
+def _on_circle(coeffs, theta):
+    """Polynomials (descending coefficients, (..., n+1)) at e^{i theta} (theta (..., J))."""
+    n = coeffs.shape[-1] - 1
+    powers = jnp.arange(n, -1, -1, dtype=theta.dtype)
+    phase = theta[..., None] * powers
+    re = jnp.sum(coeffs[..., None, :] * jnp.cos(phase), axis=-1)
+    im = jnp.sum(coeffs[..., None, :] * jnp.sin(phase), axis=-1)
+    return re, im
+
+
+def _locus(a, b, theta):
+    """(H, R, |B|^2) with -A conj(B) = R + i H at e^{i theta}."""
+    ar, ai = _on_circle(a, theta)
+    br, bi = _on_circle(b, theta)
+    # -(ar + i ai)(br - i bi)
+    r = -(ar * br + ai * bi)
+    h = -(ai * br - ar * bi)
+    return h, r, br * br + bi * bi
+
+
+@partial(jax.jit, static_argnames=("grid_factor",))
+def dense_threshold(a, b, *, grid_factor: int = 16) -> Threshold:
+    """Boundary locus of ``A(z) + q B(z)`` for arbitrary real polynomials.
+
+    ``a``, ``b``: descending coefficients, shape ``(..., n+1)``. Finds the smallest
+    ``q > 0`` with a root on the unit circle. Crossings closer together than
+    ``pi / (grid_factor * n)`` or touching (even multiplicity) can be missed; the
+    ``reliable`` flag is False when more than 8 sign changes are within 1% of the
+    best candidate or when none was found on the grid but an endpoint matters.
+    """
+    a = jnp.asarray(a)
+    b = jnp.asarray(b)
+    a, b = jnp.broadcast_arrays(a, b)
+    batch = a.shape[:-1]
+    dtype = a.dtype
+    n = a.shape[-1] - 1
+    m = max(64, grid_factor * n)
+    uniform = jnp.broadcast_to(jnp.linspace(0.0, jnp.pi, m + 1, dtype=dtype), batch + (m + 1,))
+    # A root r of A close to the unit circle makes the locus loop tightly around 0
+    # within |theta - arg r| ~ 1 - |r|: sample there on that scale too.
+    roots = jnp.linalg.eigvals(companion_from_coefficients(a / a[..., :1]))
+    dist = jnp.abs(1 - jnp.abs(roots))
+    ang = jnp.abs(jnp.angle(roots)).astype(dtype)
+    offsets = jnp.asarray(_ROOT_OFFSETS, dtype)
+    extra = ang[..., None] + dist[..., None].astype(dtype) * offsets
+    near = (dist < 0.1)[..., None] & (extra > 0) & (extra < jnp.pi)
+    extra = jnp.where(near, extra, 0.0).reshape(batch + (-1,))
+    grid = jnp.sort(jnp.concatenate([uniform, extra], axis=-1), axis=-1)
+    h, r, b2 = _locus(a, b, grid)
+    q_grid = r / b2
+    # sign changes of H on [theta_j, theta_{j+1}] with theta_j > 0 (H(0) = 0: q = 0 there)
+    h0, h1 = h[..., :-1], h[..., 1:]
+    change = (((h0 > 0) & (h1 <= 0)) | ((h0 < 0) & (h1 >= 0))) & (grid[..., :-1] > 0)
+    w = h0 / jnp.where(change, h0 - h1, 1.0)
+    w = jnp.where(change, w, 0.0)
+    q_est = (1 - w) * q_grid[..., :-1] + w * q_grid[..., 1:]
+    q_est = jnp.where(change & (q_est > 0), q_est, jnp.inf)
+    k = min(_DENSE_CANDIDATES, q_est.shape[-1])
+    neg_best, idx = jax.lax.top_k(-q_est, k)
+    cand_q = -neg_best
+    lo = jnp.take_along_axis(grid, idx, axis=-1)
+    hi = jnp.take_along_axis(grid, idx + 1, axis=-1)
+    h_lo = jnp.take_along_axis(h0, idx, axis=-1)
+
+    def bisect(_, state):
+        lo, hi = state
+        mid = 0.5 * (lo + hi)
+        hm, _, _ = _locus(a, b, mid)
+        same = jnp.sign(hm) == jnp.sign(h_lo)
+        return jnp.where(same, mid, lo), jnp.where(same, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (lo, hi))
+    th = 0.5 * (lo + hi)
+    _, rr, bb = _locus(a, b, th)
+    q_ref = rr / bb
+    q_ref = jnp.where(jnp.isfinite(cand_q) & (q_ref > 0), q_ref, jnp.inf)
+    # endpoints: real roots crossing at z = -1 (theta = pi) or z = 1 (theta = 0)
+    q_pi = q_grid[..., -1]
+    scale = jnp.sum(jnp.abs(a), axis=-1)
+    a_at_1 = jnp.sum(a, axis=-1)
+    q_0 = jnp.where(jnp.abs(a_at_1) > 1e-12 * scale, q_grid[..., 0], jnp.inf)
+    q_all = jnp.concatenate(
+        [
+            q_ref,
+            jnp.where(q_pi > 0, q_pi, jnp.inf)[..., None],
+            jnp.where(q_0 > 0, q_0, jnp.inf)[..., None],
+        ],
+        axis=-1,
+    )
+    th_all = jnp.concatenate(
+        [th, jnp.full(batch + (1,), jnp.pi, dtype), jnp.zeros(batch + (1,), dtype)], axis=-1
+    )
+    best = jnp.argmin(q_all, axis=-1)
+    q_max = jnp.take_along_axis(q_all, best[..., None], axis=-1)[..., 0]
+    theta = jnp.take_along_axis(th_all, best[..., None], axis=-1)[..., 0]
+    # unresolved: the k-th (unrefined) candidate could still beat the best refined one
+    n_changes = jnp.sum(jnp.isfinite(q_est), axis=-1)
+    margin_ok = (n_changes <= k) | (cand_q[..., -1] > 1.01 * q_max)
+    return Threshold(q_max, theta, margin_ok)

@@ -1,0 +1,101 @@
+"""Companion matrices and spectral radii against numpy eigenvalues and simulation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from stability_oracles import poly, rho, simulate
+
+import stability as st
+
+RULES = ("heavy_ball", "nesterov", "shifted")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_companion_is_the_update_in_delay_coordinates(rule):
+    # x_{t+1} = C x_t with x_t = (w_t, ..., w_{t-m+1}) reproduces the simulated weights.
+    tau, beta, q = 3, 0.6, 0.2
+    c = np.asarray(st.companion_matrix(q, 1.0, tau, beta, momentum=rule))
+    assert c.shape == (tau + 2, tau + 2)
+    w = simulate(rule, tau, beta, q, 60)  # |w|; the start is positive and these q decay smoothly
+    signed = simulate_signed(rule, tau, beta, q, 60)
+    np.testing.assert_allclose(np.abs(signed), w)
+    m = tau + 2
+    x = signed[m - 1 :: -1][:m]  # (w_{m-1}, ..., w_0)
+    for t in range(m - 1, 59):
+        x = c @ x
+        assert x[0] == pytest.approx(signed[t + 1], abs=1e-12)
+
+
+def simulate_signed(rule, tau, beta, q, steps):
+    hist_w, hist_v, v, out = [1.0] * (tau + 1), [0.0] * (tau + 1), 0.0, [1.0]
+    for _ in range(steps):
+        g = q * hist_w[0]
+        if rule == "heavy_ball":
+            v = beta * v + g
+            new = hist_w[-1] - v
+        elif rule == "nesterov":
+            v = beta * v + g
+            new = hist_w[-1] - (g + beta * v)
+        else:
+            vn = beta * hist_v[0] + g
+            hist_v = hist_v[1:] + [vn]
+            new = hist_w[-1] - vn
+        hist_w = hist_w[1:] + [new]
+        out.append(new)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_spectral_radius_matches_numpy_eigenvalues(rule):
+    rng = np.random.default_rng(0)
+    for tau in (0, 1, 4, 17):
+        sharp = rng.uniform(0.01, 3.0, 12)
+        lr = rng.uniform(0.05, 1.0, 12)
+        beta = rng.uniform(0.0, 0.99, 12)
+        got = np.asarray(st.spectral_radius(sharp, lr, tau, beta, momentum=rule))
+        want = [rho(poly(tau, b, s * l, rule)) for s, l, b in zip(sharp, lr, beta, strict=True)]
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_spectral_radius_at_threshold_is_one():
+    for rule in RULES:
+        for tau, beta in [(0, 0.5), (2, 0.9), (9, 0.3)]:
+            s = st.max_stable_sharpness(0.5, tau, beta, momentum=rule)
+            r = float(st.spectral_radius(s, 0.5, tau, beta, momentum=rule))
+            assert r == pytest.approx(1.0, abs=1e-9)
+
+
+def test_broadcast_jit_vmap():
+    sharp = np.linspace(0.1, 2.0, 5)[:, None]
+    beta = np.array([0.0, 0.5, 0.9])
+    r = st.spectral_radius(sharp, 0.3, 4, beta, momentum="shifted")
+    assert r.shape == (5, 3)
+    f = jax.jit(st.spectral_radius, static_argnames=("tau", "momentum"))
+    np.testing.assert_allclose(f(sharp, 0.3, tau=4, beta=beta, momentum="shifted"), r)
+    v = jax.vmap(lambda s: st.spectral_radius(s, 0.3, 4, 0.5))(jnp.asarray(sharp[:, 0]))
+    np.testing.assert_allclose(v, r[:, 1] * 0 + st.spectral_radius(sharp[:, 0], 0.3, 4, 0.5))
+    c = st.companion_matrix(sharp, 0.3, 4, beta)
+    assert c.shape == (5, 3, 6, 6)
+
+
+def test_traced_tau_is_refused_with_a_clear_error():
+    with pytest.raises(TypeError, match="tau"):
+        jax.jit(lambda t: st.spectral_radius(1.0, 0.1, t))(3)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: st.spectral_radius(1.0, 0.1, -2), "tau"),
+        (lambda: st.spectral_radius(1.0, 0.1, 1.5), "tau"),
+        (lambda: st.spectral_radius(1.0, 0.0, 2), "lr"),
+        (lambda: st.spectral_radius(1.0, np.nan, 2), "lr"),
+        (lambda: st.spectral_radius(1.0, 0.1, 2, 1.2), "beta"),
+        (lambda: st.companion_matrix(1.0, 0.1, 2, momentum="sgd"), "momentum"),
+        (lambda: st.spectral_radius(np.inf, 0.1, 2), "sharpness"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
