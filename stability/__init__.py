@@ -24,6 +24,13 @@ from stability.delays import (  # noqa: E402
     round_robin,
 )
 from stability.rules import CharacteristicPolynomial, characteristic_polynomial  # noqa: E402
+from stability.tuning import (  # noqa: E402
+    MomentumCandidate,
+    MomentumRecommendation,
+    lr_for_delay,
+    recommend_momentum,
+)
+from stability.linearize import LinearizedOptimizer, linearize  # noqa: E402
 
 # --- Hessian spectrum engine ---
 

@@ -1,0 +1,132 @@
+"""Hyperparameter rules that preserve the set of accessible minima.
+
+Giladi et al., "At Stability's Edge", ICLR 2020 (THEORY.md section 5): a minimum
+of sharpness a is accessible iff ``lr * a < q_max(tau, beta)``. Keeping the set
+of accessible minima when the delay changes means keeping ``q_max / lr`` fixed;
+choosing momentum means maximising ``q_max / lr`` at a fixed effective learning
+rate ``lr / (1 - beta)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from stability.boundary_locus import stability_threshold
+from stability.rules import MOMENTUM_RULES, check_delay, float_dtype
+from stability.validation import check_beta, check_lr, check_momentum, check_positive
+
+DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def lr_for_delay(lr, tau, *, from_tau=0, beta=0.0, momentum: str = "heavy_ball"):
+    """The learning rate that keeps the accessible minima when the delay goes ``from_tau -> tau``.
+
+    ``lr * q_max(tau, beta) / q_max(from_tau, beta)`` (same beta and rule). For
+    plain SGD from ``from_tau = 0`` this is ``lr sin(pi / (4 tau + 2))``, about
+    ``lr * pi / (4 tau)`` at large tau: the learning rate inversely proportional
+    to the delay (Giladi et al. 2020). Broadcasts over lr, tau, from_tau and beta;
+    either delay may be a ``DelayDistribution``. NaN where a threshold is not
+    certified (see ``stability_threshold``).
+    """
+    check_lr(lr, "lr")
+    check_delay(tau, "tau")
+    check_delay(from_tau, "from_tau")
+    check_beta(beta, "beta")
+    check_momentum(momentum, "momentum")
+    dtype = float_dtype(lr, beta)
+    beta = jnp.asarray(beta, dtype)
+    new = stability_threshold(tau, beta, momentum=momentum)
+    old = stability_threshold(from_tau, beta, momentum=momentum)
+    ratio = jnp.where(new.reliable & old.reliable, new.q_max / old.q_max, jnp.nan)
+    return jnp.asarray(lr, dtype) * ratio
+
+
+class MomentumCandidate(NamedTuple):
+    """One row of the momentum table (all at the same effective learning rate)."""
+
+    momentum: str
+    beta: float
+    lr: float  # effective_lr * (1 - beta)
+    max_stable_sharpness: float  # q_max(tau, beta) / lr
+
+
+class MomentumRecommendation(NamedTuple):
+    """The (rule, beta) that keeps the largest set of accessible minima.
+
+    momentum, beta: the best candidate (ties go to the smaller beta, so beta = 0,
+      "no momentum", wins whenever momentum does not help).
+    lr: the learning rate to use, ``effective_lr * (1 - beta)``.
+    max_stable_sharpness: the largest accessible sharpness with that choice.
+    max_stable_sharpness_no_momentum: the same for beta = 0 (plain delayed SGD at
+      lr = effective_lr), for comparison.
+    table: every candidate, as :class:`MomentumCandidate` rows.
+    """
+
+    momentum: str
+    beta: float
+    lr: float
+    max_stable_sharpness: float
+    max_stable_sharpness_no_momentum: float
+    table: tuple
+
+
+def recommend_momentum(
+    tau, effective_lr, *, betas=None, momenta=MOMENTUM_RULES
+) -> MomentumRecommendation:
+    """Which momentum rule and beta keep the largest accessible set at this delay.
+
+    For each rule in ``momenta`` and each beta in ``betas`` (default
+    ``DEFAULT_BETAS``, which includes 0) the learning rate is ``effective_lr *
+    (1 - beta)`` (effective rate ``lr / (1 - beta)`` held fixed) and the largest
+    accessible sharpness is ``q_max(tau, beta) / lr``. Returns the maximiser;
+    within a relative 1e-12 the smaller beta wins. THEORY.md section 3: at large
+    tau heavy_ball and nesterov never beat beta = 0, while shifted does.
+
+    ``tau``: a scalar integer delay or a ``DelayDistribution``.
+    """
+    check_delay(tau, "tau")
+    if not hasattr(tau, "probabilities") and np.ndim(tau) != 0:
+        raise ValueError(f"tau must be a scalar delay here; got shape {np.shape(tau)}")
+    check_positive("effective_lr", effective_lr)
+    if np.ndim(effective_lr) != 0:
+        raise ValueError(f"effective_lr must be a scalar; got shape {np.shape(effective_lr)}")
+    if isinstance(momenta, str):
+        momenta = (momenta,)
+    momenta = tuple(momenta)
+    if not momenta:
+        raise ValueError("momenta must name at least one rule; got ()")
+    for m in momenta:
+        check_momentum(m, "momenta")
+    betas = np.asarray(DEFAULT_BETAS if betas is None else betas, dtype=np.float64).reshape(-1)
+    if betas.size == 0:
+        raise ValueError("betas must be non-empty; got []")
+    check_beta(betas, "betas")
+    eff = float(effective_lr)
+    rows = []
+    for m in momenta:
+        t = stability_threshold(tau, jnp.asarray(betas), momentum=m)
+        q = np.where(np.asarray(t.reliable), np.asarray(t.q_max, dtype=np.float64), np.nan)
+        for b, qb in zip(betas, q, strict=True):
+            lr = eff * (1.0 - b)
+            rows.append(MomentumCandidate(m, float(b), lr, float(qb / lr)))
+    base_q = stability_threshold(tau, 0.0, momentum=momenta[0])
+    base = float(base_q.q_max) / eff if bool(base_q.reliable) else float("nan")
+    best = None
+    for row in rows:  # first maximum in (rule, increasing beta) order, ties to smaller beta
+        if np.isnan(row.max_stable_sharpness):
+            continue
+        if best is None:
+            best = row
+            continue
+        better = row.max_stable_sharpness > best.max_stable_sharpness * (1 + 1e-12)
+        tie = abs(row.max_stable_sharpness / best.max_stable_sharpness - 1) <= 1e-12
+        if better or (tie and row.beta < best.beta):
+            best = row
+    if best is None:
+        raise ValueError("no candidate threshold could be certified (all NaN)")
+    return MomentumRecommendation(
+        best.momentum, best.beta, best.lr, best.max_stable_sharpness, base, tuple(rows)
+    )
