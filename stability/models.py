@@ -172,19 +172,30 @@ def _linen_loss(model, variables, out_loss, train, data):
         inputs, labels = _split_batch(batch)
         fixed = {c: jax.lax.stop_gradient(variables[c]) for c in variables if c != "params"}
         full = {"params": variables["params"], **fixed}
-        if train:
-            outputs, _ = model.apply(
-                full,
-                inputs,
-                mutable=others,
-                rngs={"dropout": jax.random.key(0)},
-                **kwargs,
-            )
-        else:
-            outputs = model.apply(full, inputs, **kwargs)
+        with _model_promotion():
+            outputs = _apply_linen(model, full, inputs, train, others, kwargs)
         return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
     return loss_fn, variables
+
+
+def _model_promotion():
+    """JAX's default dtype promotion while a user's module runs.
+
+    Flax layers (e.g. BatchNorm's float32 running statistics) mix float32 and
+    float64 under ``jax_enable_x64``, which ``jax_numpy_dtype_promotion =
+    "strict"`` rejects; the module's own dtype handling is its business.
+    """
+    return jax.numpy_dtype_promotion("standard")
+
+
+def _apply_linen(model, full, inputs, train, others, kwargs):
+    if not train:
+        return model.apply(full, inputs, **kwargs)
+    outputs, _ = model.apply(
+        full, inputs, mutable=others, rngs={"dropout": jax.random.key(0)}, **kwargs
+    )
+    return outputs
 
 
 def _nnx_loss(model, params, out_loss, train):
@@ -200,7 +211,9 @@ def _nnx_loss(model, params, out_loss, train):
     def loss_fn(p, batch):
         inputs, labels = _split_batch(batch)
         m = nnx.merge(graphdef, p, rest)
-        return _scalar(out_loss(m(inputs), labels), "loss(outputs, labels)")
+        with _model_promotion():
+            outputs = m(inputs)
+        return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
     return loss_fn, params
 
@@ -230,7 +243,8 @@ def _check_linen_structure(model, variables, data, kwargs) -> None:
     inputs, _ = _split_batch(data)
     sample = jax.tree_util.tree_map(lambda x: x[:1], inputs)
     try:
-        expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kwargs), sample)
+        with _model_promotion():
+            expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kwargs), sample)
     except Exception:  # noqa: BLE001 - init may need rngs we cannot guess; apply still checks
         return
     _compare_trees("params", {"params": variables["params"]}, {"params": expected["params"]})
