@@ -225,6 +225,7 @@ def is_accessible(
     max_hvps: int = 200,
     seed: int = 0,
     progress: bool = True,
+    return_vectors: bool = False,
 ) -> Accessibility:
     """Is the minimum ``params`` of ``model`` accessible with delay tau and lr?
 
@@ -247,6 +248,8 @@ def is_accessible(
         iterator; the Hessian is that of the mean loss over all examples.
       spectrum: a precomputed `HessianSpectrum`: skips the estimation.
       tol, max_hvps, seed, progress: passed to `hessian_spectrum`.
+      return_vectors: keep the top eigenvector in ``result.spectrum`` (to
+        start a simulation along the unstable direction).
 
     Returns:
       An `Accessibility` report; ``bool(report)`` is True only for a certified
@@ -266,6 +269,7 @@ def is_accessible(
             max_hvps=max_hvps,
             seed=seed,
             progress=progress,
+            return_vectors=return_vectors,
         )
     elif not isinstance(spectrum, HessianSpectrum):
         raise TypeError(f"spectrum must be a HessianSpectrum; got {type(spectrum).__name__}")

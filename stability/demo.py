@@ -83,6 +83,8 @@ def _steps_for(rho: float, eps: float, lo: int, hi: int) -> int:
 def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print) -> DemoResult:
     """Run the demo, print its report, write ``out_dir/demo.png``."""
     import stability as st
+    from stability import examples, simulate
+    from stability.hessian_spectrum import hessian_spectrum
 
     start = time.perf_counter()
     jax.config.update("jax_enable_x64", True)
@@ -107,7 +109,7 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
 
     # 2. A true minimum.
     echo("\n== Training a tanh MLP on 256 bundled digits to a minimum (L-BFGS, float64) ==")
-    minimum = st.examples.train_to_minimum(n=256, dtype=jnp.float64)
+    minimum = examples.train_to_minimum(n=256, dtype=jnp.float64)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(minimum.params))
     echo(
         f"{n_params} parameters, loss {minimum.loss:.3g}, gradient norm {minimum.grad_norm:.3g}, "
@@ -115,7 +117,7 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
     )
 
     # 3. Spectrum and verdicts.
-    spectrum = st.hessian_spectrum(
+    spectrum = hessian_spectrum(
         minimum.loss_fn, minimum.params, minimum.data, k=1, tol=1e-8, return_vectors=True
     )
     echo(f"Hessian: {spectrum}")
@@ -169,7 +171,7 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
             )
             loss = np.asarray(traj.loss)
             # Deviation from the minimum along the trajectory, its growth per step.
-            growth = st.simulate.growth_rate(np.sqrt(np.maximum(loss - minimum.loss, 1e-300)))
+            growth = simulate.growth_rate(np.sqrt(np.maximum(loss - minimum.loss, 1e-300)))
             rho = float(st.spectral_radius(sharp, lr, tau, beta, momentum=rule))
             stayed = bool(np.isfinite(loss[-1]) and loss[-1] < 100 * max(loss[0], 1e-12))
             name = "sgd" if beta == 0 else rule
