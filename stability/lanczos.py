@@ -1,0 +1,432 @@
+"""Matrix-free extreme eigenvalues of a symmetric operator: Lanczos and power iteration.
+
+The operator ``A`` is a function on vectors (flat arrays, or pytrees through
+``lanczos_extremes(..., )`` with ``jax.flatten_util``); only products ``A v`` are
+needed, never the matrix.
+
+Lanczos (Lanczos 1950; Golub and Van Loan, "Matrix Computations", 4th ed., sec.
+10.1) builds an orthonormal basis ``V_m`` of the Krylov space
+``span(v0, A v0, ..., A^(m-1) v0)`` and the tridiagonal ``T_m = V_m^T A V_m``. The
+eigenvalues ``theta_i`` of ``T_m`` (Ritz values) approximate the extreme
+eigenvalues of ``A``; with ``T_m s_i = theta_i s_i`` the Ritz vector
+``y_i = V_m s_i`` has residual ``||A y_i - theta_i y_i|| = |beta_m| |s_i[m-1]|``,
+and for symmetric ``A`` some eigenvalue lies within that residual of
+``theta_i`` (Parlett, "The Symmetric Eigenvalue Problem", thm. 4.5.1). That
+residual is the error bound reported and the stopping test:
+``residual <= tol * max(|theta_max|, |theta_min|)`` (tolerance relative to the
+spectral norm) for the wanted Ritz values.
+
+Reorthogonalisation: in floating point the Lanczos vectors lose orthogonality
+once a Ritz value converges and copies ("ghosts") of converged eigenvalues
+appear. ``reorthogonalize=True`` keeps the whole basis (``m`` vectors of ``n``
+numbers: ``m * n * itemsize`` bytes, e.g. 100 x 0.5M float32 = 200 MB) and
+applies classical Gram-Schmidt twice per step (cost ``O(m n)``).
+``reorthogonalize=False`` keeps three vectors only (the plain three-term
+recurrence): extreme Ritz values and their residuals are still reliable, but
+ghosts may repeat an eigenvalue among the top-k, and eigenvectors need a second
+pass (the recurrence is replayed with the same start vector).
+
+Breakdown (``beta_j ~ 0``: an invariant subspace was found) restarts with a
+random vector orthogonal to the basis, so the tridiagonal matrix becomes block
+diagonal and the run continues. A single start vector cannot detect the
+multiplicity of an eigenvalue before the Krylov space is exhausted.
+
+Power iteration (``method="power"`` of :func:`stability.hessian_spectrum`) is
+subspace (orthogonal) iteration on ``k`` vectors with a Rayleigh-Ritz step
+(Golub and Van Loan sec. 8.2.4); the smallest eigenvalue is found by power
+iteration on ``A - sigma I`` with ``sigma`` the current largest Ritz value. It
+keeps ``k (+1)`` vectors only but converges at the rate
+``|lambda_{k+1} / lambda_k|`` per product, often hundreds of products where
+Lanczos needs tens.
+
+Both algorithms are written as (``init``, ``query``, ``update``, ``finished``)
+pure functions on a NamedTuple state so that one driver runs them inside one
+``jax.jit`` (``lax.while_loop``, the operator traced) and another runs the
+outer loop on the host (the operator being, e.g., a pass over many batches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.linalg import eigh_tridiagonal
+
+__all__ = [
+    "LanczosState",
+    "PowerState",
+    "Extremes",
+    "lanczos_init",
+    "lanczos_update",
+    "lanczos_extremes",
+    "power_init",
+    "power_update",
+    "power_extremes",
+    "run_in_jit",
+    "eigsh_extremes",
+]
+
+
+class Extremes(NamedTuple):
+    """Current estimates: ``top`` (k,) descending, ``top_error`` (k,), ``top_converged``
+    (k,), ``smallest``, ``smallest_error``, ``smallest_converged``, ``done`` (all wanted
+    values converged), ``coeffs``: the Ritz coordinates ((k+1, m) for Lanczos, top-k
+    rows then the smallest)."""
+
+    top: jax.Array
+    top_error: jax.Array
+    top_converged: jax.Array
+    smallest: jax.Array
+    smallest_error: jax.Array
+    smallest_converged: jax.Array
+    done: jax.Array
+    coeffs: jax.Array
+
+
+class LanczosState(NamedTuple):
+    """Lanczos state after ``j`` products. ``basis`` (m, n) when reorthogonalising
+    (zero rows beyond ``j``), else (0, n). ``alphas``/``betas`` (m,): the diagonal and
+    off-diagonal of T (``betas[i]`` couples rows ``i`` and ``i+1``; ``betas[j-1]`` is the
+    norm of the last residual). ``v``: the next vector to multiply, ``v_prev``: the one
+    before it."""
+
+    basis: jax.Array
+    alphas: jax.Array
+    betas: jax.Array
+    v: jax.Array
+    v_prev: jax.Array
+    j: jax.Array
+    key: jax.Array
+
+
+def _normalize(x):
+    nrm = jnp.linalg.norm(x)
+    return x / nrm, nrm
+
+
+def _orthogonalize(basis, x):
+    # Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005); the
+    # zero rows of a partly filled basis contribute nothing.
+    for _ in range(2):
+        x = x - basis.T @ (basis @ x)
+    return x
+
+
+def lanczos_init(v0: jax.Array, max_iters: int, reorthogonalize: bool = True, key=None):
+    """Start state from ``v0`` (n,), any non-zero vector (normalised here)."""
+    n = v0.shape[0]
+    dtype = v0.dtype
+    v, _ = _normalize(v0)
+    rows = max_iters if reorthogonalize else 0
+    key = jax.random.key(0) if key is None else key
+    return LanczosState(
+        basis=jnp.zeros((rows, n), dtype),
+        alphas=jnp.zeros((max_iters,), dtype),
+        betas=jnp.zeros((max_iters,), dtype),
+        v=v,
+        v_prev=jnp.zeros_like(v),
+        j=jnp.zeros((), jnp.int32),
+        key=key,
+    )
+
+
+def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
+    """One Lanczos step given ``w = A state.v``."""
+    j = state.j
+    v = state.v
+    beta_prev = jnp.where(j > 0, state.betas[jnp.maximum(j - 1, 0)], jnp.zeros((), v.dtype))
+    alpha = jnp.vdot(v, w)
+    w = w - alpha * v - beta_prev * state.v_prev
+    basis = state.basis
+    reorth = basis.shape[0] > 0
+    if reorth:
+        basis = basis.at[j].set(v)
+        w = _orthogonalize(basis, w)
+    beta = jnp.linalg.norm(w)
+    # Breakdown: the Krylov space is invariant. Restart with a random vector
+    # orthogonal to the basis; T gets a zero off-diagonal (decoupled block).
+    scale = jnp.maximum(jnp.abs(alpha), jnp.max(jnp.abs(state.alphas)))
+    tiny = jnp.finfo(v.dtype).eps * jnp.sqrt(jnp.asarray(v.shape[0], v.dtype)) * scale
+    broke = (beta <= tiny) | (scale == 0)
+    key, sub = jax.random.split(state.key)
+
+    def restart(_):
+        r = jax.random.normal(sub, v.shape, v.dtype)
+        r = _orthogonalize(basis, r) if reorth else r - jnp.vdot(v, r) * v
+        return _normalize(r)[0], jnp.zeros((), v.dtype)
+
+    def proceed(_):
+        return w / jnp.where(beta > 0, beta, 1), beta
+
+    v_next, beta = lax.cond(broke, restart, proceed, None)
+    return LanczosState(
+        basis=basis,
+        alphas=state.alphas.at[j].set(alpha),
+        betas=state.betas.at[j].set(beta),
+        v=v_next,
+        v_prev=v,
+        j=j + 1,
+        key=key,
+    )
+
+
+def lanczos_extremes(state: LanczosState, k: int, tol, want_smallest: bool = True) -> Extremes:
+    """Ritz values, residual bounds and convergence flags from ``T_j``.
+
+    Runs inside jit with static shapes: ``T`` is padded to (m, m) with a
+    decoupled diagonal block ``c I``, ``c`` above the Gershgorin bound of the active
+    part, so the active Ritz values are exactly the ``j`` smallest eigenvalues.
+    """
+    alphas, betas, j = state.alphas, state.betas, state.j
+    m = alphas.shape[0]
+    dtype = alphas.dtype
+    idx = jnp.arange(m, dtype=jnp.int32)
+    active = idx < j
+    off = jnp.where(idx < j - 1, betas, 0)
+    a_act = jnp.where(active, alphas, 0)
+    gersh = jnp.max(jnp.abs(a_act)) + 2 * jnp.max(jnp.abs(off))
+    c = 2 * gersh + 1
+    diag = jnp.where(active, alphas, c)
+    # Eigenvalues by bisection (O(m^2), no dense m x m eigensolver: XLA's CPU eigh
+    # takes seconds at m = 300), vectors of the wanted ones by inverse iteration.
+    theta = eigh_tridiagonal(diag, off[:-1], eigvals_only=True)
+    theta = jnp.sort(theta)
+    last = jnp.clip(j - 1, 0, m - 1)
+    beta_last = jnp.abs(betas[last])
+    top_idx = j - 1 - jnp.arange(k, dtype=jnp.int32)
+    valid = top_idx >= 0
+    top_idx_c = jnp.clip(top_idx, 0, m - 1)
+    wanted = jnp.concatenate([top_idx_c, jnp.zeros((1,), jnp.int32)])
+    vecs = _tridiag_vectors(diag, off, active, theta[wanted])
+    res = beta_last * jnp.abs(vecs[:, last])
+    top = jnp.where(valid, theta[top_idx_c], jnp.nan)
+    top_err = jnp.where(valid, res[:k], jnp.inf)
+    smallest = theta[0]
+    smallest_err = res[k]
+    norm_est = jnp.maximum(jnp.abs(theta[jnp.clip(j - 1, 0, m - 1)]), jnp.abs(smallest))
+    thresh = jnp.asarray(tol, dtype) * norm_est
+    top_conv = valid & (top_err <= thresh)
+    small_conv = (j > 0) & (smallest_err <= thresh)
+    done = jnp.all(top_conv)
+    if want_smallest:
+        done = done & small_conv
+    coeffs = jnp.where(active[None, :], vecs, 0)
+    return Extremes(top, top_err, top_conv, smallest, smallest_err, small_conv, done, coeffs)
+
+
+def _tridiag_vectors(diag, off, active, thetas, iters: int = 3):
+    """Unit eigenvectors of the symmetric tridiagonal (diag, off) for eigenvalues
+    ``thetas`` by inverse iteration (``iters`` tridiagonal solves each), supported on
+    the ``active`` rows."""
+    m = diag.shape[0]
+    dtype = diag.dtype
+    dl = jnp.concatenate([jnp.zeros((1,), dtype), off[:-1]])
+    du = jnp.concatenate([off[:-1], jnp.zeros((1,), dtype)])
+    scale = jnp.max(jnp.where(active, jnp.abs(diag), 0)) + 2 * jnp.max(jnp.abs(off))
+    # A tiny shift keeps T - theta I non-singular; the solve then amplifies the
+    # wanted eigenvector by ~1/shift.
+    shift = jnp.finfo(dtype).eps * jnp.maximum(scale, jnp.finfo(dtype).tiny)
+    start = jnp.where(active, 1.0 + 0.1 * jnp.sin(jnp.arange(m, dtype=dtype)), 0).astype(dtype)
+
+    def one(theta):
+        x = start
+        for _ in range(iters):
+            x = lax.linalg.tridiagonal_solve(
+                dl, diag - theta + shift, du, x[:, None], perturb_singular=True
+            )[:, 0]
+            x = jnp.where(active & jnp.isfinite(x), x, 0)
+            x = x / jnp.maximum(jnp.linalg.norm(x), jnp.finfo(dtype).tiny)
+        return x
+
+    return jax.vmap(one)(thetas)
+
+
+class PowerState(NamedTuple):
+    """Subspace iteration state: ``vecs`` (k, n) orthonormal; ``low`` (n,) the vector
+    for the smallest eigenvalue (shifted power iteration); the latest Ritz values
+    and residual norms; ``count`` products used."""
+
+    vecs: jax.Array
+    low: jax.Array
+    top: jax.Array
+    top_res: jax.Array
+    smallest: jax.Array
+    smallest_res: jax.Array
+    iters: jax.Array
+
+
+def _orthonormal_rows(x):
+    q, _ = jnp.linalg.qr(x.T)
+    return q.T
+
+
+def power_init(v0: jax.Array, want_smallest: bool = True) -> PowerState:
+    """``v0`` (k (+1), n): start vectors; the last row is the smallest-eigenvalue vector
+    when ``want_smallest``."""
+    dtype = v0.dtype
+    if want_smallest:
+        vecs, low = v0[:-1], _normalize(v0[-1])[0]
+    else:
+        vecs, low = v0, jnp.zeros((v0.shape[1],), dtype)
+    k = vecs.shape[0]
+    nan = jnp.full((), jnp.nan, dtype)
+    return PowerState(
+        vecs=_orthonormal_rows(vecs),
+        low=low,
+        top=jnp.full((k,), jnp.nan, dtype),
+        top_res=jnp.full((k,), jnp.inf, dtype),
+        smallest=nan,
+        smallest_res=jnp.full((), jnp.inf, dtype),
+        iters=jnp.zeros((), jnp.int32),
+    )
+
+
+def power_query(state: PowerState, want_smallest: bool = True) -> jax.Array:
+    """Vectors to multiply by A next: (k (+1), n)."""
+    if want_smallest:
+        return jnp.concatenate([state.vecs, state.low[None]], axis=0)
+    return state.vecs
+
+
+def power_update(state: PowerState, w: jax.Array, want_smallest: bool = True) -> PowerState:
+    """One subspace-iteration step given ``w = A query``."""
+    k = state.vecs.shape[0]
+    aw = w[:k]
+    # Rayleigh-Ritz on span(vecs): H_k = V A V^T.
+    h = state.vecs @ aw.T
+    h = (h + h.T) / 2
+    theta, s = jnp.linalg.eigh(h)
+    order = jnp.argsort(-theta)
+    theta, s = theta[order], s[:, order]
+    y = s.T @ state.vecs
+    ay = s.T @ aw
+    res = jnp.linalg.norm(ay - theta[:, None] * y, axis=1)
+    vecs = _orthonormal_rows(ay)
+    low, smallest, smallest_res = state.low, state.smallest, state.smallest_res
+    if want_smallest:
+        al = w[k]
+        rho = jnp.vdot(state.low, al)
+        smallest = rho
+        smallest_res = jnp.linalg.norm(al - rho * state.low)
+        sigma = theta[0]
+        low = _normalize(al - sigma * state.low)[0]
+    return PowerState(vecs, low, theta, res, smallest, smallest_res, state.iters + 1)
+
+
+def power_extremes(state: PowerState, tol, want_smallest: bool = True) -> Extremes:
+    """Estimates and convergence flags (residual <= tol * spectral-norm estimate)."""
+    dtype = state.top.dtype
+    norm_est = jnp.maximum(jnp.abs(state.top[0]), jnp.abs(state.smallest))
+    norm_est = jnp.where(jnp.isnan(norm_est), jnp.abs(state.top[0]), norm_est)
+    thresh = jnp.asarray(tol, dtype) * norm_est
+    top_conv = state.top_res <= thresh
+    small_conv = state.smallest_res <= thresh
+    done = jnp.all(top_conv)
+    if want_smallest:
+        done = done & small_conv
+    else:
+        small_conv = jnp.zeros((), bool)
+    coeffs = jnp.zeros((0, 0), dtype)
+    return Extremes(
+        state.top, state.top_res, top_conv, state.smallest, state.smallest_res, small_conv, done,
+        coeffs,
+    )  # fmt: skip
+
+
+def run_in_jit(
+    matvec: Callable[[jax.Array], jax.Array],
+    v0: jax.Array,
+    *,
+    k: int,
+    tol,
+    max_matvecs: int,
+    method: str = "lanczos",
+    reorthogonalize: bool = True,
+    want_smallest: bool = True,
+    key=None,
+):
+    """Run Lanczos or power iteration with ``lax.while_loop`` (traceable ``matvec``).
+
+    ``v0``: (n,) start vector for Lanczos, (k (+1), n) for power iteration.
+    ``max_matvecs`` bounds the number of products (static; for Lanczos it is also the
+    basis size). Returns ``(state, extremes, num_matvecs)``.
+    """
+    if method == "lanczos":
+        state = lanczos_init(v0, max_matvecs, reorthogonalize, key)
+
+        def cond(carry):
+            state, ext = carry
+            return (state.j < max_matvecs) & ~ext.done & jnp.all(jnp.isfinite(state.alphas))
+
+        def body(carry):
+            state, _ = carry
+            state = lanczos_update(state, matvec(state.v))
+            return state, lanczos_extremes(state, k, tol, want_smallest)
+
+        ext = lanczos_extremes(state, k, tol, want_smallest)
+        state, ext = lax.while_loop(cond, body, (state, ext))
+        return state, ext, state.j
+    if method == "power":
+        state = power_init(v0, want_smallest)
+        per = v0.shape[0]
+
+        def cond(carry):
+            state, ext = carry
+            ok = ~jnp.any(jnp.isnan(state.top_res))
+            return ((state.iters + 1) * per <= max_matvecs) & ~ext.done & ok
+
+        def body(carry):
+            state, _ = carry
+            w = jax.vmap(matvec)(power_query(state, want_smallest))
+            state = power_update(state, w, want_smallest)
+            return state, power_extremes(state, tol, want_smallest)
+
+        ext = power_extremes(state, tol, want_smallest)
+        state, ext = lax.while_loop(cond, body, (state, ext))
+        return state, ext, state.iters * per
+    raise ValueError(f"method must be 'lanczos' or 'power'; got {method!r}")
+
+
+def eigsh_extremes(
+    matvec: Callable,
+    v0,
+    *,
+    k: int = 1,
+    tol=1e-6,
+    max_matvecs: int = 100,
+    method: str = "lanczos",
+    reorthogonalize: bool = True,
+    want_smallest: bool = True,
+    seed: int = 0,
+):
+    """Extreme eigenvalues of a symmetric operator given as a function.
+
+    ``matvec`` maps a vector to ``A`` times it; ``v0`` is a flat vector or a pytree
+    (then ``matvec`` takes and returns pytrees of the same structure). Runs in one
+    ``jax.jit``. Returns :class:`Extremes` (``coeffs`` dropped) and the number of
+    products. Ritz vectors are not formed here; see
+    :func:`stability.hessian_spectrum` for eigenvectors.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    flat0, unravel = ravel_pytree(v0)
+
+    def flat_matvec(x):
+        return ravel_pytree(matvec(unravel(x)))[0]
+
+    key = jax.random.key(seed)
+    if method == "power":
+        rows = k + (1 if want_smallest else 0)
+        start = jax.random.normal(key, (rows, flat0.shape[0]), flat0.dtype)
+        start = start.at[0].set(flat0)
+    else:
+        start = flat0
+    _, ext, count = run_in_jit(
+        flat_matvec, start, k=k, tol=tol, max_matvecs=min(max_matvecs, flat0.shape[0])
+        if method == "lanczos" else max_matvecs, method=method,
+        reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key,
+    )  # fmt: skip
+    return ext._replace(coeffs=None), count

@@ -1,0 +1,258 @@
+"""hessian_spectrum against eigh of the dense jax.hessian (float64 and float32),
+for plain pytrees, a CNN, Flax linen variables and nnx.State, on one and on 8
+devices, with one batch, unequal batches and data factories; bad input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from stability.hessian_spectrum import HessianSpectrum, _fused, hessian_spectrum
+
+ONE = jax.devices()[:1]
+
+
+def mlp_loss(p, batch):
+    x, y = batch
+    h = jnp.tanh(x @ p["w1"] + p["b1"])
+    return jnp.mean(jnp.sum((h @ p["w2"] + p["b2"] - y) ** 2, axis=1))
+
+
+def cnn_loss(p, batch):
+    x, y = batch  # x: (B, 8, 8, 1) digits-like images, y: (B,) labels
+    dn = ("NHWC", "HWIO", "NHWC")
+    h = jax.lax.conv_general_dilated(x, p["c1"], (1, 1), "SAME", dimension_numbers=dn)
+    h = jnp.tanh(h + p["cb1"])
+    h = jax.lax.conv_general_dilated(h, p["c2"], (2, 2), "SAME", dimension_numbers=dn)
+    h = jnp.tanh(h + p["cb2"]).reshape(x.shape[0], -1)
+    logits = h @ p["w"] + p["b"]
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+def _mlp(n=150, dtype=jnp.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(n, 6)), dtype)
+    y = jnp.asarray(rng.normal(size=(n, 3)), dtype)
+    p = {
+        "w1": jnp.asarray(rng.normal(size=(6, 16)) * 0.6, dtype),
+        "b1": jnp.asarray(rng.normal(size=16) * 0.1, dtype),
+        "w2": jnp.asarray(rng.normal(size=(16, 3)) * 0.4, dtype),
+        "b2": jnp.zeros(3, dtype),
+    }
+    return p, (x, y)
+
+
+def _dense_eigs(loss, params, batch):
+    flat, unravel = ravel_pytree(params)
+    h = jax.hessian(lambda f: loss(unravel(f), batch))(flat)
+    return np.linalg.eigvalsh(np.asarray(h, np.float64))
+
+
+def _check(res, ev, k, rtol):
+    scale = np.max(np.abs(ev))
+    np.testing.assert_allclose(res.eigenvalues, ev[::-1][:k], rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(res.smallest, ev[0], rtol=rtol, atol=rtol * scale)
+    assert res.converged.all() and res.smallest_converged
+    assert res.num_hvps >= k
+
+
+@pytest.fixture(scope="module")
+def mlp64():
+    p, batch = _mlp()
+    return p, batch, _dense_eigs(mlp_loss, p, batch)
+
+
+def test_mlp_float64_top3_smallest(mlp64):
+    p, batch, ev = mlp64
+    res = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
+    _check(res, ev, 3, 1e-6)
+    assert isinstance(res, HessianSpectrum) and res.sharpness == res.eigenvalues[0]
+    assert res.sharpness_error == res.errors[0] and "HessianSpectrum(top=[" in repr(res)
+    # The residual bound holds for every reported value.
+    assert np.all(np.abs(res.eigenvalues - ev[::-1][:3]) <= res.errors + 1e-12)
+
+
+def test_second_call_reuses_compiled_code_and_is_deterministic(mlp64):
+    p, batch, _ = mlp64
+    r1 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
+    size = _fused._cache_size()
+    p2 = jax.tree_util.tree_map(lambda a: a * 1.01, p)
+    hessian_spectrum(mlp_loss, p2, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
+    r2 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
+    assert _fused._cache_size() == size
+    assert np.array_equal(r1.eigenvalues, r2.eigenvalues) and r1.num_hvps == r2.num_hvps
+
+
+def test_sharded_8_devices_equals_one_device(mlp64):
+    p, batch, ev = mlp64  # 150 examples: not a multiple of 8
+    assert len(jax.devices()) == 8
+    r8 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200)
+    r1 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
+    np.testing.assert_allclose(r8.eigenvalues, r1.eigenvalues, rtol=1e-10)
+    np.testing.assert_allclose(r8.smallest, r1.smallest, rtol=1e-8)
+    _check(r8, ev, 3, 1e-6)
+
+
+def test_unequal_batches_equal_one_big_batch(mlp64):
+    p, (x, y), ev = mlp64
+    cuts = [0, 17, 90, 101, 150]
+    batches = [(x[a:b], y[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    r_list = hessian_spectrum(
+        mlp_loss, p, batches, k=3, tol=1e-10, max_hvps=200, devices=ONE, progress=False
+    )
+    _check(r_list, ev, 3, 1e-6)
+    # A factory returning fresh iterators, sharded over 8 devices (17, 73, 11, 49
+    # examples: remainders everywhere).
+    r_fac = hessian_spectrum(
+        mlp_loss, p, lambda: iter(batches), k=1, tol=1e-10, max_hvps=200, progress=False
+    )
+    np.testing.assert_allclose(r_fac.eigenvalues, r_list.eigenvalues[:1], rtol=1e-9)
+
+
+def test_eigenvectors(mlp64):
+    p, batch, ev = mlp64
+    flat, unravel = ravel_pytree(p)
+    h = np.asarray(jax.hessian(lambda f: mlp_loss(unravel(f), batch))(flat))
+    for reorth in (True, False):
+        res = hessian_spectrum(
+            mlp_loss, p, batch, k=2, tol=1e-10, max_hvps=200, devices=ONE,
+            return_vectors=True, reorthogonalize=reorth,
+        )  # fmt: skip
+        assert res.eigenvectors["w1"].shape == (2, 6, 16)
+        v = np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], res.eigenvectors))[0])
+        np.testing.assert_allclose(np.linalg.norm(v), 1.0, rtol=1e-8)
+        assert np.linalg.norm(h @ v - res.eigenvalues[0] * v) <= 1e-6 * abs(ev).max()
+
+
+def test_power_method(mlp64):
+    p, batch, ev = mlp64
+    res = hessian_spectrum(
+        mlp_loss, p, batch, k=1, tol=1e-9, max_hvps=4000, method="power", devices=ONE,
+        converge_smallest=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(res.sharpness, ev[-1], rtol=1e-6)
+    assert res.converged[0] and not res.smallest_converged
+
+
+def test_float32():
+    p, batch = _mlp(dtype=jnp.float32, seed=1)
+    p64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), p)
+    b64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), batch)
+    ev = _dense_eigs(mlp_loss, p64, b64)
+    res = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-5, max_hvps=200, devices=ONE)
+    assert res.eigenvalues.dtype == np.float32
+    _check(res, ev, 3, 1e-4)
+
+
+def test_cnn_float64():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(64, 8, 8, 1)))
+    y = jnp.asarray(rng.integers(0, 10, size=64), jnp.int32)
+    p = {
+        "c1": jnp.asarray(rng.normal(size=(3, 3, 1, 6)) * 0.4),
+        "cb1": jnp.zeros(6),
+        "c2": jnp.asarray(rng.normal(size=(3, 3, 6, 8)) * 0.2),
+        "cb2": jnp.zeros(8),
+        "w": jnp.asarray(rng.normal(size=(128, 10)) * 0.1),
+        "b": jnp.zeros(10),
+    }
+    ev = _dense_eigs(cnn_loss, p, (x, y))
+    assert 1500 < ev.size < 2000
+    res = hessian_spectrum(cnn_loss, p, (x, y), k=3, tol=1e-10, max_hvps=300, devices=ONE)
+    _check(res, ev, 3, 1e-6)
+
+
+class _LinenMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(12, param_dtype=jnp.float64, dtype=jnp.float64)(x))
+        return nn.Dense(2, param_dtype=jnp.float64, dtype=jnp.float64)(h)
+
+
+def test_flax_linen_variables():
+    model = _LinenMLP()
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(40, 5)))
+    y = jnp.asarray(rng.normal(size=(40, 2)))
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(v, batch):
+        return jnp.mean((model.apply(v, batch[0]) - batch[1]) ** 2)
+
+    ev = _dense_eigs(loss, variables, (x, y))
+    res = hessian_spectrum(loss, variables, (x, y), k=3, tol=1e-10, max_hvps=100, devices=ONE)
+    _check(res, ev, 3, 1e-6)
+
+
+class _NnxMLP(nnx.Module):
+    def __init__(self, rngs):
+        kw = dict(param_dtype=jnp.float64, dtype=jnp.float64, rngs=rngs)
+        self.l1 = nnx.Linear(5, 12, **kw)
+        self.l2 = nnx.Linear(12, 2, **kw)
+
+    def __call__(self, x):
+        return self.l2(jnp.tanh(self.l1(x)))
+
+
+def test_nnx_state():
+    graphdef, state = nnx.split(_NnxMLP(nnx.Rngs(0)))
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(40, 5)))
+    y = jnp.asarray(rng.normal(size=(40, 2)))
+
+    def loss(s, batch):
+        return jnp.mean((nnx.merge(graphdef, s)(batch[0]) - batch[1]) ** 2)
+
+    ev = _dense_eigs(loss, state, (x, y))
+    res = hessian_spectrum(
+        loss, state, (x, y), k=3, tol=1e-10, max_hvps=100, devices=ONE, return_vectors=True
+    )
+    _check(res, ev, 3, 1e-6)
+    assert isinstance(res.eigenvectors, nnx.State)
+
+
+def test_no_data_loss_of_params_only():
+    a = jnp.asarray(np.diag([4.0, 1.0, -2.0]))
+
+    def quad(p):
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    res = hessian_spectrum(quad, {"x": jnp.ones(3)}, k=2, tol=1e-12)
+    np.testing.assert_allclose(res.eigenvalues, [4.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(res.smallest, -2.0, atol=1e-12)
+
+
+def test_bad_input(mlp64):
+    p, batch, _ = mlp64
+    kw = dict(devices=ONE, progress=False)
+    with pytest.raises(ValueError, match="loss must return a real scalar"):
+        hessian_spectrum(lambda q, b: jnp.sum(b[0] @ q["w1"], 0), p, batch, **kw)
+    bad = dict(p, w1=p["w1"].at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match=r"params must be finite.*w1"):
+        hessian_spectrum(mlp_loss, bad, batch, **kw)
+    with pytest.raises(ValueError, match="loss must be finite"):
+        hessian_spectrum(lambda q, b: mlp_loss(q, b) + jnp.inf, p, batch, **kw)
+    with pytest.raises(ValueError, match="data must not be empty"):
+        hessian_spectrum(mlp_loss, p, [], **kw)
+    with pytest.raises(ValueError, match="data must not be empty"):
+        hessian_spectrum(mlp_loss, p, (batch[0][:0], batch[1][:0]), **kw)
+    with pytest.raises(ValueError, match="data must not be empty"):
+        hessian_spectrum(mlp_loss, p, lambda: iter([]), **kw)
+    with pytest.raises(ValueError, match=r"k must be <= the number of parameters \(163\)"):
+        hessian_spectrum(mlp_loss, p, batch, k=164, **kw)
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        hessian_spectrum(mlp_loss, p, batch, k=0, **kw)
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        hessian_spectrum(mlp_loss, p, iter([batch, batch]), **kw)
+    with pytest.raises(ValueError, match="method must be one of"):
+        hessian_spectrum(mlp_loss, p, batch, method="arnoldi", **kw)
+    with pytest.raises(ValueError, match="tol must be > 0"):
+        hessian_spectrum(mlp_loss, p, batch, tol=0.0, **kw)
+    with pytest.raises(TypeError, match="loss must be callable"):
+        hessian_spectrum("mse", p, batch, **kw)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        hessian_spectrum(mlp_loss, p, (batch[0], batch[1][:3]), **kw)

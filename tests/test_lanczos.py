@@ -1,0 +1,137 @@
+"""Lanczos and power iteration against exact eigenvalues of explicit matrices."""
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from stability.lanczos import (
+    eigsh_extremes,
+    lanczos_extremes,
+    lanczos_init,
+    lanczos_update,
+    run_in_jit,
+)
+
+
+def _matrix(n, eigs, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    return jnp.asarray((q * np.asarray(eigs)) @ q.T), np.sort(np.asarray(eigs))[::-1]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(1)
+    eigs = np.concatenate([[10.0, 9.0, 8.5], rng.uniform(-1.0, 5.0, 117)])
+    return _matrix(120, eigs)
+
+
+def test_lanczos_top3_and_smallest(problem):
+    a, ev = problem
+    v0 = jnp.asarray(np.random.default_rng(2).normal(size=a.shape[0]))
+    ext, count = eigsh_extremes(lambda x: a @ x, v0, k=3, tol=1e-10, max_matvecs=120)
+    np.testing.assert_allclose(ext.top, ev[:3], rtol=1e-12)
+    np.testing.assert_allclose(ext.smallest, ev[-1], rtol=1e-10)
+    assert bool(ext.done) and bool(np.all(ext.top_converged)) and bool(ext.smallest_converged)
+    assert int(count) <= 120
+
+
+def test_residual_bounds_the_error_before_convergence(problem):
+    # Parlett thm 4.5.1: some eigenvalue lies within the Ritz residual.
+    a, ev = problem
+    v0 = jnp.ones(a.shape[0])
+    ext, count = eigsh_extremes(lambda x: a @ x, v0, k=3, tol=1e-14, max_matvecs=8)
+    assert int(count) == 8
+    for theta, err in zip(np.asarray(ext.top), np.asarray(ext.top_error), strict=True):
+        assert np.min(np.abs(ev - theta)) <= err * (1 + 1e-8) + 1e-12
+    assert np.min(np.abs(ev - float(ext.smallest))) <= float(ext.smallest_error) + 1e-12
+    assert not bool(ext.done)
+
+
+def test_without_reorthogonalisation_top_is_right(problem):
+    a, ev = problem
+    v0 = jnp.asarray(np.random.default_rng(3).normal(size=a.shape[0]))
+    ext, _ = eigsh_extremes(
+        lambda x: a @ x, v0, k=1, tol=1e-10, max_matvecs=120, reorthogonalize=False
+    )
+    np.testing.assert_allclose(ext.top[0], ev[0], rtol=1e-10)
+    np.testing.assert_allclose(ext.smallest, ev[-1], rtol=1e-8)
+
+
+def test_power_iteration(problem):
+    a, ev = problem
+    v0 = jnp.asarray(np.random.default_rng(4).normal(size=a.shape[0]))
+    ext, count = eigsh_extremes(
+        lambda x: a @ x, v0, k=2, tol=1e-9, max_matvecs=3000, method="power",
+        want_smallest=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(ext.top, ev[:2], rtol=1e-8)
+    assert bool(ext.done) and int(count) % 2 == 0
+
+
+def test_pytree_operator_and_determinism(problem):
+    a, ev = problem
+    n = a.shape[0]
+
+    def matvec(tree):
+        flat = jnp.concatenate([tree["x"], tree["y"].ravel()])
+        out = a @ flat
+        return {"x": out[:20], "y": out[20:].reshape(10, 10)}
+
+    v0 = {"x": jnp.ones(20), "y": jnp.ones((10, 10))}
+    assert 20 + 100 == n
+    r1, c1 = eigsh_extremes(matvec, v0, k=2, tol=1e-10, max_matvecs=n)
+    r2, c2 = eigsh_extremes(matvec, v0, k=2, tol=1e-10, max_matvecs=n)
+    np.testing.assert_allclose(r1.top, ev[:2], rtol=1e-12)
+    assert np.array_equal(np.asarray(r1.top), np.asarray(r2.top)) and int(c1) == int(c2)
+
+
+def test_breakdown_restarts_and_finds_repeated_eigenvalue():
+    # Start vector in a 2-D invariant subspace: Lanczos breaks down after two steps
+    # and must restart to see the rest of the spectrum.
+    eigs = np.array([3.0, 3.0, 2.0, 1.0, -1.0])
+    a = jnp.diag(jnp.asarray(eigs))
+    v0 = jnp.asarray([0.0, 0.0, 1.0, 1.0, 0.0])
+    state = lanczos_init(v0, 5)
+    for _ in range(5):
+        state = lanczos_update(state, a @ state.v)
+    ext = lanczos_extremes(state, 2, 1e-12)
+    np.testing.assert_allclose(ext.top, [3.0, 3.0], atol=1e-12)
+    np.testing.assert_allclose(ext.smallest, -1.0, atol=1e-12)
+    basis = np.asarray(state.basis)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(5), atol=1e-12)
+
+
+@jax.jit
+def _diag_extremes(d, v0):
+    # The matrix is an argument of one jitted function: compiled once for all examples.
+    return run_in_jit(lambda x: d * x, v0, k=1, tol=1e-12, max_matvecs=d.shape[0])[1]
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    # One size: every example reuses one compiled loop.
+    st.lists(st.floats(-100, 100, allow_nan=False, allow_infinity=False), min_size=16, max_size=16),
+    st.integers(0, 2**31 - 1),
+)
+def test_diagonal_property(eigs, seed):
+    eigs = np.asarray(eigs)
+    v0 = jnp.asarray(np.random.default_rng(seed).normal(size=eigs.size))
+    ext = _diag_extremes(jnp.asarray(eigs), v0)
+    scale = np.max(np.abs(eigs))
+    assert abs(float(ext.top[0]) - eigs.max()) <= 1e-9 * scale + 1e-12
+    assert abs(float(ext.smallest) - eigs.min()) <= 1e-9 * scale + 1e-12
+
+
+def test_float32():
+    eigs = np.linspace(-1.0, 4.0, 64)
+    eigs[-1] = 6.0
+    a, ev = _matrix(64, eigs, seed=5)
+    a32 = a.astype(jnp.float32)
+    ext, _ = eigsh_extremes(lambda x: a32 @ x, jnp.ones(64, jnp.float32), tol=1e-6, max_matvecs=64)
+    assert ext.top.dtype == jnp.float32
+    np.testing.assert_allclose(ext.top[0], ev[0], rtol=1e-5)
+    jax.block_until_ready(ext)
