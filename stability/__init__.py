@@ -33,6 +33,7 @@ from stability.tuning import (  # noqa: E402
 from stability.linearize import LinearizedOptimizer, linearize  # noqa: E402
 
 # --- Hessian spectrum engine ---
+from .hessian_spectrum import HessianSpectrum, hessian_spectrum  # noqa: E402,F401
 
 # --- trained networks: verdicts and simulation ---
 from stability.accessibility import (  # noqa: E402
