@@ -71,8 +71,18 @@ def test_negative_curvature_is_not_a_minimum():
 
 
 def test_flat_directions_are_neutral():
-    rep = st.is_accessible(None, None, 1, 0.01, spectrum=_spectrum(1.0, low=-1e-12))
+    rep = st.is_accessible(None, None, 1, 0.01, spectrum=_spectrum(1.0, low=-1e-7))
     assert rep.verdict is True
+    slow = st.is_accessible(
+        None, None, 1, 0.01, spectrum=_spectrum(1.0, low=1e-9, low_err=1e-6, low_ok=False)
+    )
+    assert slow.verdict is True and "not converged" in slow.reason
+
+
+def test_negative_curvature_is_proved_even_without_convergence():
+    # The smallest Ritz value is an upper bound on lambda_min.
+    rep = st.is_accessible(None, None, 1, 0.01, spectrum=_spectrum(1.0, low=-0.1, low_ok=False))
+    assert rep.verdict is False and "not a minimum" in rep.reason
 
 
 def test_delay_distribution_is_accepted():
