@@ -242,3 +242,25 @@ def test_bad_model_and_batch():
         loss_fn(params, batch()[0])
     with pytest.raises(TypeError, match="train"):
         loss_from_model(model, variables, train="no")
+
+
+def test_adapted_losses_run_in_the_simulator():
+    from stability.simulate import simulate_async
+
+    x, y = batch()
+    model, variables = linen_variables()
+    loss_fn, params = loss_from_model(model, variables)
+    traj = simulate_async(loss_fn, params, (x, y), lr=0.1, tau=2, beta=0.5, steps=5)
+    # batch statistics have zero gradient: the simulator leaves them alone
+    for a, b in zip(
+        jax.tree.leaves(traj.params["batch_stats"]),
+        jax.tree.leaves(variables["batch_stats"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(traj.loss[-1]) < float(traj.loss[0])
+
+    loss_fn, params = loss_from_model(NnxNet(nnx.Rngs(0)))
+    traj = simulate_async(loss_fn, params, (x, y), lr=0.1, num_workers=3, steps=5)
+    assert isinstance(traj.params, nnx.State)
+    assert float(traj.loss[-1]) < float(traj.loss[0])
