@@ -46,3 +46,6 @@ from stability.plotting import (  # noqa: E402
     plot_thresholds,
     plot_trajectories,
 )
+from stability.simulate import AsyncTrajectory, growth_rate, simulate_async  # noqa: E402
+from stability.models import loss_from_model, mean_squared_error  # noqa: E402
+from stability.examples import load_digits, train_to_minimum  # noqa: E402

@@ -131,11 +131,19 @@ def assert_same(a: AsyncTrajectory, b: AsyncTrajectory):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize(
-    "rule,beta", [("heavy_ball", 0.0), ("heavy_ball", 0.7), ("nesterov", 0.7), ("shifted", 0.7)]
-)
-@pytest.mark.parametrize("workers", [1, 2, 5])
-@pytest.mark.parametrize("batch_size", [None, 7])
+ROUND_ROBIN_CASES = [
+    (rule, beta, workers, None)
+    for rule, beta in [
+        ("heavy_ball", 0.0),
+        ("heavy_ball", 0.7),
+        ("nesterov", 0.7),
+        ("shifted", 0.7),
+    ]
+    for workers in (1, 4)
+] + [("heavy_ball", 0.7, 3, 7), ("shifted", 0.7, 3, 7)]
+
+
+@pytest.mark.parametrize("rule,beta,workers,batch_size", ROUND_ROBIN_CASES)
 def test_round_robin_is_constant_delay(rule, beta, workers, batch_size):
     loss, params, data = small_problem()
     kw = dict(lr=0.2, beta=beta, momentum=rule, steps=40, batch_size=batch_size, seed=4)
@@ -376,9 +384,9 @@ def test_minibatch_gradient_is_on_the_sampled_examples():
     assert float(np.asarray(full.params)[0]) == pytest.approx(4.0 / 3.0, rel=1e-12)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
-    steps=st.integers(1, 30),
+    steps=st.sampled_from([1, 7, 24]),
     every=st.integers(1, 12),
     tau=st.integers(0, 3),
 )
