@@ -13,8 +13,9 @@ the recurrence has a unit root there but the loss does not change, so it does
 not make the minimum inaccessible. Curvature above -FLAT_TOLERANCE x sharpness
 counts as flat; below it the point is a saddle, not a minimum. A substantially
 negative eigenvalue is an isolated end of the spectrum, which Lanczos finds in
-few steps; the near-zero cluster converges slowly and is reported as such. (Giladi et al., "At Stability's Edge",
-ICLR 2020, section 3; THEORY.md sections 2 and 4.)
+few steps; the near-zero cluster converges slowly and is reported as such.
+(Giladi et al., "At Stability's Edge", ICLR 2020, section 3; THEORY.md
+sections 2 and 4.)
 
 The sharpness is a Lanczos estimate with an error bound (the Ritz residual).
 The verdict is certified only when the whole interval sharpness +- error lies
@@ -30,11 +31,10 @@ import math
 
 import numpy as np
 
+from stability import boundary_locus, companion, delays
 from stability.hessian_spectrum import HessianSpectrum, hessian_spectrum
 from stability.models import loss_from_model
 from stability.validation import check_beta, check_lr, check_momentum
-
-from stability import boundary_locus, companion, delays
 
 __all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
 
@@ -148,9 +148,7 @@ def verdict_from_spectrum(
     # The worst direction is an end of the spectrum; a flat (zero) direction has
     # a neutral unit root, so the bottom counts only when it is really negative.
     ends = (top, low) if low + low_err < 0 else (top,)
-    rho = max(
-        float(companion.spectral_radius(a, lr, tau, beta, momentum=momentum)) for a in ends
-    )
+    rho = max(float(companion.spectral_radius(a, lr, tau, beta, momentum=momentum)) for a in ends)
     max_lr = (
         float(boundary_locus.max_stable_lr(top, tau, beta, momentum=momentum))
         if top > 0
@@ -163,24 +161,35 @@ def verdict_from_spectrum(
     # two "no" branches below hold even before Lanczos has converged.
     flat = FLAT_TOLERANCE * abs(top)
     if low < -flat:
-        verdict, reason = False, (
-            f"not a minimum: negative curvature {low:.3g} (below -{FLAT_TOLERANCE:g} x sharpness)"
+        verdict, reason = (
+            False,
+            (
+                f"not a minimum: negative curvature {low:.3g} "
+                f"(below -{FLAT_TOLERANCE:g} x sharpness)"
+            ),
         )
     elif top >= limit:
-        verdict, reason = False, (
-            f"sharpness {top:.4g} >= max stable {limit:.4g}: the minimum is unstable"
+        verdict, reason = (
+            False,
+            (f"sharpness {top:.4g} >= max stable {limit:.4g}: the minimum is unstable"),
         )
     elif not top_ok:
-        verdict, reason = None, (
-            f"undecided: the sharpness estimate did not converge (bound {top_err:.2g})"
+        verdict, reason = (
+            None,
+            (f"undecided: the sharpness estimate did not converge (bound {top_err:.2g})"),
         )
     elif top + top_err >= limit:
-        verdict, reason = None, (
-            f"undecided: sharpness {top:.4g} +- {top_err:.2g} straddles the threshold {limit:.4g}"
+        verdict, reason = (
+            None,
+            (
+                f"undecided: sharpness {top:.4g} +- {top_err:.2g} straddles "
+                f"the threshold {limit:.4g}"
+            ),
         )
     else:
-        verdict, reason = True, (
-            f"sharpness {top:.4g} < max stable {limit:.4g} (margin {margin:.3f})"
+        verdict, reason = (
+            True,
+            (f"sharpness {top:.4g} < max stable {limit:.4g} (margin {margin:.3f})"),
         )
         if not low_ok:
             reason += "; smallest eigenvalue ~0 (flat directions), its estimate not converged"

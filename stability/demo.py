@@ -118,10 +118,13 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
         for label, rule, beta in CONFIGS
     }
     for i, tau in enumerate(taus):
-        echo(f"{tau:>4}  " + "  ".join(
-            f"{q_table[label][i]:>10.6f}" if not beta else f"{q_table[label][i]:>15.6f}"
-            for label, _, beta in CONFIGS
-        ))
+        echo(
+            f"{tau:>4}  "
+            + "  ".join(
+                f"{q_table[label][i]:>10.6f}" if not beta else f"{q_table[label][i]:>15.6f}"
+                for label, _, beta in CONFIGS
+            )
+        )
 
     # 2. A true minimum.
     echo("\n== Training a tanh MLP on 256 bundled digits to a minimum (L-BFGS, float64) ==")
@@ -171,8 +174,12 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
     top_vec = jax.tree_util.tree_map(lambda v: v[0], spectrum.eigenvectors)
     start_params = _perturb(minimum.params, top_vec, eps)
     sim_loss = _exactly_stationary(minimum.loss_fn, minimum.params, minimum.data)
-    sim_cases = [(1, "heavy_ball", 0.0), (4, "heavy_ball", 0.0), (16, "heavy_ball", 0.0),
-                 (4, "shifted", DEMO_BETA)]
+    sim_cases = [
+        (1, "heavy_ball", 0.0),
+        (4, "heavy_ball", 0.0),
+        (16, "heavy_ball", 0.0),
+        (4, "shifted", DEMO_BETA),
+    ]
     if quick:
         sim_cases = [(1, "heavy_ball", 0.0), (4, "shifted", DEMO_BETA)]
     echo(
@@ -190,25 +197,48 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
             lr = factor * lr_max
             rep = st.verdict_from_spectrum(spectrum, tau, lr, beta=beta, momentum=rule)
             traj = simulate.simulate_async(
-                sim_loss, start_params, minimum.data, lr=lr, tau=tau, beta=beta,
-                momentum=rule, steps=steps,
+                sim_loss,
+                start_params,
+                minimum.data,
+                lr=lr,
+                tau=tau,
+                beta=beta,
+                momentum=rule,
+                steps=steps,
             )
             loss = np.asarray(traj.loss)
             dist = np.asarray(traj.distance)
             rho = float(st.spectral_radius(sharp, lr, tau, beta, momentum=rule))
             stayed = bool(np.all(np.isfinite(dist)) and np.max(dist) < 100 * eps)
             linear = dist[: int(np.argmax(dist > 1e-3))] if np.any(dist > 1e-3) else dist
-            growth = simulate.growth_rate(linear) if linear.size >= 20 else float("nan")
+            # Growth is measured on runs that leave; a decaying run converges to a
+            # point eps away from its start, so its distance says nothing of rho.
+            growth = (
+                simulate.growth_rate(linear) if not stayed and linear.size >= 20 else float("nan")
+            )
             name = "sgd" if beta == 0 else rule
-            sims.append(SimulationCheck(
-                tau, rule, beta, factor, lr, steps, float(loss[0]), float(loss[-1]), rho,
-                growth, rep.verdict, stayed,
-            ))
+            sims.append(
+                SimulationCheck(
+                    tau,
+                    rule,
+                    beta,
+                    factor,
+                    lr,
+                    steps,
+                    float(loss[0]),
+                    float(loss[-1]),
+                    rho,
+                    growth,
+                    rep.verdict,
+                    stayed,
+                )
+            )
             curves[f"{name} tau={tau} {factor:g}x"] = traj
             word = {True: "yes", False: "no", None: "undecided"}[rep.verdict]
             echo(
                 f"{tau:>4} {name:>11} {factor:>8.2f} {steps:>6} {loss[0]:>11.3e} {loss[-1]:>11.3e} "
-                f"{np.max(dist):>9.2e} {word:>8} {str(stayed):>7} {rho:>10.6f} {growth:>10.6f}"
+                f"{np.max(dist):>9.2e} {word:>8} {str(stayed):>7} {rho:>10.6f} "
+                + (f"{growth:>10.6f}" if np.isfinite(growth) else f"{'-':>10}")
             )
     agree = sum(s.stayed == bool(s.verdict) for s in sims)
     echo(f"verdict and simulation agree in {agree} of {len(sims)} runs")
@@ -239,7 +269,8 @@ def _figure(out_dir, spectrum, reports, taus, curves, lr0) -> str:
     ax.set_ylabel("sharpness / max stable sharpness")
     ax.set_title(
         f"digits MLP, sharpness {spectrum.sharpness:.3g}, effective lr {lr0:.3g}: "
-        "accessible below 1", fontsize=9,
+        "accessible below 1",
+        fontsize=9,
     )
     ax.legend(fontsize=8)
     plotting.plot_trajectories(curves, quantity="distance", ax=axes[1, 1])

@@ -46,7 +46,12 @@ def test_error_bar_straddling_the_threshold_is_undecided():
     tau, lr = 8, 0.05
     limit = float(st.max_stable_sharpness(lr, tau, 0.9, momentum="shifted"))
     rep = st.is_accessible(
-        None, None, tau, lr, beta=0.9, momentum="shifted",
+        None,
+        None,
+        tau,
+        lr,
+        beta=0.9,
+        momentum="shifted",
         spectrum=_spectrum(0.999 * limit, err=0.01 * limit),
     )
     assert rep.verdict is None and not bool(rep)

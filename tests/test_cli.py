@@ -19,8 +19,19 @@ def _run(capsys, *argv):
 
 def test_table_json_matches_closed_forms(capsys):
     code, out, _ = _run(
-        capsys, "table", "--tau", "0", "1", "2", "--beta", "0", "0.9",
-        "--momentum", "shifted", "heavy_ball", "--json",
+        capsys,
+        "table",
+        "--tau",
+        "0",
+        "1",
+        "2",
+        "--beta",
+        "0",
+        "0.9",
+        "--momentum",
+        "shifted",
+        "heavy_ball",
+        "--json",
     )
     assert code == 0
     rows = {(r["tau"], r["beta"]): r for r in json.loads(out)}
@@ -36,8 +47,21 @@ def test_table_json_matches_closed_forms(capsys):
 
 def test_table_text_has_a_row_per_tau_and_beta(capsys):
     code, out, _ = _run(
-        capsys, "table", "--tau", "0", "1", "2", "4", "8", "16", "32", "--beta", "0", "0.9",
-        "--momentum", "shifted",
+        capsys,
+        "table",
+        "--tau",
+        "0",
+        "1",
+        "2",
+        "4",
+        "8",
+        "16",
+        "32",
+        "--beta",
+        "0",
+        "0.9",
+        "--momentum",
+        "shifted",
     )
     assert code == 0
     rows = [line for line in out.splitlines() if line[:5].strip().isdigit()]
@@ -71,7 +95,8 @@ def user_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("userpkg")
     minimum = examples.train_to_minimum(n=64, hidden=8, dtype=jnp.float64)
     save_npz(root / "ckpt.npz", minimum.params)
-    (root / "usermodel.py").write_text(textwrap.dedent("""
+    (root / "usermodel.py").write_text(
+        textwrap.dedent("""
         import jax.numpy as jnp
         from stability import examples
 
@@ -84,7 +109,8 @@ def user_project(tmp_path_factory):
 
         def mse(outputs, labels):
             return examples.mean_squared_error(outputs, labels)
-    """))
+    """)
+    )
     return root, minimum
 
 
@@ -92,8 +118,20 @@ def test_check_on_a_user_model_and_checkpoint(user_project, capsys, monkeypatch)
     root, _ = user_project
     monkeypatch.syspath_prepend(str(root))
     code, out, _ = _run(
-        capsys, "check", "--model", "usermodel:make_model", "--params", str(root / "ckpt.npz"),
-        "--data", "usermodel:batches", "--loss", "usermodel:mse", "--tau", "2", "--lr", "1e-4",
+        capsys,
+        "check",
+        "--model",
+        "usermodel:make_model",
+        "--params",
+        str(root / "ckpt.npz"),
+        "--data",
+        "usermodel:batches",
+        "--loss",
+        "usermodel:mse",
+        "--tau",
+        "2",
+        "--lr",
+        "1e-4",
         "--json",
     )
     assert code == 0
@@ -108,10 +146,25 @@ def test_check_on_a_user_model_and_checkpoint(user_project, capsys, monkeypatch)
 def test_check_missing_checkpoint_exits_with_one_line_no_traceback(user_project, tmp_path):
     root, _ = user_project
     proc = subprocess.run(
-        [sys.executable, "-m", "stability.cli", "check", "--model", "usermodel:make_model",
-         "--params", str(tmp_path / "missing.npz"), "--data", "usermodel:batches",
-         "--tau", "2", "--lr", "0.1"],
-        capture_output=True, text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        [
+            sys.executable,
+            "-m",
+            "stability.cli",
+            "check",
+            "--model",
+            "usermodel:make_model",
+            "--params",
+            str(tmp_path / "missing.npz"),
+            "--data",
+            "usermodel:batches",
+            "--tau",
+            "2",
+            "--lr",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 2
     assert "missing.npz" in proc.stderr
@@ -131,8 +184,12 @@ def test_check_bad_input_is_one_line(user_project, capsys, monkeypatch, override
     root, _ = user_project
     monkeypatch.syspath_prepend(str(root))
     args = {
-        "--model": "usermodel:make_model", "--params": str(root / "ckpt.npz"),
-        "--data": "usermodel:batches", "--loss": "usermodel:mse", "--tau": "2", "--lr": "0.1",
+        "--model": "usermodel:make_model",
+        "--params": str(root / "ckpt.npz"),
+        "--data": "usermodel:batches",
+        "--loss": "usermodel:mse",
+        "--tau": "2",
+        "--lr": "0.1",
     }
     args.update(override)
     argv = ["check"] + [x for kv in args.items() for x in kv]
@@ -150,8 +207,18 @@ def test_check_params_that_do_not_match_the_model(user_project, capsys, monkeypa
     monkeypatch.syspath_prepend(str(root))
     save_npz(tmp_path / "wrong.npz", {"params": {"Dense_0": {"kernel": np.zeros((3, 3))}}})
     code, _, err = _run(
-        capsys, "check", "--model", "usermodel:make_model", "--params", str(tmp_path / "wrong.npz"),
-        "--data", "usermodel:batches", "--tau", "2", "--lr", "0.1",
+        capsys,
+        "check",
+        "--model",
+        "usermodel:make_model",
+        "--params",
+        str(tmp_path / "wrong.npz"),
+        "--data",
+        "usermodel:batches",
+        "--tau",
+        "2",
+        "--lr",
+        "0.1",
     )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
