@@ -69,7 +69,7 @@ from stability.delays import DelayDistribution
 from stability.rules import characteristic_polynomial, check_delay, float_dtype
 from stability.validation import check_beta, check_lr, check_momentum, check_positive
 
-_MAX_NEWTON = 40
+_MAX_NEWTON = 60
 _DENSE_CANDIDATES = 8
 _BISECTION_STEPS = 64
 _ROOT_OFFSETS = (-8.0, -4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -94,20 +94,28 @@ class Threshold(NamedTuple):
 # Named rules: O(1) per point
 
 
-def _xy_alpha(theta, tau, beta, momentum):
+def _crossing_f(theta, tau, beta, momentum):
+    """F = X cos(alpha) - Y sin(alpha) and dF/dtheta (see the module docstring)."""
     c, s = jnp.cos(0.5 * theta), jnp.sin(0.5 * theta)
     if momentum == "heavy_ball":
-        return (1 - beta) * c, (1 + beta) * s, tau * theta
-    if momentum == "nesterov":
-        x = (1 - beta) * c * c + (1 + beta) * (1 + 2 * beta) * s * s
-        return x, 2 * beta * beta * c * s, (tau + 0.5) * theta
-    half_psi = 0.5 * (tau + 1) * theta
-    return (1 - beta) * jnp.cos(half_psi), (1 + beta) * jnp.sin(half_psi), 0.5 * tau * theta
-
-
-def _crossing_f(theta, tau, beta, momentum):
-    x, y, alpha = _xy_alpha(theta, tau, beta, momentum)
-    return x * jnp.cos(alpha) - y * jnp.sin(alpha)
+        x, y, alpha, d_alpha = (1 - beta) * c, (1 + beta) * s, tau * theta, tau
+        dx, dy = -0.5 * (1 - beta) * s, 0.5 * (1 + beta) * c
+    elif momentum == "nesterov":
+        k = (1 + beta) * (1 + 2 * beta)
+        x = (1 - beta) * c * c + k * s * s
+        y = 2 * beta * beta * c * s
+        dx = (k - (1 - beta)) * c * s
+        dy = beta * beta * (c * c - s * s)
+        alpha, d_alpha = (tau + 0.5) * theta, tau + 0.5
+    else:
+        half_psi = 0.5 * (tau + 1) * theta
+        cp, sp = jnp.cos(half_psi), jnp.sin(half_psi)
+        x, y, alpha, d_alpha = (1 - beta) * cp, (1 + beta) * sp, 0.5 * tau * theta, 0.5 * tau
+        dx, dy = -0.5 * (tau + 1) * (1 - beta) * sp, 0.5 * (tau + 1) * (1 + beta) * cp
+    ca, sa = jnp.cos(alpha), jnp.sin(alpha)
+    f = x * ca - y * sa
+    df = dx * ca - dy * sa - d_alpha * (x * sa + y * ca)
+    return f, df
 
 
 def _modulus(theta, tau, beta, momentum):
@@ -122,34 +130,50 @@ def _modulus(theta, tau, beta, momentum):
     return hb / jnp.sqrt(1 + 4 * beta * (1 + beta) * s * s)
 
 
+def _quadratic_coefficient(tau, beta, momentum):
+    """K in F(theta) = (1 - beta) - K theta^2 + O(theta^4) (Taylor expansion of F)."""
+    if momentum == "heavy_ball":
+        return (1 - beta) * (0.125 + 0.5 * tau * tau) + 0.5 * (1 + beta) * tau
+    if momentum == "nesterov":
+        t = tau + 0.5
+        x2 = 0.25 * ((1 + beta) * (1 + 2 * beta) - (1 - beta))
+        return (1 - beta) * 0.5 * t * t + beta * beta * t - x2
+    return (1 - beta) * ((tau + 1) ** 2 + tau * tau) / 8 + (1 + beta) * tau * (tau + 1) / 4
+
+
 @partial(jax.jit, static_argnames=("momentum",))
 def _named_threshold(tau, beta, momentum):
-    f = lambda t: _crossing_f(t, tau, beta, momentum)  # noqa: E731
     span = 2.0 if momentum == "shifted" else 1.5
     hi = jnp.minimum(jnp.pi, span * jnp.pi / (2 * tau + 1))
     lo = jnp.zeros_like(hi)
-    # F(theta) ~ F(0) + F''(0) theta^2 / 2: start at its root.
-    f0 = f(lo)
-    f2 = jax.jvp(lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1], (lo,), (jnp.ones_like(lo),))[1]
-    theta0 = jnp.sqrt(2 * f0 / jnp.maximum(-f2, jnp.finfo(hi.dtype).tiny))
+    # F(theta) = F0 - K theta^2 + O(theta^4) (F is even): start at the root of that.
+    theta0 = jnp.sqrt((1 - beta) / _quadratic_coefficient(tau, beta, momentum))
     theta0 = jnp.where(jnp.isfinite(theta0), jnp.clip(theta0, lo, hi), 0.5 * hi)
     eps = 4 * jnp.finfo(hi.dtype).eps
+    tol = 1e-2 * jnp.sqrt(eps)
+    # tau = 0 (and nesterov tau = 1) are closed forms below: no iterations for them
+    trivial = (tau == 0) | ((tau == 1) & (momentum == "nesterov"))
 
+    # Bracketed Newton until every point's step is below tol (quadratic convergence:
+    # the remaining error is then ~ tol^2); 4 steps on 1e6 random (tau <= 1000,
+    # beta <= 0.99) points.
     def body(state):
-        it, th, lo, hi, _ = state
-        val, slope = jax.jvp(f, (th,), (jnp.ones_like(th),))
-        lo = jnp.where(val > 0, th, lo)
-        hi = jnp.where(val > 0, hi, th)
-        new = th - val / slope
-        new = jnp.where((new >= lo) & (new <= hi), new, 0.5 * (lo + hi))
-        done = (jnp.abs(new - th) <= eps * th) | (hi - lo <= eps * hi)
+        it, theta, lo, hi, _ = state
+        val, slope = _crossing_f(theta, tau, beta, momentum)
+        lo = jnp.where(val > 0, theta, lo)
+        hi = jnp.where(val > 0, hi, theta)
+        new = theta - val / slope
+        # accept a Newton step that lands inside the bracket (up to rounding)
+        slack = eps * hi
+        inside = (new >= lo - slack) & (new <= hi + slack)
+        new = jnp.where(inside, jnp.clip(new, lo, hi), 0.5 * (lo + hi))
+        done = (jnp.abs(new - theta) <= tol * theta) | (hi - lo <= eps * hi) | trivial
         return it + 1, new, lo, hi, done
 
     def cond(state):
-        it, _, _, _, done = state
-        return (it < _MAX_NEWTON) & ~jnp.all(done)
+        return (state[0] < _MAX_NEWTON) & ~jnp.all(state[4])
 
-    init = (jnp.int32(0), theta0, lo, hi, jnp.zeros(hi.shape, bool))
+    init = (jnp.int32(0), theta0, lo, hi, trivial)
     _, theta, _, _, done = jax.lax.while_loop(cond, body, init)
     theta = jnp.where(tau == 0, jnp.pi, theta)
     q = _modulus(theta, tau, beta, momentum)
