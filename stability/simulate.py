@@ -124,6 +124,12 @@ def simulate_async(
 
     Returns:
       An `AsyncTrajectory`.
+
+    Compilation: ``loss`` and the integer options are static (the compiled
+    program is cached per ``loss`` function object, so pass the same object to
+    reuse it); ``params``, ``data``, ``lr``, ``beta`` and ``seed`` are traced
+    arguments. This driver itself is not traceable (it validates its inputs
+    and reads the result back to set ``diverged``).
     """
     check_lr(lr)
     check_beta(beta)
