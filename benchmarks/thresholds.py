@@ -28,14 +28,17 @@ import numpy as np  # noqa: E402
 
 import stability as st  # noqa: E402
 
+CPU_SHARE = []  # process CPU seconds per wall second of each timed call (2 cores, shared)
+
 
 def best_time(fn, repeat=3):
     fn()  # warm up / compile
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
+        CPU_SHARE.append((time.process_time() - c0) / times[-1])
     return min(times)
 
 
@@ -150,6 +153,10 @@ def main(argv=None):
     results.append(
         report("spectral radius grid speed-up over numpy loop", per_np / per_jax, "x", 20)
     )
+    print(
+        f"process CPU / wall during the timed jax calls: {min(CPU_SHARE):.2f}..{max(CPU_SHARE):.2f}"
+    )
+    print(f"load average {os.getloadavg()}")
     print(f"{sum(results)}/{len(results)} targets met")
 
 
