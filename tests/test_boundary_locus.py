@@ -177,3 +177,12 @@ def test_max_stable_lr_inverts_sharpness():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@given(rule=hst.sampled_from(RULES), tau=hst.integers(0, 200), beta=hst.floats(0.0, 0.99))
+@settings(max_examples=40, deadline=None)
+def test_random_points_bracket_eigenvalue_crossing(rule, tau, beta):
+    # relative error <= 1e-9 against the exact (eigenvalue) crossing
+    q = q_max(tau, beta, rule)
+    assert rho(poly(tau, beta, q * (1 - 1e-9), rule)) < 1.0
+    assert rho(poly(tau, beta, q * (1 + 1e-9), rule)) > 1.0
