@@ -46,6 +46,11 @@ from stability.plotting import (  # noqa: E402
     plot_thresholds,
     plot_trajectories,
 )
-from stability.simulate import AsyncTrajectory, growth_rate, simulate_async  # noqa: E402
+from stability.simulate import (  # noqa: E402
+    AsyncTrajectory,
+    growth_rate,
+    simulate_async,
+    stationary_tilt,
+)
 from stability.models import loss_from_model, mean_squared_error  # noqa: E402
 from stability.examples import load_digits, train_to_minimum  # noqa: E402

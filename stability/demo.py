@@ -73,22 +73,6 @@ def _perturb(params, vector, eps):
     return jax.tree_util.tree_map(lambda p, v: p + eps * v.astype(p.dtype), params, vector)
 
 
-def _exactly_stationary(loss_fn, anchor, data):
-    """loss(w) - <g*, w - w*>: same Hessian, gradient exactly 0 at w* = anchor.
-
-    An L-BFGS minimum keeps a residual gradient g* (~1e-6 here) that makes a
-    long simulation drift along flat directions; removing it isolates the
-    linear dynamics the verdict is about.
-    """
-    g_star = jax.grad(loss_fn)(anchor, data)
-
-    def tilted(params, batch):
-        inner = jax.tree_util.tree_map(lambda p, a, g: jnp.vdot(g, p - a), params, anchor, g_star)
-        return loss_fn(params, batch) - sum(jax.tree_util.tree_leaves(inner))
-
-    return tilted
-
-
 def _steps_for(rho: float, eps: float, lo: int, hi: int) -> int:
     """Steps for growth by 1/eps at rate rho (THEORY.md section 8), clipped."""
     if rho <= 1.0:
@@ -173,7 +157,7 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
     eps = 1e-6
     top_vec = jax.tree_util.tree_map(lambda v: v[0], spectrum.eigenvectors)
     start_params = _perturb(minimum.params, top_vec, eps)
-    sim_loss = _exactly_stationary(minimum.loss_fn, minimum.params, minimum.data)
+    sim_loss = simulate.stationary_tilt(minimum.loss_fn, minimum.params, minimum.data)
     sim_cases = [
         (1, "heavy_ball", 0.0),
         (4, "heavy_ball", 0.0),

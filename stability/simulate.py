@@ -379,3 +379,30 @@ def growth_rate(values, *, window: int | None = None) -> float:
     first = math.sqrt(float(np.mean(x[:window] ** 2)))
     last = math.sqrt(float(np.mean(x[-window:] ** 2)))
     return (last / first) ** (1.0 / (x.size - window))
+
+
+def stationary_tilt(loss: Callable, params, data=None) -> Callable:
+    """``loss(w) - <g*, w - w*>`` with g* the gradient at w* = ``params``.
+
+    The tilted loss has the same Hessian everywhere and a gradient of exactly
+    zero at ``params``. A numerically found minimum keeps a residual gradient
+    (an L-BFGS point ~1e-6), which makes a long simulation drift along flat
+    directions; simulating the tilted loss isolates the linear dynamics around
+    the minimum that a stability verdict is about (THEORY.md section 8).
+
+    Args:
+      loss: ``loss(params, batch)`` (or ``loss(params)`` when ``data`` is None).
+      params: the point w* to make exactly stationary.
+      data: the batch the residual gradient is taken on (the one you simulate).
+
+    Returns:
+      A loss with the same signature as ``loss``.
+    """
+    args = () if data is None else (data,)
+    g_star = jax.grad(loss)(params, *args)
+
+    def tilted(p, *batch):
+        inner = jax.tree_util.tree_map(lambda a, b, g: jnp.vdot(g, a - b), p, params, g_star)
+        return loss(p, *batch) - sum(jax.tree_util.tree_leaves(inner))
+
+    return tilted

@@ -21,7 +21,7 @@ from flax import nnx
 import stability as st
 from stability import examples
 from stability.models import loss_from_model, mean_squared_error
-from stability.simulate import simulate_async
+from stability.simulate import simulate_async, stationary_tilt
 
 EPS = 1e-6
 RULES = [("heavy_ball", 0.0), ("heavy_ball", 0.9), ("shifted", 0.9)]  # gd, heavy ball, shifted
@@ -75,13 +75,7 @@ def _check_against_simulation(loss_fn, params, data, base, tau, rule, beta):
     # L-BFGS leaves a residual gradient g* ~ 1e-6, which makes the iterate drift
     # along flat directions and blurs the measured growth. Tilting the loss by
     # -<g*, w - w*> makes w* an exact stationary point with the same Hessian.
-    g_star = jax.grad(loss_fn)(params, data)
-
-    def tilted(p, batch):
-        shift = jax.tree_util.tree_map(lambda a, b, g: jnp.vdot(g, a - b), p, params, g_star)
-        return loss_fn(p, batch) - sum(jax.tree_util.tree_leaves(shift))
-
-    loss_fn = tilted
+    loss_fn = stationary_tilt(loss_fn, params, data)
     top = jax.tree_util.tree_map(lambda v: v[0], spectrum.eigenvectors)
     start = jax.tree_util.tree_map(lambda p, v: p + EPS * v, params, top)
     lr_max = float(st.max_stable_lr(spectrum.sharpness, tau, beta, momentum=rule))
