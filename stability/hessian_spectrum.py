@@ -41,10 +41,12 @@ Memory
     second pass that replays the recurrence); ``method="power"`` keeps ``k + 1``.
 
 Accuracy
-    ``errors[i] = ||H y_i - theta_i y_i||`` (Ritz residual) bounds
-    ``|theta_i - lambda|`` for some eigenvalue ``lambda``; a value is converged when
-    its residual is ``<= tol * max(|theta_max|, |theta_min|)``. Unconverged values are
-    flagged, never hidden.
+    The Ritz residual ``r_i = ||H y_i - theta_i y_i||`` bounds ``|theta_i - lambda|``
+    for some eigenvalue ``lambda``. ``errors`` is ``r_i`` with
+    ``error_bound="residual"``, or by default the gap-sharpened ``r_i^2 / gap_i``
+    where the Ritz gap exceeds ``2 r_i`` (see :func:`stability.lanczos.lanczos_extremes`).
+    A value is converged when its error is ``<= tol * max(|theta_max|, |theta_min|)``.
+    Unconverged values are flagged, never hidden.
 """
 
 from __future__ import annotations
@@ -195,10 +197,12 @@ def _check_loss_value(value):
 # --------------------------------------------------------------- fused (one jit)
 
 
-def _start(key, n, dtype, k, method, want_smallest):
-    if method == "power":
-        return jax.random.normal(key, (k + (1 if want_smallest else 0), n), dtype)
-    return jax.random.normal(key, (n,), dtype)
+def _start(seed, n, dtype, k, method, want_smallest):
+    # On the host with numpy: deterministic in the seed, identical on every process,
+    # and no RNG to compile inside the jitted loop.
+    rng = np.random.default_rng(seed)
+    shape = (k + (1 if want_smallest else 0), n) if method == "power" else (n,)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def _replay_vectors(matvec, v0, key, coeffs, count, m):
@@ -224,7 +228,7 @@ def _replay_vectors(matvec, v0, key, coeffs, count, m):
 def _vectors_from(state, ext, method, k):
     if method == "power":
         return state.vecs
-    return _unit_rows((ext.coeffs @ state.basis)[:k])
+    return _unit_rows((ext.coeffs @ state.basis[: ext.coeffs.shape[1]])[:k])
 
 
 def _unit_rows(y):
@@ -237,22 +241,21 @@ def _unit_rows(y):
     jax.jit,
     static_argnames=(
         "loss", "mask", "k", "max_hvps", "method", "reorthogonalize", "want_smallest",
-        "return_vectors",
+        "return_vectors", "gap_bound",
     ),
 )  # fmt: skip
 def _fused(
-    loss, mask, params, main, rem, key, tol, *, k, max_hvps, method, reorthogonalize,
-    want_smallest, return_vectors,
+    loss, mask, params, main, rem, v0, tol, *, k, max_hvps, method, reorthogonalize,
+    want_smallest, return_vectors, gap_bound,
 ):  # fmt: skip
     n_total = sum(_hvp.batch_size(p) for p in (main, rem) if p is not None) or 1
     fp = _hvp.flatten_params(params, mask)
     matvec = _hvp.flat_hvp(loss, mask, params, main, rem, n_total)
     loss_value = _hvp.weighted_objective(loss, params, main, rem) / n_total
-    n = fp.flat.shape[0]
-    v0 = _start(key, n, fp.flat.dtype, k, method, want_smallest)
+    key = None
     state, ext, count = _lz.run_in_jit(
         matvec, v0, k=k, tol=tol, max_matvecs=max_hvps, method=method,
-        reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key,
+        reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key, gap_bound=gap_bound,
     )  # fmt: skip
     vecs = None
     if return_vectors:
@@ -269,10 +272,10 @@ def _fused(
 # --------------------------------------------------------- host loop (many batches)
 
 
-@partial(jax.jit, static_argnames=("k", "want_smallest"), donate_argnames=("state",))
-def _lanczos_step(state, w, tol, *, k, want_smallest):
+@partial(jax.jit, static_argnames=("k", "want_smallest", "gap_bound"), donate_argnames=("state",))
+def _lanczos_step(state, w, tol, *, k, want_smallest, gap_bound):
     state = _lz.lanczos_update(state, w)
-    return state, _lz.lanczos_extremes(state, k, tol, want_smallest)
+    return state, _lz.lanczos_extremes(state, k, tol, want_smallest, gap_bound)
 
 
 @partial(jax.jit, static_argnames=("want_smallest",), donate_argnames=("state",))
@@ -329,12 +332,12 @@ class _Pass:
         return acc / total
 
 
-def _host_loop(matvec, flat0, key, *, k, tol, max_hvps, method, reorthogonalize,
-               want_smallest, progress):  # fmt: skip
+def _host_loop(matvec, flat0, v0, *, k, tol, max_hvps, method, reorthogonalize,
+               want_smallest, progress, gap_bound):  # fmt: skip
     from tqdm.auto import tqdm
 
-    n = flat0.shape[0]
-    v0 = _start(key, n, flat0.dtype, k, method, want_smallest)
+    key = None
+    v0 = jnp.asarray(v0)
     tol = jnp.asarray(tol, flat0.dtype)
     bar = tqdm(total=max_hvps, desc="Hessian-vector products", disable=not progress, leave=False)
     count = 0
@@ -344,7 +347,9 @@ def _host_loop(matvec, flat0, key, *, k, tol, max_hvps, method, reorthogonalize,
             ext = None
             while count < max_hvps:
                 w = matvec(state.v[None])[0]
-                state, ext = _lanczos_step(state, w, tol, k=k, want_smallest=want_smallest)
+                state, ext = _lanczos_step(
+                    state, w, tol, k=k, want_smallest=want_smallest, gap_bound=gap_bound
+                )
                 count += 1
                 bar.update(1)
                 done, top, err = jax.device_get((ext.done, ext.top[0], ext.top_error[0]))
@@ -391,6 +396,7 @@ def hessian_spectrum(
     trainable=None,
     devices=None,
     progress: bool = True,
+    error_bound: str = "gap",
 ) -> HessianSpectrum:
     """The ``k`` largest and the smallest eigenvalue of the Hessian of the mean loss.
 
@@ -416,6 +422,10 @@ def hessian_spectrum(
       trainable: which leaves to differentiate (see :func:`stability.hvp.trainable_mask`).
       devices: devices of the data-parallel mesh (default ``jax.devices()``).
       progress: show a tqdm bar over products when there are several batches.
+      error_bound: ``"gap"`` (default): Lanczos errors are ``min(r, r^2 / gap)`` with
+        ``r`` the Ritz residual and ``gap`` the distance to the neighbouring Ritz
+        value (Kato-Temple; an estimate, typically stopping several times earlier);
+        ``"residual"``: the rigorous residual ``r`` itself.
 
     Returns:
       :class:`HessianSpectrum`.
@@ -429,6 +439,9 @@ def hessian_spectrum(
         raise TypeError(f"seed must be an integer; got {seed!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if error_bound not in ("gap", "residual"):
+        raise ValueError(f"error_bound must be 'gap' or 'residual'; got {error_bound!r}")
+    gap_bound = error_bound == "gap"
     mask = _hvp.trainable_mask(params, trainable)
     n = _check_params(params, mask)
     if k > n:
@@ -444,8 +457,8 @@ def hessian_spectrum(
     kind, payload = _classify_data(data)
     mesh = _hvp.make_mesh(devices) if kind != "none" else None
     params_d = _hvp.replicate(params, mesh)
-    key = jax.random.key(int(seed))
-    want_smallest = bool(converge_smallest) or method == "lanczos"
+    want_smallest = bool(converge_smallest)
+    v0 = _start(int(seed), n, _hvp.flat_dtype(params, mask), k, method, want_smallest)
 
     if kind in ("none", "single"):
         if kind == "single":
@@ -457,9 +470,10 @@ def hessian_spectrum(
             _check_loss_shape(loss, params, None)
             main = rem = None
         ext, count, vecs, loss_value, finite = _fused(
-            loss, mask, params_d, main, rem, key, tol, k=k, max_hvps=max_hvps, method=method,
+            loss, mask, params_d, main, rem, _hvp.replicate(v0, mesh), tol, k=k,
+            max_hvps=max_hvps, method=method,
             reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
-            return_vectors=bool(return_vectors),
+            return_vectors=bool(return_vectors), gap_bound=gap_bound,
         )  # fmt: skip
         _check_loss_value(loss_value)
         if not bool(finite):
@@ -468,14 +482,14 @@ def hessian_spectrum(
         matvec = _Pass(loss, mask, params_d, payload, mesh, progress)
         flat0 = _flatten(params_d, mask=mask)
         state, ext, count, v0 = _host_loop(
-            matvec, flat0, key, k=k, tol=tol, max_hvps=max_hvps, method=method,
+            matvec, flat0, _hvp.replicate(v0, mesh), k=k, tol=tol, max_hvps=max_hvps, method=method,
             reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
-            progress=progress,
+            progress=progress, gap_bound=gap_bound,
         )  # fmt: skip
         vecs = None
         if return_vectors:
             if method == "lanczos" and not reorthogonalize:
-                vecs, extra = _host_replay(matvec, v0, key, ext.coeffs, count, max_hvps)
+                vecs, extra = _host_replay(matvec, v0, None, ext.coeffs, count, max_hvps)
                 vecs = _unit_rows(vecs)
                 count += extra
             else:

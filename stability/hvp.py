@@ -217,6 +217,9 @@ def loss_and_hvp(loss, mask, params, main, rem, vecs):
         (val, g), (_, hv) = jax.jvp(vg, (fp.flat,), (v.astype(fp.flat.dtype),))
         return val, g, hv
 
+    if vecs.shape[0] == 1:  # the common case; vmap of one tangent costs extra on CPU
+        val, g, hv = one(vecs[0])
+        return val, g, hv[None]
     vals, gs, hvs = jax.vmap(one)(vecs)
     return vals[0], gs[0], hvs
 

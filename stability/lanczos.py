@@ -99,7 +99,7 @@ class LanczosState(NamedTuple):
     v: jax.Array
     v_prev: jax.Array
     j: jax.Array
-    key: jax.Array
+    key: jax.Array  # number of restarts after breakdown
 
 
 def _normalize(x):
@@ -107,11 +107,34 @@ def _normalize(x):
     return x / nrm, nrm
 
 
-def _orthogonalize(basis, x):
-    # Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005); the
-    # zero rows of a partly filled basis contribute nothing.
+BLOCK = 8  # basis rows per block: reorthogonalise against the filled blocks only
+
+
+def _orthogonalize(basis, x, used=None):
+    """Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005) against
+    the first ``used`` rows of ``basis`` (all when None). Only the blocks holding
+    those rows are touched, so step ``j`` costs ``O(j n)``, not ``O(m n)``; the zero
+    rows of a partly filled block contribute nothing."""
+    rows = basis.shape[0]
+    nblk_max = rows // BLOCK
+    nblk = nblk_max if used is None else jnp.minimum((used + BLOCK - 1) // BLOCK, nblk_max)
+
+    def coeffs(x):
+        def body(b, c):
+            blk = lax.dynamic_slice_in_dim(basis, b * BLOCK, BLOCK)
+            return lax.dynamic_update_slice_in_dim(c, blk @ x, b * BLOCK, 0)
+
+        return lax.fori_loop(0, nblk, body, jnp.zeros((rows,), x.dtype))
+
+    def subtract(x, c):
+        def body(b, x):
+            blk = lax.dynamic_slice_in_dim(basis, b * BLOCK, BLOCK)
+            return x - lax.dynamic_slice_in_dim(c, b * BLOCK, BLOCK) @ blk
+
+        return lax.fori_loop(0, nblk, body, x)
+
     for _ in range(2):
-        x = x - basis.T @ (basis @ x)
+        x = subtract(x, coeffs(x))
     return x
 
 
@@ -120,8 +143,8 @@ def lanczos_init(v0: jax.Array, max_iters: int, reorthogonalize: bool = True, ke
     n = v0.shape[0]
     dtype = v0.dtype
     v, _ = _normalize(v0)
-    rows = max_iters if reorthogonalize else 0
-    key = jax.random.key(0) if key is None else key
+    rows = -(-max_iters // BLOCK) * BLOCK if reorthogonalize else 0
+    del key  # kept for API compatibility; restarts are deterministic
     return LanczosState(
         basis=jnp.zeros((rows, n), dtype),
         alphas=jnp.zeros((max_iters,), dtype),
@@ -129,7 +152,7 @@ def lanczos_init(v0: jax.Array, max_iters: int, reorthogonalize: bool = True, ke
         v=v,
         v_prev=jnp.zeros_like(v),
         j=jnp.zeros((), jnp.int32),
-        key=key,
+        key=jnp.zeros((), jnp.int32),
     )
 
 
@@ -144,18 +167,20 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
     reorth = basis.shape[0] > 0
     if reorth:
         basis = basis.at[j].set(v)
-        w = _orthogonalize(basis, w)
+        w = _orthogonalize(basis, w, j + 1)
     beta = jnp.linalg.norm(w)
     # Breakdown: the Krylov space is invariant. Restart with a random vector
     # orthogonal to the basis; T gets a zero off-diagonal (decoupled block).
     scale = jnp.maximum(jnp.abs(alpha), jnp.max(jnp.abs(state.alphas)))
     tiny = jnp.finfo(v.dtype).eps * jnp.sqrt(jnp.asarray(v.shape[0], v.dtype)) * scale
     broke = (beta <= tiny) | (scale == 0)
-    key, sub = jax.random.split(state.key)
+    key = state.key + jnp.where(broke, 1, 0).astype(jnp.int32)
 
     def restart(_):
-        r = jax.random.normal(sub, v.shape, v.dtype)
-        r = _orthogonalize(basis, r) if reorth else r - jnp.vdot(v, r) * v
+        # A deterministic pseudo-random vector (no RNG in the loop: it compiles slowly).
+        phase = jnp.asarray(0.7548776662466927, v.dtype) * (j + 1).astype(v.dtype)
+        r = jnp.sin(jnp.arange(v.shape[0], dtype=v.dtype) * phase + 1.0)
+        r = _orthogonalize(basis, r, j + 1) if reorth else r - jnp.vdot(v, r) * v
         return _normalize(r)[0], jnp.zeros((), v.dtype)
 
     def proceed(_):
@@ -173,8 +198,18 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
     )
 
 
-def lanczos_extremes(state: LanczosState, k: int, tol, want_smallest: bool = True) -> Extremes:
-    """Ritz values, residual bounds and convergence flags from ``T_j``.
+def lanczos_extremes(
+    state: LanczosState, k: int, tol, want_smallest: bool = True, gap_bound: bool = True
+) -> Extremes:
+    """Ritz values, error bounds and convergence flags from ``T_j``.
+
+    Error of a Ritz value: its residual ``r`` (a rigorous bound), or with
+    ``gap_bound`` the sharper ``r^2 / gap`` (Kato-Temple; Parlett, "The Symmetric
+    Eigenvalue Problem", thm. 11.7.1) when the distance ``gap`` to the neighbouring
+    Ritz values exceeds ``2 r``. The Ritz gap stands in for the unknown distance to
+    the rest of the spectrum, so this is an estimate (standard in practice), not a
+    proof; eigenvalue errors of Lanczos are typically ``~ r^2 / gap`` since Ritz
+    values converge twice as fast as Ritz vectors.
 
     Runs inside jit with static shapes: ``T`` is padded to (m, m) with a
     decoupled diagonal block ``c I``, ``c`` above the Gershgorin bound of the active
@@ -190,18 +225,21 @@ def lanczos_extremes(state: LanczosState, k: int, tol, want_smallest: bool = Tru
     gersh = jnp.max(jnp.abs(a_act)) + 2 * jnp.max(jnp.abs(off))
     c = 2 * gersh + 1
     diag = jnp.where(active, alphas, c)
-    # Eigenvalues by bisection (O(m^2), no dense m x m eigensolver: XLA's CPU eigh
-    # takes seconds at m = 300), vectors of the wanted ones by inverse iteration.
-    theta = eigh_tridiagonal(diag, off[:-1], eigvals_only=True)
-    theta = jnp.sort(theta)
     last = jnp.clip(j - 1, 0, m - 1)
     beta_last = jnp.abs(betas[last])
     top_idx = j - 1 - jnp.arange(k, dtype=jnp.int32)
     valid = top_idx >= 0
     top_idx_c = jnp.clip(top_idx, 0, m - 1)
     wanted = jnp.concatenate([top_idx_c, jnp.zeros((1,), jnp.int32)])
-    vecs = _tridiag_vectors(diag, off, active, theta[wanted])
+    theta, vecs = _tridiag_eig(diag, off, active, j, wanted)
     res = beta_last * jnp.abs(vecs[:, last])
+    if gap_bound:
+        pos = wanted
+        lo = jnp.where(pos > 0, theta[jnp.maximum(pos - 1, 0)], -jnp.inf)
+        hi = jnp.where(pos < j - 1, theta[jnp.minimum(pos + 1, m - 1)], jnp.inf)
+        gap = jnp.minimum(theta[pos] - lo, hi - theta[pos])
+        sharp = res * res / jnp.where(jnp.isfinite(gap) & (gap > 0), gap, 1)
+        res = jnp.where(jnp.isfinite(gap) & (gap > 2 * res), sharp, res)
     top = jnp.where(valid, theta[top_idx_c], jnp.nan)
     top_err = jnp.where(valid, res[:k], jnp.inf)
     smallest = theta[0]
@@ -215,6 +253,47 @@ def lanczos_extremes(state: LanczosState, k: int, tol, want_smallest: bool = Tru
         done = done & small_conv
     coeffs = jnp.where(active[None, :], vecs, 0)
     return Extremes(top, top_err, top_conv, smallest, smallest_err, small_conv, done, coeffs)
+
+
+def _tridiag_eig(diag, off, active, j, wanted):
+    """All eigenvalues (ascending) of the padded tridiagonal and unit eigenvectors
+    for the indices ``wanted``.
+
+    On CPU the host is the device, so LAPACK's ``stemr`` through
+    ``scipy.linalg.eigh_tridiagonal`` is called with ``jax.pure_callback`` (no
+    transfer; XLA's own bisection compiles for seconds and its dense CPU eigh takes
+    seconds at m = 300). On GPU/TPU everything stays on the device: bisection
+    (``jax.scipy.linalg.eigh_tridiagonal``) and inverse iteration.
+    """
+    m = diag.shape[0]
+    dtype = diag.dtype
+    if jax.default_backend() == "cpu":
+        shapes = (
+            jax.ShapeDtypeStruct((m,), dtype),
+            jax.ShapeDtypeStruct((wanted.shape[0], m), dtype),
+        )
+        return jax.pure_callback(_host_tridiag_eig, shapes, diag, off, j, wanted)
+    theta = jnp.sort(eigh_tridiagonal(diag, off[:-1], eigvals_only=True))
+    return theta, _tridiag_vectors(diag, off, active, theta[wanted])
+
+
+def _host_tridiag_eig(diag, off, j, wanted):
+    import numpy as np
+    from scipy.linalg import eigh_tridiagonal as sp_eigh_tridiagonal
+
+    diag, off = np.asarray(diag), np.asarray(off)
+    m, j = diag.shape[0], int(j)
+    theta = np.sort(diag.copy())  # padding values: above every active eigenvalue
+    vecs = np.zeros((len(wanted), m), diag.dtype)
+    if j > 0:
+        w, v = sp_eigh_tridiagonal(
+            diag[:j].astype(np.float64), off[: j - 1].astype(np.float64), lapack_driver="stemr"
+        ) if j > 1 else (diag[:1].astype(np.float64), np.ones((1, 1)))  # fmt: skip
+        theta[:j] = w
+        theta[j:] = diag[j:]
+        idx = np.clip(np.asarray(wanted), 0, j - 1)
+        vecs[:, :j] = v[:, idx].T
+    return theta.astype(diag.dtype), vecs
 
 
 def _tridiag_vectors(diag, off, active, thetas, iters: int = 3):
@@ -347,6 +426,7 @@ def run_in_jit(
     reorthogonalize: bool = True,
     want_smallest: bool = True,
     key=None,
+    gap_bound: bool = True,
 ):
     """Run Lanczos or power iteration with ``lax.while_loop`` (traceable ``matvec``).
 
@@ -364,9 +444,9 @@ def run_in_jit(
         def body(carry):
             state, _ = carry
             state = lanczos_update(state, matvec(state.v))
-            return state, lanczos_extremes(state, k, tol, want_smallest)
+            return state, lanczos_extremes(state, k, tol, want_smallest, gap_bound)
 
-        ext = lanczos_extremes(state, k, tol, want_smallest)
+        ext = lanczos_extremes(state, k, tol, want_smallest, gap_bound)
         state, ext = lax.while_loop(cond, body, (state, ext))
         return state, ext, state.j
     if method == "power":
@@ -401,6 +481,7 @@ def eigsh_extremes(
     reorthogonalize: bool = True,
     want_smallest: bool = True,
     seed: int = 0,
+    gap_bound: bool = True,
 ):
     """Extreme eigenvalues of a symmetric operator given as a function.
 
@@ -428,5 +509,6 @@ def eigsh_extremes(
         flat_matvec, start, k=k, tol=tol, max_matvecs=min(max_matvecs, flat0.shape[0])
         if method == "lanczos" else max_matvecs, method=method,
         reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key,
+        gap_bound=gap_bound,
     )  # fmt: skip
     return ext._replace(coeffs=None), count

@@ -43,7 +43,7 @@ def test_residual_bounds_the_error_before_convergence(problem):
     # Parlett thm 4.5.1: some eigenvalue lies within the Ritz residual.
     a, ev = problem
     v0 = jnp.ones(a.shape[0])
-    ext, count = eigsh_extremes(lambda x: a @ x, v0, k=3, tol=1e-14, max_matvecs=8)
+    ext, count = eigsh_extremes(lambda x: a @ x, v0, k=3, tol=1e-14, max_matvecs=8, gap_bound=False)
     assert int(count) == 8
     for theta, err in zip(np.asarray(ext.top), np.asarray(ext.top_error), strict=True):
         assert np.min(np.abs(ev - theta)) <= err * (1 + 1e-8) + 1e-12
@@ -101,7 +101,7 @@ def test_breakdown_restarts_and_finds_repeated_eigenvalue():
     ext = lanczos_extremes(state, 2, 1e-12)
     np.testing.assert_allclose(ext.top, [3.0, 3.0], atol=1e-12)
     np.testing.assert_allclose(ext.smallest, -1.0, atol=1e-12)
-    basis = np.asarray(state.basis)
+    basis = np.asarray(state.basis)[:5]  # rows padded to a multiple of the block size
     np.testing.assert_allclose(basis @ basis.T, np.eye(5), atol=1e-12)
 
 
