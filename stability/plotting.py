@@ -48,7 +48,7 @@ def plot_stability_region(
 ):
     """Spectral radius over the (beta, q = lr * sharpness) plane at delay tau.
 
-    The stable region (spectral radius < 1) is outlined by the exact
+    The stable region (spectral radius < 1) is outlined (black) by the exact
     threshold q_max(tau, beta) from the boundary locus, drawn on top of the
     spectral radius computed from the companion-matrix eigenvalues: the two
     are independent computations, so the figure is also a visual check.
@@ -64,15 +64,19 @@ def plot_stability_region(
     rho = np.asarray(
         spectral_radius(qs[:, None], 1.0, tau, betas[None, :], momentum=momentum), dtype=float
     )
-    mesh = ax.pcolormesh(
-        betas, qs, np.minimum(rho, 1.5), shading="auto", cmap="viridis", vmin=0.0, vmax=1.5
-    )
-    ax.figure.colorbar(mesh, ax=ax, label="spectral radius (clipped at 1.5)")
-    ax.plot(betas, edge, color="white", lw=2, label="q_max (boundary locus)")
+    from matplotlib.colors import TwoSlopeNorm
+
+    # Near a minimum rho is close to 1 everywhere at large tau: a diverging map
+    # centred on 1 shows stable (blue) and unstable (red) at any contrast.
+    lo, hi = float(np.min(rho)), float(np.max(rho))
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 1.0 - 1e-6), vmax=max(hi, 1.0 + 1e-6))
+    mesh = ax.pcolormesh(betas, qs, rho, shading="auto", cmap="coolwarm", norm=norm)
+    ax.figure.colorbar(mesh, ax=ax, label="spectral radius (1 = edge of stability)")
+    ax.plot(betas, edge, color="black", lw=2, label="q_max (boundary locus)")
     ax.set_xlabel("momentum beta")
     ax.set_ylabel("q = lr x sharpness")
     ax.set_ylim(qs[0], qs[-1])
-    ax.set_title(f"{momentum}, tau = {tau}: stable below the white line")
+    ax.set_title(f"{momentum}, tau = {tau}: stable below the black line")
     ax.legend(loc="upper right", fontsize=8)
     return ax
 
@@ -124,7 +128,9 @@ def plot_trajectories(trajectories: dict, *, quantity: str = "loss", ax=None):
     ax = _axes(ax)
     for label, traj in trajectories.items():
         y = np.asarray(getattr(traj, quantity, traj), dtype=float)
-        ax.plot(np.arange(y.size), np.maximum(y, 1e-300), label=label)
+        steps = np.asarray(getattr(traj, "step", np.arange(y.size)))
+        y = np.where(y > 0, y, np.nan)  # a log axis cannot show the zero at the start
+        ax.plot(steps, y, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(quantity)
