@@ -24,7 +24,7 @@ from stability.models import loss_from_model, mean_squared_error
 from stability.simulate import simulate_async, stationary_tilt
 
 EPS = 1e-6
-RULES = [("heavy_ball", 0.0), ("heavy_ball", 0.9), ("shifted", 0.9)]  # gd, heavy ball, shifted
+RULES = [("heavy_ball", 0.0), ("heavy_ball", 0.5), ("shifted", 0.5)]  # gd, heavy ball, shifted
 TAUS = [1, 4, 16]
 
 
@@ -40,10 +40,10 @@ def nnx_minimum(linen_minimum):
     """The nnx twin of the linen network, holding the trained weights."""
     model = examples.NnxDigitsMLP(rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     p = linen_minimum.params["params"]
-    model.hidden.kernel.value = p["Dense_0"]["kernel"]
-    model.hidden.bias.value = p["Dense_0"]["bias"]
-    model.out.kernel.value = p["Dense_1"]["kernel"]
-    model.out.bias.value = p["Dense_1"]["bias"]
+    model.hidden.kernel[...] = p["Dense_0"]["kernel"]
+    model.hidden.bias[...] = p["Dense_0"]["bias"]
+    model.out.kernel[...] = p["Dense_1"]["kernel"]
+    model.out.bias[...] = p["Dense_1"]["bias"]
     loss_fn, params = loss_from_model(model, loss=mean_squared_error)
     # The same function: the nnx loss at its params equals the linen loss.
     np.testing.assert_allclose(
@@ -86,8 +86,10 @@ def _check_against_simulation(loss_fn, params, data, base, tau, rule, beta):
     assert above.verdict is False and below.verdict is True
     rho = above.spectral_radius
     assert rho > 1 > below.spectral_radius
-    # Steps for the deviation to grow 1e-6 -> 1e-2 at the predicted rate.
-    steps = int(math.ceil(1.3 * math.log(1e4) / math.log(rho))) + 50
+    # Steps for the deviation to grow 1e-6 -> 1e-3 at the predicted rate.
+    steps = int(math.ceil(1.3 * math.log(1e3) / math.log(rho))) + 50
+    # Thin long runs to ~500 records: the full-data loss is evaluated only there.
+    record = max(1, steps // 500)
     runs = {}
     for factor in (0.9, 1.1):
         runs[factor] = simulate_async(
@@ -99,53 +101,58 @@ def _check_against_simulation(loss_fn, params, data, base, tau, rule, beta):
             beta=beta,
             momentum=rule,
             steps=steps,
+            record_every=record,
         )
     stay, leave = runs[0.9], runs[1.1]
     # Below: stays in a small ball around the minimum, the loss at its level.
     assert float(jnp.max(stay.distance)) < 20 * EPS
     assert float(jnp.max(stay.loss)) < 1.01 * loss0 + 1e-12
     # Above: the loss grows by orders of magnitude ...
-    assert float(leave.loss[-1]) > 1e3 * loss0
+    assert float(leave.loss[-1]) > 1e2 * loss0
     # ... at the predicted per-step rate while the deviation is still linear (< 1e-3).
     dist = np.asarray(leave.distance)
     linear = dist[: int(np.argmax(dist > 1e-3))] if np.any(dist > 1e-3) else dist
-    growth = st.simulate.growth_rate(linear)
+    growth = st.growth_rate(linear) ** (1.0 / record)  # per record -> per step
     assert abs(growth - rho) < 0.1 * (rho - 1), (growth, rho)
 
 
+@pytest.fixture(scope="module")
+def linen_report(linen_minimum):
+    """One is_accessible call on the linen module estimates the spectrum."""
+    m = linen_minimum
+    report = _report(m.model, m.params, m.data, 4, 1e-3, "heavy_ball", 0.0)
+    assert report.verdict is True  # a small lr keeps the minimum
+    return report
+
+
+@pytest.fixture(scope="module")
+def nnx_report(linen_minimum, nnx_minimum):
+    """The same through the nnx module (params=None: taken from the module)."""
+    model, _, _ = nnx_minimum
+    report = _report(model, None, linen_minimum.data, 4, 1e-3, "heavy_ball", 0.0)
+    assert report.verdict is True
+    return report
+
+
 @pytest.mark.parametrize("rule, beta", RULES, ids=["gd", "heavy_ball", "shifted"])
 @pytest.mark.parametrize("tau", TAUS)
-def test_linen_verdict_agrees_with_simulation(linen_minimum, tau, rule, beta):
+def test_linen_verdict_agrees_with_simulation(linen_minimum, linen_report, tau, rule, beta):
     m = linen_minimum
-    base = _report(m.model, m.params, m.data, tau, 1e-3, rule, beta)
-    assert base.verdict is True  # a small lr keeps the minimum
-    _check_against_simulation(m.loss_fn, m.params, m.data, base, tau, rule, beta)
+    _check_against_simulation(m.loss_fn, m.params, m.data, linen_report, tau, rule, beta)
 
 
 @pytest.mark.parametrize("rule, beta", RULES, ids=["gd", "heavy_ball", "shifted"])
 @pytest.mark.parametrize("tau", TAUS)
-def test_nnx_verdict_agrees_with_simulation(linen_minimum, nnx_minimum, tau, rule, beta):
-    model, loss_fn, params = nnx_minimum
-    # nnx: params=None takes them from the module.
-    base = _report(model, None, linen_minimum.data, tau, 1e-3, rule, beta)
-    assert base.sharpness == pytest.approx(
-        _report(
-            linen_minimum.model,
-            linen_minimum.params,
-            linen_minimum.data,
-            0,
-            1e-3,
-            "heavy_ball",
-            0.0,
-        ).sharpness,
-        rel=1e-6,
-    )
-    _check_against_simulation(loss_fn, params, linen_minimum.data, base, tau, rule, beta)
+def test_nnx_verdict_agrees_with_simulation(
+    linen_minimum, linen_report, nnx_minimum, nnx_report, tau, rule, beta
+):
+    _, loss_fn, params = nnx_minimum
+    assert nnx_report.sharpness == pytest.approx(linen_report.sharpness, rel=1e-6)
+    _check_against_simulation(loss_fn, params, linen_minimum.data, nnx_report, tau, rule, beta)
 
 
-def test_one_spectrum_serves_many_hyperparameters(linen_minimum):
-    m = linen_minimum
-    first = _report(m.model, m.params, m.data, 4, 1e-3, "heavy_ball", 0.0)
+def test_one_spectrum_serves_many_hyperparameters(linen_report):
+    first = linen_report
     sweep = [
         _report(None, None, None, tau, lr, "shifted", 0.9, first.spectrum)
         for tau in (0, 2, 8)
