@@ -38,7 +38,11 @@ and positive iff the unwrapped phase ``g = alpha + arg(X + iY)`` (g(0) = 0) equa
   nesterov) or 2 pi / (2 tau + 1) (shifted), capped at pi, and on that bracket g
   stays below 3 pi / 2, so ``F = X cos(alpha) - Y sin(alpha) = |X+iY| cos g`` has
   exactly one sign change. F is solved by bracketed Newton from a quadratic
-  initial guess (F is even in theta); 4 to 6 iterations reach full precision.
+  initial guess (F is even in theta); 4 iterations reach full precision (on 1e6 random
+  points with tau up to 1e6 and 1 - beta down to 1e-6). They are unrolled into one
+  elementwise kernel, with sin and cos as vectorisable polynomials (``_sincos``), and
+  a while loop afterwards only checks convergence (or finishes stragglers). Each
+  point's result depends only on its own (tau, beta), so a batch may be sharded.
 - tau = 0: the crossing is z = -1 (theta = pi) for every rule; tau = 1, nesterov
   (where g is nearly flat): the cubic's unit-circle condition ``1 - a0^2 + a0 a2 -
   a1 = 0`` gives ``beta^2 q^2 + (1 - beta^2) q - (1 - beta) = 0``.

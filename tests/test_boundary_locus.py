@@ -186,3 +186,77 @@ def test_random_points_bracket_eigenvalue_crossing(rule, tau, beta):
     q = q_max(tau, beta, rule)
     assert rho(poly(tau, beta, q * (1 - 1e-9), rule)) < 1.0
     assert rho(poly(tau, beta, q * (1 + 1e-9), rule)) > 1.0
+
+
+def test_polynomial_sincos_matches_libm():
+    # relative accuracy on [0, pi/4] (small angles), absolute above, up to 3 pi / 4
+    from stability.boundary_locus import _sincos
+
+    small = np.concatenate([np.geomspace(1e-300, 1e-3, 500), np.linspace(0, np.pi / 4, 5001)])
+    s, c = (np.asarray(v) for v in jax.jit(_sincos)(jnp.asarray(small)))
+    np.testing.assert_allclose(s, np.sin(small), rtol=3e-16, atol=0)
+    np.testing.assert_allclose(c, np.cos(small), rtol=3e-16, atol=0)
+    big = np.linspace(0, 0.75 * np.pi, 20001)
+    s, c = (np.asarray(v) for v in jax.jit(_sincos)(jnp.asarray(big)))
+    assert np.max(np.abs(s - np.sin(big))) < 4e-16
+    assert np.max(np.abs(c - np.cos(big))) < 4e-16
+
+
+def _bisection_f(tau, beta, rule):
+    """Root of F (module docstring) in the bracket by numpy bisection with libm sin/cos."""
+    hi = np.minimum(np.pi, (2.0 if rule == "shifted" else 1.5) * np.pi / (2 * tau + 1))
+    lo = np.zeros_like(hi)
+
+    def f(th):
+        c, s = np.cos(th / 2), np.sin(th / 2)
+        if rule == "heavy_ball":
+            x, y, al = (1 - beta) * c, (1 + beta) * s, tau * th
+        elif rule == "nesterov":
+            x = (1 - beta) * c * c + (1 + beta) * (1 + 2 * beta) * s * s
+            y, al = 2 * beta * beta * c * s, (tau + 0.5) * th
+        else:
+            hp = 0.5 * (tau + 1) * th
+            x, y, al = (1 - beta) * np.cos(hp), (1 + beta) * np.sin(hp), 0.5 * tau * th
+        return x * np.cos(al) - y * np.sin(al)
+
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        pos = f(mid) > 0
+        lo, hi = np.where(pos, mid, lo), np.where(pos, hi, mid)
+    th = 0.5 * (lo + hi)
+    s = np.sin(th / 2)
+    if rule == "shifted":
+        sp = np.sin(0.5 * (tau + 1) * th)
+        return 2 * s * np.sqrt((1 - beta) ** 2 + 4 * beta * sp * sp)
+    q = 2 * s * np.sqrt((1 - beta) ** 2 + 4 * beta * s * s)
+    return q if rule == "heavy_ball" else q / np.sqrt(1 + 4 * beta * (1 + beta) * s * s)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_unrolled_newton_converges_to_full_precision(rule):
+    # tau up to 1e6 and 1 - beta down to 1e-6: the 4 unrolled steps (plus the loop for
+    # stragglers) reach the crossing to ~1e-15, against bisection with libm sin/cos.
+    rng = np.random.default_rng(3)
+    n = 3000
+    tau = np.concatenate([rng.integers(2, 1001, n), rng.integers(2, 10**6, n)])
+    beta = np.concatenate([rng.uniform(0, 0.99, n), 1 - 10 ** rng.uniform(-6, 0, n)])
+    t = st.stability_threshold(tau, beta, momentum=rule)
+    assert bool(np.all(t.reliable))
+    want = _bisection_f(tau.astype(float), beta, rule)
+    np.testing.assert_allclose(np.asarray(t.q_max), want, rtol=1e-14)
+
+
+def test_sharded_batch_gives_the_same_results():
+    # each point depends only on its own (tau, beta): sharding the batch changes nothing
+    devices = jax.devices()
+    assert len(devices) > 1
+    mesh = jax.sharding.Mesh(np.array(devices), ("points",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+    rng = np.random.default_rng(4)
+    n = 64 * len(devices)
+    tau = jnp.asarray(rng.integers(0, 2000, n))
+    beta = jnp.asarray(rng.uniform(0, 0.99, n))
+    f = jax.jit(lambda t, b: st.max_stable_sharpness(1.0, t, b, momentum="shifted"))
+    one = f(tau, beta)
+    many = f(jax.device_put(tau, split), jax.device_put(beta, split))
+    np.testing.assert_array_equal(np.asarray(many), np.asarray(one))
