@@ -20,13 +20,16 @@ Protocol (per model):
 - PyHessian ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(
   maxIter=1000, tol=t, top_n=1)``: its ``tol`` bounds the relative change between
   consecutive power-iteration estimates, not the error, so ``t`` is lowered
-  (1e-4, 1e-5, 1e-6) until the achieved error is <= 1e-4; the time reported is that
+  (1e-5, 1e-6, 1e-7) until the achieved error is <= 1e-4; the time reported is that
   of the first sufficient ``t`` (earlier tries are not counted);
 - hessian-eigenthings ``power_iteration_one(HessianOperator(...), tol=1e-4)`` (stops
   on relative residual <= tol, a guaranteed bound) and ``lanczos(op, k=1,
-  max_iter=m, which="LA")``: it has no stopping test, so ``m`` is the smallest
-  number of steps whose Ritz value reaches 1e-4 error (found from one diagnostic
-  40-step run, not timed) - an oracle choice in the peer's favour.
+  max_iter=m, which="LA")``: it has no stopping test, so (a) "oracle": ``m`` is the
+  smallest number of steps whose Ritz value reaches 1e-4 error (found from one
+  diagnostic 30-step run, not timed) - a choice in the peer's favour that no user
+  can make; (b) "a priori": ``max_iter`` doubled from 4 until its own residual
+  test passes, every run timed.
+The "best peer" is the fastest run that reached 1e-4, oracle settings included.
 Targets: warm >= 3x faster than the best peer; cold no slower than the best peer;
 one Hessian-vector product <= 2.5x one gradient (same jitted machinery).
 """
@@ -81,15 +84,26 @@ def hvp_vs_grad(loss, p, batch):
     return _timeit(hv), _timeit(gr)
 
 
+REPEAT = [1]  # timed runs per measurement; the minimum is reported (noisy shared CPU)
+
+
+def best(fn):
+    """(min wall time over REPEAT runs, result of the last run)."""
+    ts = []
+    for _ in range(REPEAT[0]):
+        t = time.perf_counter()
+        out = fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts), out
+
+
 def run_ours(loss, p, batch, ref):
     devs = jax.devices()[:1]
     kw = dict(k=1, tol=TARGET_ERR, max_hvps=200, converge_smallest=False, devices=devs)
     t = time.perf_counter()
     r = hessian_spectrum(loss, p, batch, **kw)
     cold = time.perf_counter() - t
-    t = time.perf_counter()
-    r = hessian_spectrum(loss, p, batch, **kw)
-    warm = time.perf_counter() - t
+    warm, r = best(lambda: hessian_spectrum(loss, p, batch, **kw))
     err = abs(r.sharpness - ref) / abs(ref)
     return dict(cold=cold, warm=warm, err=err, hvps=r.num_hvps, bound=r.sharpness_error / ref)
 
@@ -100,15 +114,16 @@ def run_pyhessian(model, batch_t, ref):
 
     crit = torch.nn.CrossEntropyLoss()
     tries = []
-    for tol in (1e-4, 1e-5, 1e-6):
-        torch.manual_seed(0)
-        t = time.perf_counter()
-        hc = hessian(model, crit, data=batch_t, cuda=False)
-        ev, _ = hc.eigenvalues(maxIter=1000, tol=tol, top_n=1)
-        dt = time.perf_counter() - t
+    for tol in (1e-5, 1e-6, 1e-7):
+
+        def one(tol=tol):
+            torch.manual_seed(0)
+            hc = hessian(model, crit, data=batch_t, cuda=False)
+            return hc.eigenvalues(maxIter=1000, tol=tol, top_n=1)[0]
+
+        dt, ev = best(one)
         err = abs(ev[0] - ref) / abs(ref)
         tries.append((tol, dt, err))
-        del hc
         if err <= TARGET_ERR:
             break
     tol, dt, err = tries[-1]
@@ -128,9 +143,9 @@ def run_he_power(model, batch_t, ref):
     from hessian_eigenthings import power_iteration_one
 
     op = _he_operator(model, batch_t)
-    t = time.perf_counter()
-    ev, _, _, iters, conv = power_iteration_one(op, max_iter=1000, tol=TARGET_ERR, seed=0)
-    dt = time.perf_counter() - t
+    dt, (ev, _, _, iters, conv) = best(
+        lambda: power_iteration_one(op, max_iter=1000, tol=TARGET_ERR, seed=0)
+    )
     return dict(time=dt, err=abs(ev - ref) / abs(ref), setting=f"tol=1e-4, {iters} it")
 
 
@@ -142,7 +157,7 @@ def run_he_lanczos(model, batch_t, ref):
     # Diagnostic (untimed): smallest step count whose top Ritz value is within 1e-4.
     gen = torch.Generator().manual_seed(0)
     v0 = torch.randn(op.size, dtype=op.dtype, generator=gen)
-    td = lanczos_tridiagonal(op, v0, 40, reorthogonalize=True)
+    td = lanczos_tridiagonal(op, v0, 30, reorthogonalize=True)
     a, b = np.asarray(td.alphas, np.float64), np.asarray(td.betas, np.float64)
     m_min = None
     for m in range(2, len(a) + 1):
@@ -151,11 +166,34 @@ def run_he_lanczos(model, batch_t, ref):
             m_min = m
             break
     m_min = m_min or len(a)
-    t = time.perf_counter()
-    res = lanczos(op, k=1, max_iter=m_min, which="LA", seed=0, reorthogonalize=True)
-    dt = time.perf_counter() - t
+    dt, res = best(
+        lambda: lanczos(op, k=1, max_iter=m_min, which="LA", seed=0, reorthogonalize=True)
+    )
     ev = float(res.eigenvalues[0])
     return dict(time=dt, err=abs(ev - ref) / abs(ref), setting=f"max_iter={m_min} (oracle)")
+
+
+def run_he_lanczos_apriori(model, batch_t, ref):
+    """How a user without the answer runs it: double max_iter (4, 8, 16, ...) until
+    its own residual test (``converged``: residual < 1e-4 |lambda|) passes; all runs
+    are timed (the library has no restart)."""
+    from hessian_eigenthings import lanczos
+
+    op = _he_operator(model, batch_t)
+
+    def doubling():
+        m = 4
+        while True:
+            res = lanczos(
+                op, k=1, max_iter=m, tol=TARGET_ERR, which="LA", seed=0, reorthogonalize=True
+            )
+            if bool(res.converged[0]) or m >= 64:
+                return res, m
+            m *= 2
+
+    dt, (res, m) = best(doubling)
+    ev = float(res.eigenvalues[0])
+    return dict(time=dt, err=abs(ev - ref) / abs(ref), setting=f"doubling to max_iter={m}")
 
 
 def bench(name, setup, loss, torch_model, image, log):
@@ -183,10 +221,10 @@ def bench(name, setup, loss, torch_model, image, log):
         how = "float64, tol=1e-9"
     else:
         rr = hessian_spectrum(
-            loss, p, batch, k=1, tol=1e-7, max_hvps=300, devices=jax.devices()[:1],
-            converge_smallest=False, error_bound="residual",
+            loss, p, batch, k=1, tol=1e-6, max_hvps=150, devices=jax.devices()[:1],
+            converge_smallest=False,
         )  # fmt: skip
-        how = "float32, tol=1e-7"
+        how = "float32, tol=1e-6 (gap bound)"
     ref = rr.sharpness
     log(f"reference sharpness {ref:.8g} ({how}, {rr.num_hvps} HVPs, residual "
         f"{rr.sharpness_error:.1e}, {time.perf_counter() - t:.1f} s)")  # fmt: skip
@@ -197,6 +235,7 @@ def bench(name, setup, loss, torch_model, image, log):
     peers["PyHessian (power)"] = run_pyhessian(tm, bt, ref)
     peers["hessian-eigenthings power"] = run_he_power(tm, bt, ref)
     peers["hessian-eigenthings lanczos"] = run_he_lanczos(tm, bt, ref)
+    peers["hessian-eigenthings lanczos, a priori"] = run_he_lanczos_apriori(tm, bt, ref)
 
     ok = {k: v for k, v in peers.items() if v["err"] <= TARGET_ERR}
     best_name = min(ok or peers, key=lambda k: (ok or peers)[k]["time"])
@@ -242,6 +281,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS-hessian.md"))
     ap.add_argument("--only", choices=["mlp", "cnn"], default=None)
+    ap.add_argument("--repeat-mlp", type=int, default=3, help="timed runs per tool (min kept)")
+    ap.add_argument("--repeat-cnn", type=int, default=1)
     args = ap.parse_args()
 
     import torch
@@ -264,13 +305,16 @@ def main():
     log(f"- JAX {jax.__version__} on {dev.platform} ({dev.device_kind}), flax {flax.__version__}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
         f"hessian-eigenthings 1.0.0a5, pyhessian 0.1")  # fmt: skip
-    log("- one full batch per model for every tool; times are wall-clock of one run each, "
-        "measured in this one process")  # fmt: skip
+    log("- one full batch per model for every tool; times are wall-clock, the minimum of "
+        f"{args.repeat_mlp} (MLP) / {args.repeat_cnn} (CNN) runs per tool, all measured in this "
+        "one process; cold = the very first call (one run)")  # fmt: skip
     t0 = time.perf_counter()
     if args.only in (None, "mlp"):
+        REPEAT[0] = args.repeat_mlp
         bench("MLP on digits", lambda: hm.mlp_setup(train_steps=100), hm.mlp_loss, hm.torch_mlp,
               False, log)  # fmt: skip
     if args.only in (None, "cnn"):
+        REPEAT[0] = args.repeat_cnn
         bench("CNN on CIFAR-shaped synthetic data", hm.cnn_setup, hm.cnn_loss, hm.torch_cnn, True,
               log)  # fmt: skip
     log(f"\ntotal benchmark wall time {time.perf_counter() - t0:.0f} s")

@@ -4,7 +4,7 @@
   bundled digits (1797 examples, standardised), trained briefly with Adam so the
   Hessian is that of a (partly) trained network.
 - ``cnn``: CIFAR-shaped (32x32x3) synthetic inputs, three 3x3 stride-2 convolutions
-  (3->16->32->64, padding 1, tanh) and a 1024 -> 448 -> 10 head (487,098
+  (3->8->16->64, padding 1, tanh) and a 1024 -> 448 -> 10 head (about 0.47M
   parameters), random init.
 
 Both use the mean cross-entropy. The torch models compute the same function on the
@@ -99,7 +99,7 @@ def cnn_setup(n=2048, seed=0):
     teacher = rng.normal(size=(32 * 32 * 3, 10))
     y = np.argmax(x.reshape(n, -1) @ teacher, axis=1).astype(np.int32)
     p = {}
-    chans = [3, 16, 32, 64]
+    chans = [3, 8, 16, 64]
     for i in (1, 2, 3):
         cin, cout = chans[i - 1], chans[i]
         p[f"c{i}"] = _glorot(rng, (3, 3, cin, cout), 9 * cin, 9 * cout)
@@ -135,9 +135,9 @@ def torch_cnn(p):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.c1 = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
-            self.c2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
-            self.c3 = torch.nn.Conv2d(32, 64, 3, stride=2, padding=1)
+            self.c1 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.c2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+            self.c3 = torch.nn.Conv2d(16, 64, 3, stride=2, padding=1)
             self.l1 = torch.nn.Linear(1024, 448)
             self.l2 = torch.nn.Linear(448, 10)
 
