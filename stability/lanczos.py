@@ -27,7 +27,7 @@ ghosts may repeat an eigenvalue among the top-k, and eigenvectors need a second
 pass (the recurrence is replayed with the same start vector).
 
 Breakdown (``beta_j ~ 0``: an invariant subspace was found) restarts with a
-random vector orthogonal to the basis, so the tridiagonal matrix becomes block
+deterministic pseudo-random vector orthogonal to the basis, so the tridiagonal matrix becomes block
 diagonal and the run continues. A single start vector cannot detect the
 multiplicity of an eigenvalue before the Krylov space is exhausted.
 
