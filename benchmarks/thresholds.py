@@ -13,7 +13,9 @@ Measured in one run, float64, jit, on this machine's CPU:
    per-point numpy loop (``np.linalg.eigvals`` of the companion per point);
    target >= 20x.
 
-Each figure is printed with its target and PASS/MISS.
+Each figure is printed with its target and PASS/MISS, with the CPU share the process
+got during the timed call (CPU seconds per wall second; the 2 cores are shared) and, for
+(1), the rate per CPU-second, which is what a busy machine leaves comparable.
 """
 
 from __future__ import annotations
