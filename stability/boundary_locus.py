@@ -103,14 +103,15 @@ class Threshold(NamedTuple):
 # sin and cos on [0, 3 pi / 4] (every angle the named-rule solver evaluates) as
 # polynomials: XLA's float64 sin/cos are scalar library calls (~6 ns each on CPU),
 # these vectorise (< 1 ns) and were most of the solver's cost. Taylor series on
-# |r| <= pi / 4 to degree 18 (truncation < 1e-19), with sin x = cos(pi/2 - x) above
-# pi / 4. Errors (checked against mpmath): relative 1 ulp on [0, pi / 4] (small
-# angles, where s = sin(theta / 2) must be relatively exact), absolute 1 ulp above.
-# (pi/2 - x carries the 6e-17 rounding of pi/2 in float64; a two-part pi/2 would be
-# re-associated away by XLA's simplifier, and absolute accuracy is all F needs.)
+# |r| <= pi / 4 to degree 15 (sin; truncation < 5e-17) and 16 (cos; < 3e-18), with
+# sin x = cos(pi/2 - x) above pi / 4. Errors (tested against libm): relative 1 ulp
+# on [0, pi / 4] (small angles, where s = sin(theta / 2) must be relatively exact),
+# absolute 2 ulp above. (pi/2 - x carries the 6e-17 rounding of pi/2 in float64; a
+# two-part pi/2 would be re-associated away by XLA's simplifier, and absolute
+# accuracy is all F needs there.)
 _HALF_PI = 1.5707963267948966
-_SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(9))
-_COS_TAYLOR = tuple((-1) ** k / math.factorial(2 * k) for k in range(10))
+_SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(8))
+_COS_TAYLOR = tuple((-1) ** k / math.factorial(2 * k) for k in range(9))
 
 
 def _sincos(x):
