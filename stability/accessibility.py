@@ -277,6 +277,8 @@ def is_accessible(
     if spectrum is None:
         # One in-memory batch lets the adapter check params against the model.
         probe = data if isinstance(data, tuple) else None
+        if isinstance(data, list) and data and isinstance(data[0], tuple):
+            probe = data[0]
         loss_fn, flat_params = loss_from_model(model, params, loss=loss, train=train, data=probe)
         spectrum = hessian_spectrum(
             loss_fn,

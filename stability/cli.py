@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 __all__ = ["main"]
@@ -199,9 +200,22 @@ def main(argv=None) -> int:
     try:
         return handlers[args.command](args)
     except (UsageError, ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"stability {args.command}: error: {message}", file=sys.stderr)
+        print(f"stability {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # e.g. a Flax error raised from the user's model
+        if os.environ.get("STABILITY_DEBUG"):
+            raise
+        print(
+            f"stability {args.command}: error: {type(err).__name__}: {_one_line(err)} "
+            "(set STABILITY_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover
