@@ -30,6 +30,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 import stability as st  # noqa: E402
 
@@ -151,7 +152,10 @@ def main(argv=None):
         )
     ]
     t0 = time.perf_counter()
-    want = [oracle_threshold(t, b, "heavy_ball") for t, b in pts]
+    # numpy loops on one BLAS thread: on these small matrices threads only contend
+    # (with each other and with XLA's pool); set once, the context itself costs ~1 ms
+    with threadpool_limits(1):
+        want = [oracle_threshold(t, b, "heavy_ball") for t, b in pts]
     per_oracle = (time.perf_counter() - t0) / len(pts)
     got = np.asarray(
         st.max_stable_sharpness(1.0, np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
@@ -172,7 +176,8 @@ def main(argv=None):
     b_np = np.asarray(betas).ravel()
     idx = rng.integers(0, 256, (args.loop_points, 2))
     t0 = time.perf_counter()
-    loop = [rho_np(tau32, b_np[j], 0.05 * s_np[i], "heavy_ball") for i, j in idx]
+    with threadpool_limits(1):
+        loop = [rho_np(tau32, b_np[j], 0.05 * s_np[i], "heavy_ball") for i, j in idx]
     per_np = (time.perf_counter() - t0) / len(idx)
     grid_vals = np.asarray(g(sharp, betas))
     err = float(np.max(np.abs(grid_vals[idx[:, 0], idx[:, 1]] / np.array(loop) - 1)))
