@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from stability.hessian_spectrum import HessianSpectrum, _fused, hessian_spectrum
+from stability.hessian_spectrum import HessianSpectrum, _fused, _lanczos_step, hessian_spectrum
+from stability.hvp import hvp_sum
 
 ONE = jax.devices()[:1]
 
@@ -76,25 +77,29 @@ def test_mlp_float64_top3_smallest(mlp64):
     assert np.all(np.abs(res.eigenvalues - ev[::-1][:3]) <= res.errors + 1e-12)
 
 
-def test_second_call_reuses_compiled_code_and_is_deterministic(mlp64):
-    p, batch, _ = mlp64
-    r1 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
-    size = _fused._cache_size()
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_second_call_reuses_compiled_code_and_is_deterministic(mlp64, loop):
+    p, batch, ev = mlp64
+    kw = dict(k=3, tol=1e-10, max_hvps=200, devices=ONE, loop=loop)
+    r1 = hessian_spectrum(mlp_loss, p, batch, **kw)
+    _check(r1, ev, 3, 1e-6)
+    sizes = (_fused._cache_size(), hvp_sum._cache_size(), _lanczos_step._cache_size())
     p2 = jax.tree_util.tree_map(lambda a: a * 1.01, p)
-    hessian_spectrum(mlp_loss, p2, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
-    r2 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
-    assert _fused._cache_size() == size
+    hessian_spectrum(mlp_loss, p2, batch, **kw)
+    r2 = hessian_spectrum(mlp_loss, p, batch, **kw)
+    assert (_fused._cache_size(), hvp_sum._cache_size(), _lanczos_step._cache_size()) == sizes
     assert np.array_equal(r1.eigenvalues, r2.eigenvalues) and r1.num_hvps == r2.num_hvps
 
 
 def test_sharded_8_devices_equals_one_device(mlp64):
     p, batch, ev = mlp64  # 150 examples: not a multiple of 8
     assert len(jax.devices()) == 8
-    r8 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200)
     r1 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, devices=ONE)
-    np.testing.assert_allclose(r8.eigenvalues, r1.eigenvalues, rtol=1e-10)
-    np.testing.assert_allclose(r8.smallest, r1.smallest, rtol=1e-8)
-    _check(r8, ev, 3, 1e-6)
+    for loop in ("device", "host"):
+        r8 = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-10, max_hvps=200, loop=loop)
+        np.testing.assert_allclose(r8.eigenvalues, r1.eigenvalues, rtol=1e-10)
+        np.testing.assert_allclose(r8.smallest, r1.smallest, rtol=1e-8)
+        _check(r8, ev, 3, 1e-6)
 
 
 def test_unequal_batches_equal_one_big_batch(mlp64):
@@ -120,7 +125,7 @@ def test_eigenvectors(mlp64):
     for reorth in (True, False):
         res = hessian_spectrum(
             mlp_loss, p, batch, k=2, tol=1e-10, max_hvps=200, devices=ONE,
-            return_vectors=True, reorthogonalize=reorth,
+            return_vectors=True, reorthogonalize=reorth, loop="device" if reorth else "host",
         )  # fmt: skip
         assert res.eigenvectors["w1"].shape == (2, 6, 16)
         v = np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], res.eigenvectors))[0])
