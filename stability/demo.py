@@ -121,7 +121,13 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
 
     # 3. Spectrum and verdicts.
     spectrum = hessian_spectrum(
-        minimum.loss_fn, minimum.params, minimum.data, k=1, tol=1e-7, return_vectors=True
+        minimum.loss_fn,
+        minimum.params,
+        minimum.data,
+        k=1,
+        tol=1e-7,
+        return_vectors=True,
+        error_bound="residual",
     )
     echo(f"Hessian: {spectrum}")
     sharp = spectrum.sharpness

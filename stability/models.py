@@ -27,6 +27,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -164,19 +165,33 @@ def _linen_loss(model, variables, out_loss, train, data):
             + (f" with keys {sorted(variables.keys())}" if hasattr(variables, "keys") else "")
         )
     kwargs = _call_keywords(type(model).__call__, train)
-    others = [c for c in variables.keys() if c != "params"]
+    others = tuple(c for c in variables.keys() if c != "params")
     if data is not None:
         _check_linen_structure(model, variables, data, kwargs)
+    try:
+        # The same function object for the same module and loss: jitted
+        # consumers (hessian_spectrum, simulate_async) key their compiled code
+        # on it, so a second is_accessible call does not compile again.
+        return _cached_linen_loss(model, out_loss, train, others), variables
+    except TypeError:  # an unhashable module or loss: build a fresh function
+        return _linen_loss_fn(model, out_loss, train, others), variables
+
+
+def _linen_loss_fn(model, out_loss, train, others):
+    kwargs = _call_keywords(type(model).__call__, train)
 
     def loss_fn(variables, batch):
         inputs, labels = _split_batch(batch)
         fixed = {c: jax.lax.stop_gradient(variables[c]) for c in variables if c != "params"}
         full = {"params": variables["params"], **fixed}
         with _model_promotion():
-            outputs = _apply_linen(model, full, inputs, train, others, kwargs)
+            outputs = _apply_linen(model, full, inputs, train, list(others), kwargs)
         return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
-    return loss_fn, variables
+    return loss_fn
+
+
+_cached_linen_loss = functools.lru_cache(maxsize=64)(_linen_loss_fn)
 
 
 def _model_promotion():
