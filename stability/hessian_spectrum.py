@@ -531,6 +531,23 @@ def hessian_spectrum(
             vecs = _unravel_rows(params_d, vecs[:k], mask=mask)
 
     ext = jax.device_get(ext)
+    # The Lanczos residual estimate beta_m |s_m| can underflow far below what
+    # floating point resolves; no bound is tighter than the rounding error of
+    # the products, ~ eps * ||H|| (floored at 10 eps * max |Ritz value|).
+    floor = (
+        10.0
+        * float(np.finfo(np.dtype(v0.dtype)).eps)
+        * float(
+            max(
+                np.max(np.abs(ext.top)),
+                abs(float(ext.smallest)) if np.isfinite(ext.smallest) else 0.0,
+            )
+        )
+    )
+    ext = ext._replace(
+        top_error=np.maximum(np.asarray(ext.top_error), floor),
+        smallest_error=max(float(ext.smallest_error), floor),
+    )
     if method == "power" and not converge_smallest:
         smallest, smallest_err, smallest_conv = float("nan"), float("inf"), False
     else:
