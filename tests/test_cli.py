@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from stability.cli import main
@@ -234,3 +235,48 @@ def test_demo_quick_runs_and_writes_a_png(tmp_path, capsys):
     line = next(line for line in out.splitlines() if line.startswith("verdict and simulation"))
     agreed, total = [int(w) for w in line.split() if w.isdigit()]
     assert agreed == total
+
+
+def test_check_loads_an_nnx_checkpoint_into_the_module(tmp_path, capsys, monkeypatch):
+    from flax import nnx
+
+    from stability.checkpoints import save_npz
+
+    (tmp_path / "nnxuser.py").write_text(
+        textwrap.dedent("""
+        import jax.numpy as jnp
+        from flax import nnx
+        from stability import examples
+
+        def make_model():
+            return examples.NnxDigitsMLP(hidden=8, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
+
+        def batches():
+            return examples.load_digits(64, dtype=jnp.float64)
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import nnxuser
+
+    # A checkpoint of a differently initialised twin: the verdict must use it.
+    twin = nnxuser.examples.NnxDigitsMLP(hidden=8, rngs=nnx.Rngs(7), param_dtype=np.float64)
+    save_npz(tmp_path / "nnx.npz", nnx.to_pure_dict(nnx.state(twin, nnx.Param)))
+    argv = ["check", "--model", "nnxuser:make_model", "--data", "nnxuser:batches"]
+    argv += ["--tau", "4", "--lr", "0.01", "--json"]
+    code, out, _ = _run(capsys, *argv, "--params", str(tmp_path / "nnx.npz"))
+    assert code == 0
+    from_checkpoint = json.loads(out)
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0
+    from_module = json.loads(out)
+    assert from_checkpoint["sharpness"] != pytest.approx(from_module["sharpness"], rel=1e-3)
+    # The checkpoint's own spectrum, computed directly.
+    import stability as st
+
+    loss_fn, params = st.loss_from_model(twin, loss=None)
+    spectrum = st.hessian_spectrum(loss_fn, params, nnxuser.batches(), progress=False)
+    assert from_checkpoint["sharpness"] == pytest.approx(spectrum.sharpness, rel=1e-5)
+
+    save_npz(tmp_path / "bad.npz", {"hidden": {"kernel": np.zeros((2, 2))}})
+    code, _, err = _run(capsys, *argv, "--params", str(tmp_path / "bad.npz"))
+    assert code == 2 and "does not match" in err
