@@ -223,14 +223,28 @@ def _nnx_loss(model, params, out_loss, train):
     else:
         _compare_trees("params", params, own_params)
 
+    if not jax.tree_util.tree_leaves(rest):
+        # No other state (no batch statistics, no rng counters): the function
+        # depends only on the graph, so reuse it and its compiled code.
+        try:
+            return _cached_nnx_loss(graphdef, out_loss), params
+        except TypeError:  # an unhashable loss
+            pass
+    return _nnx_loss_fn(graphdef, out_loss, rest), params
+
+
+def _nnx_loss_fn(graphdef, out_loss, rest=None):
     def loss_fn(p, batch):
         inputs, labels = _split_batch(batch)
-        m = nnx.merge(graphdef, p, rest)
+        m = nnx.merge(graphdef, p) if rest is None else nnx.merge(graphdef, p, rest)
         with _model_promotion():
             outputs = m(inputs)
         return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
-    return loss_fn, params
+    return loss_fn
+
+
+_cached_nnx_loss = functools.lru_cache(maxsize=64)(_nnx_loss_fn)
 
 
 def _path(path) -> str:

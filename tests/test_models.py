@@ -264,3 +264,29 @@ def test_adapted_losses_run_in_the_simulator():
     traj = simulate_async(loss_fn, params, (x, y), lr=0.1, num_workers=3, steps=5)
     assert isinstance(traj.params, nnx.State)
     assert float(traj.loss[-1]) < float(traj.loss[0])
+
+
+def test_the_same_module_gives_the_same_loss_function():
+    """Jitted consumers key compiled code on the loss object: no recompiles."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from stability import examples
+    from stability.models import loss_from_model, mean_squared_error
+
+    linen = examples.DigitsMLP(hidden=4, param_dtype=jnp.float64)
+    variables = linen.init(jax.random.key(0), jnp.zeros((1, 64)))
+    assert (
+        loss_from_model(linen, variables, loss=mean_squared_error)[0]
+        is loss_from_model(
+            examples.DigitsMLP(hidden=4, param_dtype=jnp.float64),
+            variables,
+            loss=mean_squared_error,
+        )[0]
+    )
+    model = examples.NnxDigitsMLP(hidden=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    first, params = loss_from_model(model)
+    second, _ = loss_from_model(model)
+    assert first is second
+    x, y = examples.load_digits(8, dtype=jnp.float64)
+    assert jnp.isfinite(first(params, (x, y)))
