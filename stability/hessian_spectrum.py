@@ -157,9 +157,10 @@ def _classify_data(data):
         return "many", lambda: iter(data)
     if isinstance(data, (tuple, dict)) or _is_batch_leaf(data):
         return "single", data
-    leaves = jax.tree_util.tree_leaves(data)
-    if leaves and all(_is_batch_leaf(x) for x in leaves) and not isinstance(data, Iterable):
-        return "single", data
+    if not isinstance(data, Iterable):  # a custom pytree batch (iterators are not pytrees)
+        leaves = jax.tree_util.tree_leaves(data)
+        if leaves and all(_is_batch_leaf(x) for x in leaves):
+            return "single", data
     if callable(data):
         return "many", data
     if isinstance(data, Iterable):
