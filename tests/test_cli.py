@@ -19,21 +19,8 @@ def _run(capsys, *argv):
 
 
 def test_table_json_matches_closed_forms(capsys):
-    code, out, _ = _run(
-        capsys,
-        "table",
-        "--tau",
-        "0",
-        "1",
-        "2",
-        "--beta",
-        "0",
-        "0.9",
-        "--momentum",
-        "shifted",
-        "heavy_ball",
-        "--json",
-    )
+    argv = "table --tau 0 1 2 --beta 0 0.9 --momentum shifted heavy_ball --json".split()
+    code, out, _ = _run(capsys, *argv)
     assert code == 0
     rows = {(r["tau"], r["beta"]): r for r in json.loads(out)}
     # THEORY.md section 3: shifted tau=1 is 1 - beta^2, heavy ball tau=1 is 1 - beta,
@@ -47,23 +34,8 @@ def test_table_json_matches_closed_forms(capsys):
 
 
 def test_table_text_has_a_row_per_tau_and_beta(capsys):
-    code, out, _ = _run(
-        capsys,
-        "table",
-        "--tau",
-        "0",
-        "1",
-        "2",
-        "4",
-        "8",
-        "16",
-        "32",
-        "--beta",
-        "0",
-        "0.9",
-        "--momentum",
-        "shifted",
-    )
+    argv = "table --tau 0 1 2 4 8 16 32 --beta 0 0.9 --momentum shifted".split()
+    code, out, _ = _run(capsys, *argv)
     assert code == 0
     rows = [line for line in out.splitlines() if line[:5].strip().isdigit()]
     assert len(rows) == 14
