@@ -119,6 +119,30 @@ def _all_finite(xs):
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])
 
 
+def _host_view(x):
+    """``x`` as a numpy array without a copy or a compiled program when it already
+    lives in host memory (numpy, Python scalars, single-device CPU jax arrays),
+    else None."""
+    if not isinstance(x, jax.Array):
+        return np.asarray(x)
+    devs = x.devices()
+    if len(devs) == 1 and next(iter(devs)).platform == "cpu":
+        return np.from_dlpack(x)
+    return None
+
+
+def _leaves_finite(xs):
+    """Per leaf: all entries finite. Checked with numpy where the leaf is in host
+    memory (no compile; on CPU that is every leaf), by one jitted reduction over the
+    others (accelerator or sharded leaves: no transfer to the host)."""
+    views = [_host_view(x) for x in xs]
+    flags = np.array([v is None or bool(np.isfinite(v).all()) for v in views])
+    rest = [i for i, v in enumerate(views) if v is None]
+    if rest:
+        flags[rest] = np.asarray(_all_finite([xs[i] for i in rest]))
+    return flags
+
+
 def _check_params(params, mask):
     leaves = jax.tree_util.tree_leaves(params)
     for x in leaves:
@@ -127,8 +151,7 @@ def _check_params(params, mask):
     sel = [x for x, m in zip(leaves, mask, strict=True) if m]
     if not sel:
         raise ValueError("params must contain at least one floating-point leaf; got none")
-    finite = _all_finite(sel)
-    bad = np.flatnonzero(~np.asarray(finite))
+    bad = np.flatnonzero(~_leaves_finite(sel))
     if bad.size:
         paths = [
             jax.tree_util.keystr(p)
@@ -272,13 +295,34 @@ def _fused(
     return ext._replace(coeffs=None), count, vecs, loss_value, finite
 
 
-# --------------------------------------------------------- host loop (many batches)
+# ------------------------------------------------- host loop (CPU, many batches)
+
+# Bytes of Krylov basis allocated up front by the host loop; the basis doubles (up
+# to max_hvps + 1 rows) when a run needs more. Zeroing a full max_hvps-row basis
+# (70 MB for 200 x 85k float32) took longer than two Hessian-vector products of that
+# model, and most runs stop after tens of products.
+BASIS_BYTES = 16 * 2**20
 
 
-@partial(jax.jit, static_argnames=("k", "want_smallest", "gap_bound"), donate_argnames=("state",))
-def _lanczos_step(state, w, tol, *, k, want_smallest, gap_bound):
-    state = _lz.lanczos_update(state, w)
-    return state, _lz.lanczos_extremes(state, k, tol, want_smallest, gap_bound)
+@partial(jax.jit, donate_argnames=("basis", "v_prev"))
+def _lanczos_step(basis, v, v_prev, hv, scale, beta_prev, j):
+    """One host-loop Lanczos step on ``w = scale * hv`` (:func:`stability.lanczos.lanczos_step`):
+    the only program besides the product that runs per iteration; ``basis`` is
+    updated in place (donated)."""
+    return _lz.lanczos_step(basis, v, v_prev, hv * scale, beta_prev, j)
+
+
+@partial(jax.jit, donate_argnames=("basis",))
+def _restart(basis, v, j):
+    """After breakdown at step ``j``: the restart vector (orthogonal to the basis),
+    also written into row ``j + 1`` of ``basis``. Compiled only if a run breaks down."""
+    if basis.shape[0]:  # drop the step's v_next (noise over a tiny beta) from row j + 1
+        zero = jnp.zeros((1, basis.shape[1]), basis.dtype)
+        basis = jax.lax.dynamic_update_slice_in_dim(basis, zero, j + 1, 0)
+    r = _lz.restart_vector(basis, v, j)
+    if basis.shape[0]:
+        basis = jax.lax.dynamic_update_slice_in_dim(basis, r[None], j + 1, 0)
+    return basis, r
 
 
 @partial(jax.jit, static_argnames=("want_smallest",), donate_argnames=("state",))
@@ -288,13 +332,13 @@ def _power_step(state, w, tol, *, want_smallest):
 
 
 @partial(jax.jit, static_argnames=("mask",))
-def _flatten(params, *, mask):
-    return _hvp.flatten_params(params, mask).flat
-
-
-@partial(jax.jit, static_argnames=("mask",))
 def _unravel_rows(params, rows, *, mask):
     return jax.vmap(_hvp.flatten_params(params, mask).unravel)(rows)
+
+
+def _put(x, mesh):
+    """A host array onto the device (replicated over the mesh), without a compile."""
+    return jax.device_put(x) if mesh is None else _hvp.replicate(x, mesh)
 
 
 class _Placed(NamedTuple):
@@ -303,6 +347,25 @@ class _Placed(NamedTuple):
     main: Any
     rem: Any
     n: int
+
+
+class _OneBatch:
+    """``v -> (sum_i H_i v, 1 / N)`` over one placed batch of ``N`` examples: one
+    compiled program per product; the loss value (a free by-product) is checked
+    once, after the first product."""
+
+    def __init__(self, loss, mask, params, placed, dtype):
+        self.loss, self.mask, self.params, self.placed = loss, mask, params, placed
+        self.scale = np.asarray(1.0 / placed.n, dtype)
+        self.loss_value = None
+
+    def sum(self, v):
+        main, rem, n = self.placed
+        hv, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, v, None)
+        if self.loss_value is None:
+            self.loss_value = float(val) / n
+            _check_loss_value(self.loss_value)
+        return hv, self.scale
 
 
 class _Pass:
@@ -315,10 +378,10 @@ class _Pass:
         self.loss_value = None
         self.checked = False
 
-    def __call__(self, vecs):
-        acc = _hvp.replicate(jnp.zeros_like(vecs), self.mesh)
-        vecs = _hvp.replicate(vecs, self.mesh)
-        total, lsum = 0, 0.0
+    def sum(self, vecs):
+        """``(sum_i H_i v, 1 / N)`` for ``vecs`` (n,) or (b, n)."""
+        acc = _put(np.zeros(vecs.shape, vecs.dtype), self.mesh)  # no compiled zeros
+        total, lsum = 0, []
         for batch in self.factory():
             if isinstance(batch, _Placed):
                 main, rem, nb = batch
@@ -331,64 +394,129 @@ class _Pass:
                 continue
             acc, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, vecs, acc)
             total += nb
-            lsum = lsum + val
+            if self.n_examples is None:
+                lsum.append(val)
         if total == 0:
             raise ValueError("data must not be empty; a pass over it yielded no examples")
         if self.n_examples is None:
             self.n_examples = total
-            self.loss_value = lsum / total
+            self.loss_value = float(sum(float(x) for x in lsum)) / total
             _check_loss_value(self.loss_value)
         elif total != self.n_examples:
             raise ValueError(
                 f"data must yield the same examples on every pass; got {total} examples after "
                 f"{self.n_examples} on the first pass"
             )
-        return acc / total
+        return acc, np.asarray(1.0 / total, vecs.dtype)
+
+    def __call__(self, vecs):
+        acc, scale = self.sum(vecs)
+        return acc * scale
 
 
-def _host_loop(matvec, flat0, v0, *, k, tol, max_hvps, method, reorthogonalize,
-               want_smallest, progress, gap_bound):  # fmt: skip
-    from tqdm.auto import tqdm
+def _basis_rows(n, dtype, max_hvps, reorthogonalize):
+    """Rows of the first basis allocation: all ``max_hvps + 1`` (rounded up to the
+    block size) when that fits in ``BASIS_BYTES``, else as many blocks as fit (at
+    least two); 0 without reorthogonalisation."""
+    if not reorthogonalize:
+        return 0
+    blk = _lz.BLOCK
+    full = -(-(max_hvps + 1) // blk) * blk
+    fit = max(2, BASIS_BYTES // (n * np.dtype(dtype).itemsize * blk)) * blk
+    return min(full, fit)
 
-    key = None
-    v0 = jnp.asarray(v0)
-    tol = jnp.asarray(tol, flat0.dtype)
-    bar = tqdm(total=max_hvps, desc="Hessian-vector products", disable=not progress, leave=False)
+
+def _grow(basis, rows):
+    """The basis with zero rows appended up to ``rows`` (a new shape: the step
+    program compiles once more, the product program does not)."""
+    extra = np.zeros((rows - basis.shape[0], basis.shape[1]), basis.dtype)
+    return jnp.concatenate([basis, jax.device_put(extra, basis.sharding)])
+
+
+def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smallest,
+                  gap_bound, bar):  # fmt: skip
+    """Lanczos driven from Python: per iteration one product ``hv(v) -> (sum, scale)``
+    (one compiled program for one batch), one compiled :func:`_lanczos_step`, and one
+    transfer of two scalars (``alpha``, ``beta``); the tridiagonal eigenproblem and
+    the stopping test run on the host in numpy (:func:`stability.lanczos.lanczos_extremes_host`).
+    Returns ``(basis, extremes, count, betas)``."""
+    n, dtype = v0.shape[0], v0.dtype
+    v_host = (v0 / np.linalg.norm(v0)).astype(dtype)
+    full = -(-(max_hvps + 1) // _lz.BLOCK) * _lz.BLOCK
+    rows = _basis_rows(n, dtype, max_hvps, reorthogonalize)
+    basis = np.zeros((rows, n), dtype)
+    if rows:
+        basis[0] = v_host
+    basis, v, v_prev = (_put(x, mesh) for x in (basis, v_host, np.zeros(n, dtype)))
+    alphas, betas = [], []
+    beta_prev = np.zeros((), dtype)
+    ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, gap_bound, dtype)
+    for j in range(max_hvps):
+        if rows and basis.shape[0] < j + 2:
+            basis = _grow(basis, min(2 * basis.shape[0], full))
+        w, scale = hv(v)
+        jj = np.int32(j)
+        basis, v_next, v_prev, ab = _lanczos_step(basis, v, v_prev, w, scale, beta_prev, jj)
+        alpha, beta = np.asarray(ab)  # the one device -> host transfer per step
+        if not (np.isfinite(alpha) and np.isfinite(beta)):
+            raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
+        alphas.append(alpha)
+        tiny = _lz.breakdown_tolerance(alphas, n, dtype)
+        if beta <= tiny or tiny == 0:  # invariant subspace: restart (T decouples)
+            basis, v_next = _restart(basis, v_prev, jj)
+            beta = dtype.type(0)
+        betas.append(beta)
+        beta_prev = np.asarray(beta, dtype)
+        v = v_next
+        ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, gap_bound, dtype)
+        bar.update(1)
+        bar.set_postfix(sharpness=f"{ext.top[0]:.6g}", residual=f"{ext.top_error[0]:.2g}")
+        if ext.done:
+            break
+    return basis, ext, len(alphas), betas
+
+
+def _host_replay(hv, v0, mesh, coeffs, betas, count):
+    """Ritz vectors ``coeffs @ V`` without a stored basis: the recurrence replayed
+    from the same start (``count - 1`` products, restarts where the first run broke
+    down), accumulated on the host. Returns ``(y, products)``."""
+    n, dtype = v0.shape[0], v0.dtype
+    v_host = (v0 / np.linalg.norm(v0)).astype(dtype)
+    zeros = np.zeros(n, dtype)
+    basis, v, v_prev = (_put(x, mesh) for x in (np.zeros((0, n), dtype), v_host, zeros))
+    y = np.zeros((coeffs.shape[0], n), dtype)
+    beta_prev = np.zeros((), dtype)
+    for j in range(count):
+        y += np.asarray(coeffs)[:, j : j + 1] * np.asarray(v)[None, :]
+        if j + 1 < count:  # the last vector needs no product
+            w, scale = hv(v)
+            jj = np.int32(j)
+            basis, v_next, v_prev, _ = _lanczos_step(basis, v, v_prev, w, scale, beta_prev, jj)
+            if betas[j] == 0:
+                basis, v_next = _restart(basis, v_prev, jj)
+            beta_prev = np.asarray(betas[j], dtype)
+            v = v_next
+    return y, max(count - 1, 0)
+
+
+def _host_power(matvec, v0, *, tol, max_hvps, want_smallest, bar):
+    """Subspace iteration driven from Python (one pass + one jitted step per iteration)."""
+    state = _lz.power_init(jnp.asarray(v0), want_smallest)
+    per = v0.shape[0]
+    tol = jnp.asarray(tol, v0.dtype)
+    ext = _lz.power_extremes(state, tol, want_smallest)
     count = 0
-    try:
-        if method == "lanczos":
-            state = _lz.lanczos_init(v0, max_hvps, reorthogonalize, key)
-            ext = None
-            while count < max_hvps:
-                w = matvec(state.v[None])[0]
-                state, ext = _lanczos_step(
-                    state, w, tol, k=k, want_smallest=want_smallest, gap_bound=gap_bound
-                )
-                count += 1
-                bar.update(1)
-                done, top, err = jax.device_get((ext.done, ext.top[0], ext.top_error[0]))
-                bar.set_postfix(sharpness=f"{top:.6g}", residual=f"{err:.2g}")
-                if not np.isfinite(top):
-                    raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
-                if done:
-                    break
-        else:
-            state = _lz.power_init(v0, want_smallest)
-            per = v0.shape[0]
-            ext = _lz.power_extremes(state, tol, want_smallest)
-            while count + per <= max_hvps:
-                w = matvec(_lz.power_query(state, want_smallest))
-                state, ext = _power_step(state, w, tol, want_smallest=want_smallest)
-                count += per
-                bar.update(per)
-                done, top = jax.device_get((ext.done, ext.top[0]))
-                if not np.isfinite(top):
-                    raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
-                if done:
-                    break
-    finally:
-        bar.close()
-    return state, ext, count, v0
+    while count + per <= max_hvps:
+        w = matvec(_lz.power_query(state, want_smallest))
+        state, ext = _power_step(state, w, tol, want_smallest=want_smallest)
+        count += per
+        bar.update(per)
+        done, top = jax.device_get((ext.done, ext.top[0]))
+        if not np.isfinite(top):
+            raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
+        if done:
+            break
+    return state, ext, count
 
 
 # ------------------------------------------------------------------------ public
@@ -502,6 +630,8 @@ def hessian_spectrum(
         payload = lambda: iter(placed)  # noqa: E731
         kind = "many"
         progress = False  # one batch: no pass to report
+    else:
+        placed = None
 
     if kind != "many":
         ext, count, vecs, loss_value, finite = _fused(
@@ -515,20 +645,36 @@ def hessian_spectrum(
             raise ValueError("the Hessian-vector product is not finite (NaN or inf) at params")
     else:
         matvec = _Pass(loss, mask, params_d, payload, mesh, progress)
-        flat0 = _flatten(params_d, mask=mask)
-        state, ext, count, v0 = _host_loop(
-            matvec, flat0, _hvp.replicate(v0, mesh), k=k, tol=tol, max_hvps=max_hvps, method=method,
-            reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
-            progress=progress, gap_bound=gap_bound,
-        )  # fmt: skip
+        # One batch: one compiled product per iteration, no accumulator.
+        hv = _OneBatch(loss, mask, params_d, placed[0], v0.dtype).sum if placed else matvec.sum
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_hvps, desc="Hessian-vector products", disable=not progress,
+                   leave=False)  # fmt: skip
         vecs = None
-        if return_vectors:
-            if method == "lanczos" and not reorthogonalize:
-                vecs, extra = _host_replay(matvec, v0, None, ext.coeffs, count, max_hvps)
-                vecs = _unit_rows(vecs)
-                count += extra
+        try:
+            if method == "lanczos":
+                basis, ext, count, betas = _host_lanczos(
+                    hv, v0, mesh, k=k, tol=tol, max_hvps=max_hvps,
+                    reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
+                    gap_bound=gap_bound, bar=bar,
+                )  # fmt: skip
+                if return_vectors and not reorthogonalize:
+                    y, extra = _host_replay(hv, v0, mesh, ext.coeffs[:k], betas, count)
+                    vecs = _unit_rows(jnp.asarray(y))
+                    count += extra
+                elif return_vectors:
+                    vecs = _unit_rows(jnp.asarray(ext.coeffs[:k]) @ basis[:count])
             else:
-                vecs = _vectors_from(state, ext, method, k)
+                state, ext, count = _host_power(
+                    matvec, _hvp.replicate(v0, mesh), tol=tol, max_hvps=max_hvps,
+                    want_smallest=want_smallest, bar=bar,
+                )  # fmt: skip
+                if return_vectors:
+                    vecs = state.vecs
+        finally:
+            bar.close()
+        if vecs is not None:
             vecs = _unravel_rows(params_d, vecs[:k], mask=mask)
 
     ext = jax.device_get(ext)
@@ -565,14 +711,3 @@ def hessian_spectrum(
         num_hvps=int(count),
         eigenvectors=vecs,
     )
-
-
-def _host_replay(matvec, v0, key, coeffs, count, m):
-    state = _lz.lanczos_init(v0, m, False, key)
-    y = jnp.zeros((coeffs.shape[0], v0.shape[0]), v0.dtype)
-    step = jax.jit(_lz.lanczos_update)
-    for j in range(int(count)):
-        y = y + coeffs[:, j][:, None] * state.v[None, :]
-        if j + 1 < count:  # the last vector needs no product
-            state = step(state, matvec(state.v[None])[0])
-    return y, max(int(count) - 1, 0)

@@ -241,11 +241,15 @@ def flat_hvp(loss, mask, params, main, rem, n_total):
 
 
 @partial(jax.jit, static_argnames=("loss", "mask"), donate_argnames=("acc",))
-def hvp_sum(loss, mask, params, main, rem, vecs, acc):
-    """``acc + sum_{examples} H_i v`` for each row of ``vecs``; also the summed loss.
-    One jitted step of a full-data pass (accumulator donated)."""
-    val, _, hvs = loss_and_hvp(loss, mask, params, main, rem, vecs)
-    return acc + hvs, val
+def hvp_sum(loss, mask, params, main, rem, vecs, acc=None):
+    """``acc + sum_{examples} H_i v`` for each row of ``vecs`` (b, n), or for one
+    vector ``vecs`` (n,); also the summed loss. One jitted step of a full-data pass
+    (accumulator donated); ``acc=None`` (one batch) returns the sum itself and needs
+    no zero accumulator."""
+    one = vecs.ndim == 1
+    val, _, hvs = loss_and_hvp(loss, mask, params, main, rem, vecs[None] if one else vecs)
+    hvs = hvs[0] if one else hvs
+    return (hvs if acc is None else acc + hvs), val
 
 
 @partial(jax.jit, static_argnames=("loss", "mask"))

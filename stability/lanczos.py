@@ -62,6 +62,10 @@ __all__ = [
     "lanczos_init",
     "lanczos_update",
     "lanczos_extremes",
+    "lanczos_step",
+    "lanczos_extremes_host",
+    "breakdown_tolerance",
+    "restart_vector",
     "power_init",
     "power_update",
     "power_extremes",
@@ -111,31 +115,21 @@ BLOCK = 8  # basis rows per block: reorthogonalise against the filled blocks onl
 
 
 def _orthogonalize(basis, x, used=None):
-    """Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005) against
-    the first ``used`` rows of ``basis`` (all when None). Only the blocks holding
-    those rows are touched, so step ``j`` costs ``O(j n)``, not ``O(m n)``; the zero
-    rows of a partly filled block contribute nothing."""
+    """``x`` with its components along the first ``used`` rows of ``basis`` (all when
+    None) removed: block Gram-Schmidt applied twice ("twice is enough", Giraud et al.
+    2005), classical within a block of ``BLOCK`` rows, modified across blocks. Only the
+    blocks holding those rows are read, so step ``j`` costs ``O(j n)``, not
+    ``O(m n)``; the zero rows of a partly filled block contribute nothing. One
+    ``fori_loop`` (two sweeps over the blocks) keeps the compiled program small."""
     rows = basis.shape[0]
     nblk_max = rows // BLOCK
     nblk = nblk_max if used is None else jnp.minimum((used + BLOCK - 1) // BLOCK, nblk_max)
 
-    def coeffs(x):
-        def body(b, c):
-            blk = lax.dynamic_slice_in_dim(basis, b * BLOCK, BLOCK)
-            return lax.dynamic_update_slice_in_dim(c, blk @ x, b * BLOCK, 0)
+    def body(i, x):
+        blk = lax.dynamic_slice_in_dim(basis, (i % nblk) * BLOCK, BLOCK)
+        return x - (blk @ x) @ blk
 
-        return lax.fori_loop(0, nblk, body, jnp.zeros((rows,), x.dtype))
-
-    def subtract(x, c):
-        def body(b, x):
-            blk = lax.dynamic_slice_in_dim(basis, b * BLOCK, BLOCK)
-            return x - lax.dynamic_slice_in_dim(c, b * BLOCK, BLOCK) @ blk
-
-        return lax.fori_loop(0, nblk, body, x)
-
-    for _ in range(2):
-        x = subtract(x, coeffs(x))
-    return x
+    return lax.fori_loop(0, 2 * nblk, body, x)
 
 
 def lanczos_init(v0: jax.Array, max_iters: int, reorthogonalize: bool = True, key=None):
@@ -177,11 +171,7 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
     key = state.key + jnp.where(broke, 1, 0).astype(jnp.int32)
 
     def restart(_):
-        # A deterministic pseudo-random vector (no RNG in the loop: it compiles slowly).
-        phase = jnp.asarray(0.7548776662466927, v.dtype) * (j + 1).astype(v.dtype)
-        r = jnp.sin(jnp.arange(v.shape[0], dtype=v.dtype) * phase + 1.0)
-        r = _orthogonalize(basis, r, j + 1) if reorth else r - jnp.vdot(v, r) * v
-        return _normalize(r)[0], jnp.zeros((), v.dtype)
+        return restart_vector(basis, v, j), jnp.zeros((), v.dtype)
 
     def proceed(_):
         return w / jnp.where(beta > 0, beta, 1), beta
@@ -196,6 +186,107 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
         j=j + 1,
         key=key,
     )
+
+
+def restart_vector(basis: jax.Array, v: jax.Array, j) -> jax.Array:
+    """The unit vector a Lanczos run continues with after breakdown at step ``j``: a
+    deterministic pseudo-random vector (no RNG in the loop: it compiles slowly)
+    orthogonalised against the first ``j + 1`` rows of ``basis`` (against ``v`` alone
+    when ``basis`` has no rows)."""
+    j = jnp.asarray(j)
+    phase = jnp.asarray(0.7548776662466927, v.dtype) * (j + 1).astype(v.dtype)
+    r = jnp.sin(jnp.arange(v.shape[0], dtype=v.dtype) * phase + 1.0)
+    r = _orthogonalize(basis, r, j + 1) if basis.shape[0] else r - jnp.vdot(v, r) * v
+    return _normalize(r)[0]
+
+
+def lanczos_step(basis, v, v_prev, w, beta_prev, j):
+    """One Lanczos step for a host-driven loop, given ``w = A v`` (``v`` the ``j``-th
+    Lanczos vector, ``v_prev`` the one before, zero at ``j = 0``, ``beta_prev`` the
+    off-diagonal coupling them).
+
+    Computes ``alpha = v . w``, the residual ``w - alpha v - beta_prev v_prev``, with
+    ``basis`` (rows ``0..j`` filled, ``v`` among them; or no rows: plain three-term
+    recurrence) reorthogonalised against those rows only, ``beta`` its norm and the
+    next vector ``v_next = residual / beta``, written into row ``j + 1`` of ``basis``
+    (which needs ``j + 2`` rows). Returns ``(basis, v_next, v, [alpha, beta])``: the
+    two scalars in one array so that the host reads them with one transfer and
+    decides on stopping and breakdown (:func:`breakdown_tolerance`) itself. No
+    branches, no eigensolver: the program stays small and compiles fast.
+    """
+    alpha = jnp.vdot(v, w)
+    w = w - alpha * v - beta_prev * v_prev
+    if basis.shape[0]:
+        w = _orthogonalize(basis, w, j + 1)
+    beta = jnp.linalg.norm(w)
+    v_next = w / jnp.where(beta > 0, beta, 1)
+    if basis.shape[0]:
+        basis = lax.dynamic_update_slice_in_dim(basis, v_next[None], j + 1, 0)
+    return basis, v_next, v, jnp.stack([alpha, beta])
+
+
+def breakdown_tolerance(alphas, n: int, dtype) -> float:
+    """The residual norm at or below which a Lanczos step is a breakdown (the Krylov
+    space is invariant): ``eps * sqrt(n) * max |alpha_i|`` (host side; the same test
+    as :func:`lanczos_update`). Zero means every ``alpha`` so far is zero, also a
+    breakdown."""
+    import numpy as np
+
+    scale = float(np.max(np.abs(np.asarray(alphas, np.float64)))) if len(alphas) else 0.0
+    return float(np.finfo(dtype).eps) * float(np.sqrt(n)) * scale
+
+
+def lanczos_extremes_host(
+    alphas, betas, k: int, tol, want_smallest: bool = True, gap_bound: bool = True, dtype=None
+) -> Extremes:
+    """:func:`lanczos_extremes` on the host, with numpy/LAPACK, from the ``j``
+    coefficients computed so far (``alphas`` (j,), ``betas`` (j,), ``betas[j-1]`` the
+    last residual norm): the same Ritz values, error bounds, flags and ``coeffs``
+    ((k+1, j): Ritz coordinates of the top-k, then the smallest), without padding.
+    The tridiagonal eigenproblem (``stemr``, float64) costs microseconds at the sizes
+    Lanczos reaches, far less than dispatching a compiled program for it.
+    """
+    import numpy as np
+    from scipy.linalg import eigh_tridiagonal as sp_eigh_tridiagonal
+
+    dtype = np.dtype(dtype or np.asarray(alphas).dtype)
+    a = np.asarray(alphas, np.float64)
+    b = np.asarray(betas, np.float64)
+    j = a.shape[0]
+    if j == 0:
+        nan, inf = np.full(k, np.nan, dtype), np.full(k, np.inf, dtype)
+        no = np.zeros(k, bool)
+        return Extremes(nan, inf, no, dtype.type(np.nan), dtype.type(np.inf), np.False_,
+                        np.False_, np.zeros((k + 1, 0), dtype))  # fmt: skip
+    if j > 1:
+        theta, s = sp_eigh_tridiagonal(a, b[: j - 1], lapack_driver="stemr")
+    else:
+        theta, s = a.copy(), np.ones((1, 1))
+    top_idx = j - 1 - np.arange(k)
+    valid = top_idx >= 0
+    wanted = np.concatenate([np.clip(top_idx, 0, j - 1), [0]])
+    vecs = s[:, wanted].T
+    res = abs(b[j - 1]) * np.abs(vecs[:, j - 1])
+    if gap_bound:
+        with np.errstate(invalid="ignore"):
+            lo = np.where(wanted > 0, theta[np.maximum(wanted - 1, 0)], -np.inf)
+            hi = np.where(wanted < j - 1, theta[np.minimum(wanted + 1, j - 1)], np.inf)
+            gap = np.minimum(theta[wanted] - lo, hi - theta[wanted])
+            ok = np.isfinite(gap) & (gap > 2 * res)
+            res = np.where(ok, res * res / np.where(ok, gap, 1.0), res)
+    # Thresholds in the working precision, as in the jitted version.
+    theta_d = theta.astype(dtype)
+    res_d = res.astype(dtype)
+    top = np.where(valid, theta_d[np.clip(top_idx, 0, j - 1)], np.nan).astype(dtype)
+    top_err = np.where(valid, res_d[:k], np.inf).astype(dtype)
+    smallest, smallest_err = theta_d[0], res_d[k]
+    norm_est = max(abs(theta_d[j - 1]), abs(smallest))
+    thresh = dtype.type(tol) * norm_est
+    top_conv = valid & (top_err <= thresh)
+    small_conv = np.bool_(smallest_err <= thresh)
+    done = np.bool_(np.all(top_conv) and (small_conv or not want_smallest))
+    return Extremes(top, top_err, top_conv, smallest, smallest_err, small_conv, done,
+                    vecs.astype(dtype))  # fmt: skip
 
 
 def lanczos_extremes(

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from stability.lanczos import (
     eigsh_extremes,
     lanczos_extremes,
+    lanczos_extremes_host,
     lanczos_init,
     lanczos_update,
     run_in_jit,
@@ -135,3 +136,26 @@ def test_float32():
     assert ext.top.dtype == jnp.float32
     np.testing.assert_allclose(ext.top[0], ev[0], rtol=1e-5)
     jax.block_until_ready(ext)
+
+
+@pytest.mark.parametrize("gap_bound", [True, False])
+def test_host_extremes_equal_jitted_extremes(problem, gap_bound):
+    # The host loop's numpy stopping test and the jitted one agree on the same T_j.
+    a, ev = problem
+    state = lanczos_init(jnp.asarray(np.random.default_rng(4).normal(size=a.shape[0])), 30)
+    for j in range(12):
+        state = lanczos_update(state, a @ state.v)
+        dev = lanczos_extremes(state, 3, 1e-6, True, gap_bound)
+        host = lanczos_extremes_host(
+            np.asarray(state.alphas)[: j + 1], np.asarray(state.betas)[: j + 1], 3, 1e-6,
+            True, gap_bound,
+        )  # fmt: skip
+        for name in ("top", "top_error", "smallest", "smallest_error"):
+            np.testing.assert_allclose(
+                getattr(host, name), getattr(dev, name), rtol=1e-9, atol=1e-13, err_msg=name
+            )
+        for name in ("top_converged", "smallest_converged", "done"):
+            assert np.array_equal(getattr(host, name), getattr(dev, name)), name
+        np.testing.assert_allclose(
+            np.abs(host.coeffs), np.abs(np.asarray(dev.coeffs)[:, : j + 1]), atol=1e-9
+        )
