@@ -7,7 +7,8 @@ One public namespace, re-exported from small modules (one concept each):
   distributions), `companion` (companion matrix, spectral radius),
   `boundary_locus` (exact thresholds), `tuning` (lr for a new delay, momentum
   advice), `linearize` (optax optimizers as recurrences);
-- Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`;
+- Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`,
+  `compilation_cache` (opt-in: compiled programs kept on disk across processes);
 - trained networks: `models` (Flax adapters), `accessibility` (the verdict),
   `simulate` (asynchronous SGD), `examples` (digits), `plotting`.
 """
@@ -21,6 +22,7 @@ from stability.boundary_locus import (
     stability_threshold,
 )
 from stability.companion import companion_matrix, spectral_radius
+from stability.compilation_cache import enable_compilation_cache
 from stability.delays import (
     DelayDistribution,
     delay_distribution,
@@ -69,6 +71,7 @@ __all__ = [
     # Hessian spectrum engine
     "hessian_spectrum",
     "HessianSpectrum",
+    "enable_compilation_cache",
     # trained networks
     "is_accessible",
     "verdict_from_spectrum",
