@@ -20,9 +20,14 @@ Execution
     ``jax.jit`` (``lax.while_loop``), no host round trip (``loop="device"``; on CPU
     the default drives the loop from the host, see ``loop``). Several batches: the
     outer loop runs on the host and each product is a jitted accumulation over the
-    batches (a tqdm bar counts the products unless ``progress=False``). Compiled
-    code is cached on the loss function object and the shapes, so a second call
-    does not compile again.
+    batches (a tqdm bar counts the products unless ``progress=False``). Each
+    host-loop iteration runs the product (one compiled program per batch), one
+    small compiled Lanczos step (in-place basis update, reorthogonalisation against
+    the filled rows only) and reads back two scalars; the tridiagonal eigenproblem
+    and the stopping test run in numpy. A first call compiles those two programs
+    (:func:`stability.enable_compilation_cache` keeps them on disk for later
+    processes). Compiled code is cached on the loss function object and the
+    shapes, so a second call does not compile again.
 
 Devices
     Data-parallel over ``devices`` (default: ``jax.devices()``): each batch is split
@@ -38,9 +43,12 @@ Devices
 
 Memory
     Nothing of size ``n^2``. Lanczos with ``reorthogonalize=True`` keeps the Krylov
-    basis: ``max_hvps x n`` numbers (100 products of a 0.5M-parameter float32 model:
-    200 MB). ``reorthogonalize=False`` keeps three vectors (eigenvectors then cost a
-    second pass that replays the recurrence); ``method="power"`` keeps ``k + 1``.
+    basis: up to ``(max_hvps + 1) x n`` numbers (100 products of a 0.5M-parameter
+    float32 model: 200 MB). The host loop allocates ``BASIS_BYTES`` (16 MiB, at
+    least 16 rows) first and doubles it when a run needs more rows (the step
+    program then compiles once more); the device loop allocates all rows.
+    ``reorthogonalize=False`` keeps three vectors (eigenvectors then cost a second
+    pass that replays the recurrence); ``method="power"`` keeps ``k + 1``.
 
 Accuracy
     The Ritz residual ``r_i = ||H y_i - theta_i y_i||`` bounds ``|theta_i - lambda|``
