@@ -243,11 +243,13 @@ def lanczos_extremes_host(
     coefficients computed so far (``alphas`` (j,), ``betas`` (j,), ``betas[j-1]`` the
     last residual norm): the same Ritz values, error bounds, flags and ``coeffs``
     ((k+1, j): Ritz coordinates of the top-k, then the smallest), without padding.
-    The tridiagonal eigenproblem (``stemr``, float64) costs microseconds at the sizes
-    Lanczos reaches, far less than dispatching a compiled program for it.
+    The tridiagonal eigenproblem (LAPACK ``stev`` up to 32 rows, ``stemr`` beyond,
+    float64) costs microseconds at the sizes Lanczos reaches, far less than
+    dispatching a compiled program for it.
     """
     import numpy as np
     from scipy.linalg import eigh_tridiagonal as sp_eigh_tridiagonal
+    from scipy.linalg import lapack
 
     dtype = np.dtype(dtype or np.asarray(alphas).dtype)
     a = np.asarray(alphas, np.float64)
@@ -258,10 +260,14 @@ def lanczos_extremes_host(
         no = np.zeros(k, bool)
         return Extremes(nan, inf, no, dtype.type(np.nan), dtype.type(np.inf), np.False_,
                         np.False_, np.zeros((k + 1, 0), dtype))  # fmt: skip
-    if j > 1:
-        theta, s = sp_eigh_tridiagonal(a, b[: j - 1], lapack_driver="stemr")
-    else:
+    if j == 1:
         theta, s = a.copy(), np.ones((1, 1))
+    elif j <= 32:  # LAPACK stev (implicit QL/QR) called directly: microseconds
+        theta, s, info = lapack.dstev(a, b[: j - 1], compute_v=1)
+        if info:
+            theta, s = sp_eigh_tridiagonal(a, b[: j - 1], lapack_driver="stemr")
+    else:
+        theta, s = sp_eigh_tridiagonal(a, b[: j - 1], lapack_driver="stemr")
     top_idx = j - 1 - np.arange(k)
     valid = top_idx >= 0
     wanted = np.concatenate([np.clip(top_idx, 0, j - 1), [0]])
