@@ -16,6 +16,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from stability.delays import DelayDistribution
@@ -74,29 +75,46 @@ def spectral_radius_from_coefficients(coefficients):
     return jnp.max(jnp.abs(roots), axis=-1)
 
 
-def _eigenvalue_fallback(rho, certified, q, beta, tau, momentum):
-    """Replace uncertified entries by companion-matrix eigenvalues, a chunk at a time.
+def _host_spectral_radius(coefficients):
+    """Largest root modulus by numpy (LAPACK) companion eigenvalues, on the host."""
+    c = np.asarray(coefficients)
+    m = c.shape[-1] - 1
+    comp = np.zeros(c.shape[:-1] + (m, m), c.dtype)
+    comp[..., 0, :] = -c[..., 1:] / c[..., :1]
+    comp[..., np.arange(1, m), np.arange(m - 1)] = 1.0
+    return np.abs(np.linalg.eigvals(comp)).max(axis=-1).astype(c.dtype)
 
-    Only the (few) uncertified points are gathered, ``chunk`` per iteration, so the
-    O(m^3) eigenvalue cost scales with their number, not with the grid.
+
+def _eigenvalue_fallback(rho, certified, q, beta, tau, momentum):
+    """Replace uncertified entries by companion-matrix eigenvalues.
+
+    Up to ``chunk`` (1/64 of the points, at least 64) uncertified points are
+    gathered and solved, so the O(m^3) eigenvalue cost scales with their number
+    (typically well under 1%), not with the grid; if there are more, every point
+    is solved by eigenvalues. The eigenvalues are computed by numpy on the host
+    (``jax.pure_callback``): the same LAPACK call inside the jitted program hung
+    XLA:CPU when the input was sharded over several devices.
     """
     shape = rho.shape
     rho, certified, q, beta = (x.reshape(-1) for x in (rho, certified, q, beta))
     size = rho.size
-    chunk = min(size, max(16, size // 256))
+    chunk = min(size, max(64, size // 64))
 
-    def pending(carry):
-        return ~jnp.all(carry[1])
+    def eig(q, beta):
+        c = characteristic_polynomial(tau, beta, momentum=momentum).coefficients(q)
+        out = jax.ShapeDtypeStruct(c.shape[:-1], c.dtype)
+        return jax.pure_callback(_host_spectral_radius, out, c, vmap_method="broadcast_all")
 
-    def solve(carry):
-        rho, done = carry
-        (idx,) = jnp.nonzero(~done, size=chunk, fill_value=size)
+    def some(rho):
+        (idx,) = jnp.nonzero(~certified, size=chunk, fill_value=size)
         take = jnp.minimum(idx, size - 1)
-        poly = characteristic_polynomial(tau, beta[take], momentum=momentum)
-        exact = spectral_radius_from_coefficients(poly.coefficients(q[take]))
-        return rho.at[idx].set(exact, mode="drop"), done.at[idx].set(True, mode="drop")
+        return rho.at[idx].set(eig(q[take], beta[take]), mode="drop")
 
-    rho, _ = lax.while_loop(pending, solve, (rho, certified))
+    def every(rho):
+        return jnp.where(certified, rho, eig(q, beta))
+
+    missing = jnp.sum(~certified)
+    rho = lax.cond(missing <= chunk, some, every, rho)
     return rho.reshape(shape)
 
 

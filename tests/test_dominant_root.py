@@ -118,3 +118,17 @@ def test_float32_uses_eigenvalues_and_agrees():
     assert got.dtype == jnp.float32
     want = rho(poly(12, 0.5, 0.07, "heavy_ball"))
     assert float(got) == pytest.approx(want, rel=1e-4)
+
+
+def test_spectral_radius_on_a_grid_sharded_over_devices():
+    # The eigenvalue fallback gathers uncertified points across shards (it once hung
+    # XLA:CPU); sharded and unsharded grids must agree.
+    devices = np.array(jax.devices()[:4])
+    mesh = jax.sharding.Mesh(devices, ("rows",))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows", None))
+    sharp = jnp.broadcast_to(jnp.linspace(0.0, 2.0, 16)[:, None], (16, 24))
+    beta = jnp.linspace(0.0, 0.99, 24)[None, :]
+    f = jax.jit(lambda s, b: st.spectral_radius(s, 0.05, 32, b, momentum="nesterov"))
+    sharded = np.asarray(f(jax.device_put(sharp, rows), beta))
+    np.testing.assert_allclose(sharded, np.asarray(f(sharp, beta)), rtol=1e-13)
+    assert sharded[0, 5] == pytest.approx(rho(poly(32, float(beta[0, 5]), 0.0, "nesterov")))
