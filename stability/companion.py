@@ -17,10 +17,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from stability.delays import DelayDistribution
-from stability.dominant_root import certified_spectral_radius
+from stability.dominant_root import certified_spectral_radius, sparse_characteristic
 from stability.rules import characteristic_polynomial, check_delay, float_dtype, static_delay
 from stability.validation import check_beta, check_finite, check_lr, check_momentum
 
@@ -75,47 +74,43 @@ def spectral_radius_from_coefficients(coefficients):
     return jnp.max(jnp.abs(roots), axis=-1)
 
 
-def _host_spectral_radius(coefficients):
-    """Largest root modulus by numpy (LAPACK) companion eigenvalues, on the host."""
-    c = np.asarray(coefficients)
-    m = c.shape[-1] - 1
-    comp = np.zeros(c.shape[:-1] + (m, m), c.dtype)
-    comp[..., 0, :] = -c[..., 1:] / c[..., :1]
-    comp[..., np.arange(1, m), np.arange(m - 1)] = 1.0
-    return np.abs(np.linalg.eigvals(comp)).max(axis=-1).astype(c.dtype)
+def _host_fill(m, rho, certified, u1, u0, v1, v0):
+    """Host side of the fallback: numpy (LAPACK) companion eigenvalues where not certified.
+
+    The polynomial is the sparse form ``z^m (z^2 + u1 z + u0) + v1 z + v0`` of
+    ``stability.dominant_root`` (the same spectral radius as the rule's polynomial).
+    """
+    rho = np.array(rho, copy=True)
+    todo = np.flatnonzero(~np.asarray(certified).reshape(-1))
+    if todo.size:
+        n = m + 2
+        comp = np.zeros((todo.size, n, n), rho.dtype)
+        first = comp[:, 0, :]
+        first[:, 0], first[:, 1] = (-np.asarray(x).reshape(-1)[todo] for x in (u1, u0))
+        first[:, n - 2], first[:, n - 1] = (-np.asarray(x).reshape(-1)[todo] for x in (v1, v0))
+        comp[:, np.arange(1, n), np.arange(n - 1)] = 1.0
+        flat = rho.reshape(-1)
+        flat[todo] = np.abs(np.linalg.eigvals(comp)).max(axis=-1)
+        rho = flat.reshape(rho.shape)
+    return rho
 
 
 def _eigenvalue_fallback(rho, certified, q, beta, tau, momentum):
-    """Replace uncertified entries by companion-matrix eigenvalues.
+    """Replace uncertified entries by companion-matrix eigenvalues (numpy, on the host).
 
-    Up to ``chunk`` (1/64 of the points, at least 64) uncertified points are
-    gathered and solved, so the O(m^3) eigenvalue cost scales with their number
-    (typically well under 1%), not with the grid; if there are more, every point
-    is solved by eigenvalues. The eigenvalues are computed by numpy on the host
-    (``jax.pure_callback``): the same LAPACK call inside the jitted program hung
-    XLA:CPU when the input was sharded over several devices.
+    Only the uncertified points (typically well under 1%) are solved, so the
+    O(m^3) eigenvalue cost scales with their number, not with the grid. It runs
+    in a ``jax.pure_callback``: data-dependent gathers, conditionals or loops
+    around an in-graph LAPACK call deadlocked XLA:CPU when the input was sharded
+    over several devices.
     """
-    shape = rho.shape
-    rho, certified, q, beta = (x.reshape(-1) for x in (rho, certified, q, beta))
-    size = rho.size
-    chunk = min(size, max(64, size // 64))
-
-    def eig(q, beta):
-        c = characteristic_polynomial(tau, beta, momentum=momentum).coefficients(q)
-        out = jax.ShapeDtypeStruct(c.shape[:-1], c.dtype)
-        return jax.pure_callback(_host_spectral_radius, out, c, vmap_method="broadcast_all")
-
-    def some(rho):
-        (idx,) = jnp.nonzero(~certified, size=chunk, fill_value=size)
-        take = jnp.minimum(idx, size - 1)
-        return rho.at[idx].set(eig(q[take], beta[take]), mode="drop")
-
-    def every(rho):
-        return jnp.where(certified, rho, eig(q, beta))
-
-    missing = jnp.sum(~certified)
-    rho = lax.cond(missing <= chunk, some, every, rho)
-    return rho.reshape(shape)
+    p = sparse_characteristic(q, beta, tau, momentum)
+    out = jax.ShapeDtypeStruct(rho.shape, rho.dtype)
+    args = (rho, certified, p.u1, p.u0, p.v1, p.v0)
+    host = partial(_host_fill, p.m)
+    filled = jax.pure_callback(host, out, *args, vmap_method="broadcast_all")
+    # select, so that the result keeps the input's sharding (not the callback's device)
+    return jnp.where(certified, rho, filled)
 
 
 def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
