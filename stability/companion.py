@@ -86,8 +86,8 @@ def _host_fill(m, rho, certified, u1, u0, v1, v0):
         n = m + 2
         comp = np.zeros((todo.size, n, n), rho.dtype)
         first = comp[:, 0, :]
-        first[:, 0], first[:, 1] = (-np.asarray(x).reshape(-1)[todo] for x in (u1, u0))
-        first[:, n - 2], first[:, n - 1] = (-np.asarray(x).reshape(-1)[todo] for x in (v1, v0))
+        for col, x in ((0, u1), (1, u0), (n - 2, v1), (n - 1, v0)):  # m = 1: z^1 gets u0 + v1
+            first[:, col] -= np.asarray(x).reshape(-1)[todo]
         comp[:, np.arange(1, n), np.arange(n - 1)] = 1.0
         flat = rho.reshape(-1)
         flat[todo] = np.abs(np.linalg.eigvals(comp)).max(axis=-1)
