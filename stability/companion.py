@@ -126,7 +126,13 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     to rounding). Points that cannot be certified (near-multiple dominant roots,
     sharpness 0) and all other cases (tau < 2, delay distributions, float32) use
     the eigenvalues of the companion matrix (``jnp.linalg.eigvals``, backward
-    stable, O(m^3) per point).
+    stable, O(m^3) per point), the fast path's few uncertified points on the host
+    through ``jax.pure_callback``.
+
+    Known limitation: on XLA:CPU with the input *sharded* over several simulated
+    CPU devices, large grids (256 x 256) deadlocked in the callback's collective
+    (a 16 x 24 grid over 4 devices works and is tested); keep CPU inputs on one
+    device (the fast path is elementwise, XLA already uses all cores).
     """
     check_momentum(momentum, "momentum")
     check_delay(tau, "tau")
