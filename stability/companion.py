@@ -127,7 +127,8 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     sharpness 0) and all other cases (tau < 2, delay distributions, float32) use
     the eigenvalues of the companion matrix (``jnp.linalg.eigvals``, backward
     stable, O(m^3) per point), the fast path's few uncertified points on the host
-    through ``jax.pure_callback``.
+    through ``jax.pure_callback``. Differentiable (``jax.grad``/``jvp``): derivatives
+    come from the companion eigenvalues.
 
     Known limitation: on XLA:CPU with the input *sharded* over several simulated
     CPU devices, large grids (256 x 256) deadlocked in the callback's collective
@@ -155,5 +156,21 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
 
 @partial(jax.jit, static_argnames=("tau", "momentum"))
 def _spectral_radius_fast(q, beta, tau, momentum):
+    return _certified_or_eigenvalues(q, beta, tau, momentum)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _certified_or_eigenvalues(q, beta, tau, momentum):
     rho, certified = certified_spectral_radius(q, beta, tau, momentum)
     return _eigenvalue_fallback(rho, certified, q, beta, tau, momentum)
+
+
+@_certified_or_eigenvalues.defjvp
+def _certified_or_eigenvalues_jvp(tau, momentum, primals, tangents):
+    # Derivatives (rare, and a host callback has none) from the companion eigenvalues.
+    def by_eigenvalues(q, beta):
+        poly = characteristic_polynomial(tau, beta, momentum=momentum)
+        return spectral_radius_from_coefficients(poly.coefficients(q))
+
+    _, tangent = jax.jvp(by_eigenvalues, primals, tangents)
+    return _certified_or_eigenvalues(*primals, tau, momentum), tangent

@@ -132,3 +132,15 @@ def test_spectral_radius_on_a_grid_sharded_over_devices():
     sharded = np.asarray(f(jax.device_put(sharp, rows), beta))
     np.testing.assert_allclose(sharded, np.asarray(f(sharp, beta)), rtol=1e-13)
     assert sharded[0, 5] == pytest.approx(rho(poly(32, float(beta[0, 5]), 0.0, "nesterov")))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_spectral_radius_is_differentiable(rule):
+    # d rho / d lr and d rho / d beta against central differences of the same function.
+    def f(lr, beta):
+        return st.spectral_radius(0.7, lr, 8, beta, momentum=rule)
+
+    lr, beta, h = 0.1, 0.5, 1e-6
+    g_lr, g_beta = jax.grad(f, argnums=(0, 1))(lr, beta)
+    assert float(g_lr) == pytest.approx((f(lr + h, beta) - f(lr - h, beta)) / (2 * h), rel=1e-6)
+    assert float(g_beta) == pytest.approx((f(lr, beta + h) - f(lr, beta - h)) / (2 * h), rel=1e-6)
