@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from jax import lax
 
 NUM_STARTS = 3
-NEWTON_STEPS = 12
+NEWTON_STEPS = 30
 RELATIVE_TOLERANCE = 1e-10
 
 
