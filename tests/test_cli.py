@@ -116,6 +116,23 @@ def test_check_on_a_user_model_and_checkpoint(user_project, capsys, monkeypatch)
     )
 
 
+def _check_argv(params_path):
+    """`stability check` on the user project's model and data, with these params."""
+    return [
+        "check",
+        "--model",
+        "usermodel:make_model",
+        "--params",
+        str(params_path),
+        "--data",
+        "usermodel:batches",
+        "--tau",
+        "2",
+        "--lr",
+        "0.1",
+    ]
+
+
 def test_check_missing_checkpoint_exits_with_one_line_no_traceback(user_project, tmp_path):
     root, _ = user_project
     proc = subprocess.run(
@@ -123,17 +140,7 @@ def test_check_missing_checkpoint_exits_with_one_line_no_traceback(user_project,
             sys.executable,
             "-m",
             "stability.cli",
-            "check",
-            "--model",
-            "usermodel:make_model",
-            "--params",
-            str(tmp_path / "missing.npz"),
-            "--data",
-            "usermodel:batches",
-            "--tau",
-            "2",
-            "--lr",
-            "0.1",
+            *_check_argv(tmp_path / "missing.npz"),
         ],
         capture_output=True,
         text=True,
@@ -179,20 +186,7 @@ def test_check_params_that_do_not_match_the_model(user_project, capsys, monkeypa
     root, _ = user_project
     monkeypatch.syspath_prepend(str(root))
     save_npz(tmp_path / "wrong.npz", {"params": {"Dense_0": {"kernel": np.zeros((3, 3))}}})
-    code, _, err = _run(
-        capsys,
-        "check",
-        "--model",
-        "usermodel:make_model",
-        "--params",
-        str(tmp_path / "wrong.npz"),
-        "--data",
-        "usermodel:batches",
-        "--tau",
-        "2",
-        "--lr",
-        "0.1",
-    )
+    code, _, err = _run(capsys, *_check_argv(tmp_path / "wrong.npz"))
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
