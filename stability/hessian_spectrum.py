@@ -21,13 +21,15 @@ Execution
     the default drives the loop from the host, see ``loop``). Several batches: the
     outer loop runs on the host and each product is a jitted accumulation over the
     batches (a tqdm bar counts the products unless ``progress=False``). Each
-    host-loop iteration runs the product (one compiled program per batch), one
-    small compiled Lanczos step (in-place basis update, reorthogonalisation against
-    the filled rows only) and reads back two scalars; the tridiagonal eigenproblem
-    and the stopping test run in numpy. A first call compiles those two programs
-    (:func:`stability.enable_compilation_cache` keeps them on disk for later
-    processes). Compiled code is cached on the loss function object and the
-    shapes, so a second call does not compile again.
+    host-loop iteration runs the product (one compiled program per batch) and one
+    Lanczos step (in-place basis update, reorthogonalisation against the filled
+    rows only): in numpy on CPU, where device memory is host memory, so the product
+    is the only compiled program; on GPU/TPU a small compiled step keeps the basis
+    on the device and only two scalars come back. The tridiagonal eigenproblem and
+    the stopping test run in numpy. :func:`stability.enable_compilation_cache` keeps
+    compiled programs on disk for later processes; within a process compiled code
+    is cached on the loss function object and the shapes, so a second call does
+    not compile again.
 
 Devices
     Data-parallel over ``devices`` (default: ``jax.devices()``): each batch is split
@@ -435,43 +437,80 @@ def _basis_rows(n, dtype, max_hvps, reorthogonalize):
 
 
 def _grow(basis, rows):
-    """The basis with zero rows appended up to ``rows`` (a new shape: the step
-    program compiles once more, the product program does not)."""
+    """The basis with zero rows appended up to ``rows`` (on a device: a new shape, the
+    step program compiles once more; the product program does not)."""
     extra = np.zeros((rows - basis.shape[0], basis.shape[1]), basis.dtype)
+    if isinstance(basis, np.ndarray):
+        return np.concatenate([basis, extra])
     return jnp.concatenate([basis, jax.device_put(extra, basis.sharding)])
+
+
+def _step_on_host(mesh) -> bool:
+    """Whether the host loop keeps its basis in numpy and steps there: when the
+    products run on CPU devices, whose memory is host memory (reading a product
+    back costs no copy). On GPU/TPU the basis stays on the device and the step is
+    the compiled :func:`_lanczos_step` (one transfer of two scalars per step)."""
+    devices = mesh.devices.flat if mesh is not None else jax.devices()[:1]
+    return all(d.platform == "cpu" for d in devices)
+
+
+def _numpy_step(basis, v, v_prev, hv, scale, beta_prev, j):
+    """:func:`_lanczos_step` in numpy (:func:`stability.lanczos.lanczos_step_host`)."""
+    return _lz.lanczos_step_host(basis, v, v_prev, np.asarray(hv) * scale, beta_prev, int(j))
+
+
+def _numpy_restart(basis, v, j):
+    """:func:`_restart` in numpy: the same restart vector, written into row ``j + 1``."""
+    r = _lz.restart_vector_host(basis, v, int(j))
+    if basis.shape[0]:
+        basis[int(j) + 1] = r
+    return basis, r
+
+
+def _stepper(mesh):
+    """``(step, restart, to_product)`` for the host loop: numpy steps on CPU, compiled
+    steps elsewhere (:func:`_step_on_host`); ``to_product`` puts a Lanczos vector
+    where the product takes it."""
+    if _step_on_host(mesh):
+        return _numpy_step, _numpy_restart, lambda x: _put(x, mesh)
+    return _lanczos_step, _restart, lambda x: x
 
 
 def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smallest,
                   gap_bound, bar):  # fmt: skip
     """Lanczos driven from Python: per iteration one product ``hv(v) -> (sum, scale)``
-    (one compiled program for one batch), one compiled :func:`_lanczos_step`, and one
-    transfer of two scalars (``alpha``, ``beta``); the tridiagonal eigenproblem and
-    the stopping test run on the host in numpy (:func:`stability.lanczos.lanczos_extremes_host`).
+    (one compiled program for one batch), one Lanczos step (numpy on CPU, else the
+    compiled :func:`_lanczos_step` and one transfer of two scalars, ``alpha`` and
+    ``beta``; :func:`_stepper`); the tridiagonal eigenproblem and the stopping test
+    run on the host in numpy (:func:`stability.lanczos.lanczos_extremes_host`).
     Returns ``(basis, extremes, count, betas)``."""
     n, dtype = v0.shape[0], v0.dtype
-    v_host = (v0 / np.linalg.norm(v0)).astype(dtype)
+    step, restart, to_product = _stepper(mesh)
+    v_host = (v0 / _lz._host_norm(v0)).astype(dtype)
     full = -(-(max_hvps + 1) // _lz.BLOCK) * _lz.BLOCK
     rows = _basis_rows(n, dtype, max_hvps, reorthogonalize)
     basis = np.zeros((rows, n), dtype)
     if rows:
         basis[0] = v_host
-    basis, v, v_prev = (_put(x, mesh) for x in (basis, v_host, np.zeros(n, dtype)))
+    basis, v, v_prev = (basis, v_host, np.zeros(n, dtype))
+    if step is _lanczos_step:
+        basis, v, v_prev = (_put(x, mesh) for x in (basis, v, v_prev))
     alphas, betas = [], []
     beta_prev = np.zeros((), dtype)
     ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, gap_bound, dtype)
     for j in range(max_hvps):
         if rows and basis.shape[0] < j + 2:
             basis = _grow(basis, min(2 * basis.shape[0], full))
-        w, scale = hv(v)
+        w, scale = hv(to_product(v))
         jj = np.int32(j)
-        basis, v_next, v_prev, ab = _lanczos_step(basis, v, v_prev, w, scale, beta_prev, jj)
+        basis, v_next, v_prev, ab = step(basis, v, v_prev, w, scale, beta_prev, jj)
         alpha, beta = np.asarray(ab)  # the one device -> host transfer per step
         if not (np.isfinite(alpha) and np.isfinite(beta)):
             raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
         alphas.append(alpha)
         tiny = _lz.breakdown_tolerance(alphas, n, dtype)
         if beta <= tiny or tiny == 0:  # invariant subspace: restart (T decouples)
-            basis, v_next = _restart(basis, v_prev, jj)
+            basis, v_next = restart(basis, v_prev, jj)
             beta = dtype.type(0)
         betas.append(beta)
         beta_prev = np.asarray(beta, dtype)
@@ -489,19 +528,21 @@ def _host_replay(hv, v0, mesh, coeffs, betas, count):
     from the same start (``count - 1`` products, restarts where the first run broke
     down), accumulated on the host. Returns ``(y, products)``."""
     n, dtype = v0.shape[0], v0.dtype
-    v_host = (v0 / np.linalg.norm(v0)).astype(dtype)
-    zeros = np.zeros(n, dtype)
-    basis, v, v_prev = (_put(x, mesh) for x in (np.zeros((0, n), dtype), v_host, zeros))
+    step, restart, to_product = _stepper(mesh)
+    v_host = (v0 / _lz._host_norm(v0)).astype(dtype)
+    basis, v, v_prev = (np.zeros((0, n), dtype), v_host, np.zeros(n, dtype))
+    if step is _lanczos_step:
+        basis, v, v_prev = (_put(x, mesh) for x in (basis, v, v_prev))
     y = np.zeros((coeffs.shape[0], n), dtype)
     beta_prev = np.zeros((), dtype)
     for j in range(count):
         y += np.asarray(coeffs)[:, j : j + 1] * np.asarray(v)[None, :]
         if j + 1 < count:  # the last vector needs no product
-            w, scale = hv(v)
+            w, scale = hv(to_product(v))
             jj = np.int32(j)
-            basis, v_next, v_prev, _ = _lanczos_step(basis, v, v_prev, w, scale, beta_prev, jj)
+            basis, v_next, v_prev, _ = step(basis, v, v_prev, w, scale, beta_prev, jj)
             if betas[j] == 0:
-                basis, v_next = _restart(basis, v_prev, jj)
+                basis, v_next = restart(basis, v_prev, jj)
             beta_prev = np.asarray(betas[j], dtype)
             v = v_next
     return y, max(count - 1, 0)

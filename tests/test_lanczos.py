@@ -12,7 +12,11 @@ from stability.lanczos import (
     lanczos_extremes,
     lanczos_extremes_host,
     lanczos_init,
+    lanczos_step,
+    lanczos_step_host,
     lanczos_update,
+    restart_vector,
+    restart_vector_host,
     run_in_jit,
 )
 
@@ -159,3 +163,41 @@ def test_host_extremes_equal_jitted_extremes(problem, gap_bound):
         np.testing.assert_allclose(
             np.abs(host.coeffs), np.abs(np.asarray(dev.coeffs)[:, : j + 1]), atol=1e-9
         )
+
+
+@pytest.mark.parametrize("rows", [16, 0])
+def test_numpy_step_equals_compiled_step(problem, rows):
+    # The CPU host loop's numpy step and the compiled step (GPU/TPU) produce the same
+    # coefficients, vectors and basis, with and without a stored basis; so do the
+    # two restart vectors.
+    a, _ = problem
+    a = np.asarray(a)
+    n = a.shape[0]
+    v = np.random.default_rng(5).normal(size=n)
+    v /= np.linalg.norm(v)
+    basis_np = np.zeros((rows, n))
+    if rows:
+        basis_np[0] = v
+    basis_j, v_j, vp_j, vp_np = jnp.asarray(basis_np), jnp.asarray(v), jnp.zeros(n), np.zeros(n)
+    v_np, beta_np, beta_j = v.copy(), np.float64(0), jnp.float64(0)
+    for j in range(10):
+        basis_np, v_next_np, vp_np, ab_np = lanczos_step_host(
+            basis_np, v_np, vp_np, a @ v_np, beta_np, j
+        )
+        basis_j, v_next_j, vp_j, ab_j = lanczos_step(basis_j, v_j, vp_j, a @ v_j, beta_j, j)
+        np.testing.assert_allclose(ab_np, np.asarray(ab_j), rtol=1e-10)
+        np.testing.assert_allclose(v_next_np, np.asarray(v_next_j), atol=1e-9)
+        np.testing.assert_allclose(basis_np, np.asarray(basis_j), atol=1e-9)
+        beta_np, beta_j = ab_np[1], ab_j[1]
+        v_np, v_j = v_next_np, v_next_j
+        r_np = restart_vector_host(basis_np, vp_np, j)
+        # (the compiled restart reads whole blocks of rows: row j + 1 is zeroed
+        # first, as the host loop's _restart does)
+        r_j = np.asarray(restart_vector(basis_j.at[j + 1].set(0) if rows else basis_j, vp_j, j))
+        np.testing.assert_allclose(r_np, r_j, atol=1e-9)
+        np.testing.assert_allclose(np.linalg.norm(r_np), 1.0, rtol=1e-12)
+        q = basis_np[: j + 1] if rows else vp_np[None]
+        assert np.abs(q @ r_np).max() <= 1e-12
+    if rows:  # the basis stayed orthonormal
+        q = basis_np[:11]
+        np.testing.assert_allclose(q @ q.T, np.eye(11), atol=1e-12)
