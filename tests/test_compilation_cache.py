@@ -47,10 +47,11 @@ def test_second_process_loads_compiled_programs(tmp_path):
     cache = tmp_path / "cache"
     first = _run(cache)
     assert first["path"] == str(cache) and first["hits"] == 0
-    stored = [f for f in os.listdir(cache) if "hvp_sum" in f or "lanczos_step" in f]
-    assert len(stored) >= 2  # the product and the Lanczos step
+    # On CPU the product is the only compiled program (the host loop steps in numpy).
+    assert [f for f in os.listdir(cache) if "hvp_sum" in f]
+    assert not [f for f in os.listdir(cache) if "lanczos_step" in f]
     second = _run(cache)
-    assert second["hits"] >= 2
+    assert second["hits"] >= 1
     assert second["top"] == first["top"] and second["smallest"] == first["smallest"]
     assert first["top"] == pytest.approx([4.0, 1.0], abs=1e-12)
     assert first["smallest"] == pytest.approx(-2.0, abs=1e-12)
