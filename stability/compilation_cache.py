@@ -3,8 +3,9 @@
 The first call of :func:`stability.hessian_spectrum` (or ``is_accessible``) in a
 process spends most of its time in XLA compiling the Hessian-vector product (on
 a 2-core CPU: about 0.3 s for an 85k-parameter MLP, against about 0.11 s for the
-eight products it then runs; on GPU/TPU also a Lanczos step or the whole loop). Within one process the compiled
-code is reused; JAX's persistent compilation cache also keeps it ON DISK, so a new
+eight products it then runs; on GPU/TPU also a Lanczos step or the whole loop).
+Within one process the compiled code is reused; JAX's persistent compilation
+cache also keeps it ON DISK, so a new
 process (a script run again, a CLI call, a notebook restart) loads the compiled
 programs instead of compiling them. Tracing and lowering still run (tens of
 milliseconds); XLA compilation is replaced by a file read.
