@@ -5,10 +5,10 @@ process spends most of its time in XLA compiling the Hessian-vector product (on
 a 2-core CPU: about 0.3 s for an 85k-parameter MLP, against about 0.11 s for the
 eight products it then runs; on GPU/TPU also a Lanczos step or the whole loop).
 Within one process the compiled code is reused; JAX's persistent compilation
-cache also keeps it ON DISK, so a new
-process (a script run again, a CLI call, a notebook restart) loads the compiled
-programs instead of compiling them. Tracing and lowering still run (tens of
-milliseconds); XLA compilation is replaced by a file read.
+cache also keeps it ON DISK, so a new process (a script run again, a CLI call, a
+notebook restart) loads the compiled programs instead of compiling them. Tracing
+and lowering still run (tens of milliseconds); XLA compilation is replaced by a
+file read.
 
 Nothing is written unless this function is called: it only sets JAX's own options
 ``jax_compilation_cache_dir``, ``jax_persistent_cache_min_compile_time_secs``
