@@ -486,7 +486,7 @@ def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_small
     Returns ``(basis, extremes, count, betas)``."""
     n, dtype = v0.shape[0], v0.dtype
     step, restart, to_product = _stepper(mesh)
-    v_host = (v0 / _lz._host_norm(v0)).astype(dtype)
+    v_host = (v0 / _lz.host_norm(v0)).astype(dtype)
     full = -(-(max_hvps + 1) // _lz.BLOCK) * _lz.BLOCK
     rows = _basis_rows(n, dtype, max_hvps, reorthogonalize)
     basis = np.zeros((rows, n), dtype)
@@ -504,7 +504,7 @@ def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_small
         w, scale = hv(to_product(v))
         jj = np.int32(j)
         basis, v_next, v_prev, ab = step(basis, v, v_prev, w, scale, beta_prev, jj)
-        alpha, beta = np.asarray(ab)  # the one device -> host transfer per step
+        alpha, beta = np.asarray(ab)  # on GPU/TPU the one device -> host transfer per step
         if not (np.isfinite(alpha) and np.isfinite(beta)):
             raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
         alphas.append(alpha)
@@ -529,7 +529,7 @@ def _host_replay(hv, v0, mesh, coeffs, betas, count):
     down), accumulated on the host. Returns ``(y, products)``."""
     n, dtype = v0.shape[0], v0.dtype
     step, restart, to_product = _stepper(mesh)
-    v_host = (v0 / _lz._host_norm(v0)).astype(dtype)
+    v_host = (v0 / _lz.host_norm(v0)).astype(dtype)
     basis, v, v_prev = (np.zeros((0, n), dtype), v_host, np.zeros(n, dtype))
     if step is _lanczos_step:
         basis, v, v_prev = (_put(x, mesh) for x in (basis, v, v_prev))

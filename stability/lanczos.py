@@ -237,7 +237,7 @@ def _host_project_out(q, x):
     return x
 
 
-def _host_norm(x):
+def host_norm(x):
     """``||x||`` accumulated in float64, without BLAS (see :func:`_host_project_out`)."""
     import numpy as np
 
@@ -259,7 +259,7 @@ def lanczos_step_host(basis, v, v_prev, w, beta_prev, j: int):
     w = w - alpha * v - beta_prev * v_prev
     if basis.shape[0]:
         _host_project_out(basis[: j + 1], w)
-    beta = _host_norm(w)
+    beta = host_norm(w)
     v_next = w / (beta if beta > 0 else 1)
     if basis.shape[0]:
         basis[j + 1] = v_next
@@ -274,7 +274,7 @@ def restart_vector_host(basis, v, j: int):
     phase = v.dtype.type(0.7548776662466927) * v.dtype.type(j + 1)
     r = np.sin(np.arange(v.shape[0], dtype=v.dtype) * phase + v.dtype.type(1.0))
     _host_project_out(basis[: j + 1] if basis.shape[0] else v[None], r)
-    return r / _host_norm(r)
+    return r / host_norm(r)
 
 
 def breakdown_tolerance(alphas, n: int, dtype) -> float:
