@@ -410,7 +410,7 @@ class _Pass:
             raise ValueError("data must not be empty; a pass over it yielded no examples")
         if self.n_examples is None:
             self.n_examples = total
-            self.loss_value = float(sum(float(x) for x in lsum)) / total
+            self.loss_value = sum(float(x) for x in lsum) / total
             _check_loss_value(self.loss_value)
         elif total != self.n_examples:
             raise ValueError(
@@ -425,15 +425,16 @@ class _Pass:
 
 
 def _basis_rows(n, dtype, max_hvps, reorthogonalize):
-    """Rows of the first basis allocation: all ``max_hvps + 1`` (rounded up to the
-    block size) when that fits in ``BASIS_BYTES``, else as many blocks as fit (at
-    least two); 0 without reorthogonalisation."""
+    """``(first, full)``: rows of the first basis allocation and the most a run can
+    need. ``full`` is ``max_hvps + 1`` rounded up to the block size; ``first`` is
+    ``full`` when that fits in ``BASIS_BYTES``, else as many blocks as fit (at least
+    two); both 0 without reorthogonalisation."""
     if not reorthogonalize:
-        return 0
+        return 0, 0
     blk = _lz.BLOCK
     full = -(-(max_hvps + 1) // blk) * blk
     fit = max(2, BASIS_BYTES // (n * np.dtype(dtype).itemsize * blk)) * blk
-    return min(full, fit)
+    return min(full, fit), full
 
 
 def _grow(basis, rows):
@@ -467,13 +468,34 @@ def _numpy_restart(basis, v, j):
     return basis, r
 
 
-def _stepper(mesh):
-    """``(step, restart, to_product)`` for the host loop: numpy steps on CPU, compiled
-    steps elsewhere (:func:`_step_on_host`); ``to_product`` puts a Lanczos vector
-    where the product takes it."""
+class _Steps(NamedTuple):
+    """How the host loop steps: ``step``/``restart`` (numpy or compiled), ``to_state``
+    places a host array where the loop keeps its state (basis and vectors),
+    ``to_product`` places a Lanczos vector where the product takes it."""
+
+    step: Callable
+    restart: Callable
+    to_state: Callable
+    to_product: Callable
+
+
+def _stepper(mesh) -> _Steps:
+    """Numpy steps on CPU, compiled steps on the devices elsewhere (:func:`_step_on_host`)."""
+    put = partial(_put, mesh=mesh)
     if _step_on_host(mesh):
-        return _numpy_step, _numpy_restart, lambda x: _put(x, mesh)
-    return _lanczos_step, _restart, lambda x: x
+        return _Steps(_numpy_step, _numpy_restart, lambda x: x, put)
+    return _Steps(_lanczos_step, _restart, put, lambda x: x)
+
+
+def _first_vectors(steps, v0, rows):
+    """``(basis, v, v_prev)`` at step 0: a ``rows``-row basis holding the unit start
+    vector in row 0 (no rows: no basis), the start vector and zeros."""
+    n, dtype = v0.shape[0], v0.dtype
+    v = (v0 / _lz.host_norm(v0)).astype(dtype)
+    basis = np.zeros((rows, n), dtype)
+    if rows:
+        basis[0] = v
+    return tuple(steps.to_state(x) for x in (basis, v, np.zeros(n, dtype)))
 
 
 def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smallest,
@@ -485,32 +507,25 @@ def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_small
     run on the host in numpy (:func:`stability.lanczos.lanczos_extremes_host`).
     Returns ``(basis, extremes, count, betas)``."""
     n, dtype = v0.shape[0], v0.dtype
-    step, restart, to_product = _stepper(mesh)
-    v_host = (v0 / _lz.host_norm(v0)).astype(dtype)
-    full = -(-(max_hvps + 1) // _lz.BLOCK) * _lz.BLOCK
-    rows = _basis_rows(n, dtype, max_hvps, reorthogonalize)
-    basis = np.zeros((rows, n), dtype)
-    if rows:
-        basis[0] = v_host
-    basis, v, v_prev = (basis, v_host, np.zeros(n, dtype))
-    if step is _lanczos_step:
-        basis, v, v_prev = (_put(x, mesh) for x in (basis, v, v_prev))
+    steps = _stepper(mesh)
+    rows, full = _basis_rows(n, dtype, max_hvps, reorthogonalize)
+    basis, v, v_prev = _first_vectors(steps, v0, rows)
     alphas, betas = [], []
     beta_prev = np.zeros((), dtype)
     ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, gap_bound, dtype)
     for j in range(max_hvps):
         if rows and basis.shape[0] < j + 2:
             basis = _grow(basis, min(2 * basis.shape[0], full))
-        w, scale = hv(to_product(v))
+        w, scale = hv(steps.to_product(v))
         jj = np.int32(j)
-        basis, v_next, v_prev, ab = step(basis, v, v_prev, w, scale, beta_prev, jj)
+        basis, v_next, v_prev, ab = steps.step(basis, v, v_prev, w, scale, beta_prev, jj)
         alpha, beta = np.asarray(ab)  # on GPU/TPU the one device -> host transfer per step
         if not (np.isfinite(alpha) and np.isfinite(beta)):
             raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
         alphas.append(alpha)
         tiny = _lz.breakdown_tolerance(alphas, n, dtype)
         if beta <= tiny or tiny == 0:  # invariant subspace: restart (T decouples)
-            basis, v_next = restart(basis, v_prev, jj)
+            basis, v_next = steps.restart(basis, v_prev, jj)
             beta = dtype.type(0)
         betas.append(beta)
         beta_prev = np.asarray(beta, dtype)
@@ -528,21 +543,18 @@ def _host_replay(hv, v0, mesh, coeffs, betas, count):
     from the same start (``count - 1`` products, restarts where the first run broke
     down), accumulated on the host. Returns ``(y, products)``."""
     n, dtype = v0.shape[0], v0.dtype
-    step, restart, to_product = _stepper(mesh)
-    v_host = (v0 / _lz.host_norm(v0)).astype(dtype)
-    basis, v, v_prev = (np.zeros((0, n), dtype), v_host, np.zeros(n, dtype))
-    if step is _lanczos_step:
-        basis, v, v_prev = (_put(x, mesh) for x in (basis, v, v_prev))
+    steps = _stepper(mesh)
+    basis, v, v_prev = _first_vectors(steps, v0, 0)
     y = np.zeros((coeffs.shape[0], n), dtype)
     beta_prev = np.zeros((), dtype)
     for j in range(count):
         y += np.asarray(coeffs)[:, j : j + 1] * np.asarray(v)[None, :]
         if j + 1 < count:  # the last vector needs no product
-            w, scale = hv(to_product(v))
+            w, scale = hv(steps.to_product(v))
             jj = np.int32(j)
-            basis, v_next, v_prev, _ = step(basis, v, v_prev, w, scale, beta_prev, jj)
+            basis, v_next, v_prev, _ = steps.step(basis, v, v_prev, w, scale, beta_prev, jj)
             if betas[j] == 0:
-                basis, v_next = restart(basis, v_prev, jj)
+                basis, v_next = steps.restart(basis, v_prev, jj)
             beta_prev = np.asarray(betas[j], dtype)
             v = v_next
     return y, max(count - 1, 0)
@@ -620,7 +632,8 @@ def hessian_spectrum(
         ``"residual"``: the rigorous residual ``r`` itself.
       loop: one batch: ``"device"`` runs the whole iteration in one jit
         (``lax.while_loop``, no host round trip), ``"host"`` drives it from Python
-        (one jitted product + one jitted step per iteration), ``"auto"`` (default):
+        (one jitted product per iteration; the Lanczos step in numpy on CPU, jitted
+        elsewhere), ``"auto"`` (default):
         device on GPU/TPU, host on CPU (XLA:CPU runs models inside while loops
         several times slower). Several batches always use the host loop.
 
@@ -730,16 +743,11 @@ def hessian_spectrum(
     # The Lanczos residual estimate beta_m |s_m| can underflow far below what
     # floating point resolves; no bound is tighter than the rounding error of
     # the products, ~ eps * ||H|| (floored at 10 eps * max |Ritz value|).
-    floor = (
-        10.0
-        * float(np.finfo(np.dtype(v0.dtype)).eps)
-        * float(
-            max(
-                np.max(np.abs(ext.top)),
-                abs(float(ext.smallest)) if np.isfinite(ext.smallest) else 0.0,
-            )
-        )
+    scale = max(
+        float(np.max(np.abs(ext.top))),
+        abs(float(ext.smallest)) if np.isfinite(ext.smallest) else 0.0,
     )
+    floor = 10.0 * float(np.finfo(np.dtype(v0.dtype)).eps) * scale
     ext = ext._replace(
         top_error=np.maximum(np.asarray(ext.top_error), floor),
         smallest_error=max(float(ext.smallest_error), floor),

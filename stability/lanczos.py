@@ -52,6 +52,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.linalg import eigh_tridiagonal
 
@@ -63,9 +64,12 @@ __all__ = [
     "lanczos_update",
     "lanczos_extremes",
     "lanczos_step",
+    "lanczos_step_host",
     "lanczos_extremes_host",
     "breakdown_tolerance",
     "restart_vector",
+    "restart_vector_host",
+    "host_norm",
     "power_init",
     "power_update",
     "power_extremes",
@@ -188,13 +192,18 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
     )
 
 
+# Phase step of the restart vector sin(i * (j + 1) * phase + 1): 1 / (plastic number),
+# an irrational step, so each breakdown index j gives a different vector.
+RESTART_PHASE = 0.7548776662466927
+
+
 def restart_vector(basis: jax.Array, v: jax.Array, j) -> jax.Array:
     """The unit vector a Lanczos run continues with after breakdown at step ``j``: a
     deterministic pseudo-random vector (no RNG in the loop: it compiles slowly)
     orthogonalised against the first ``j + 1`` rows of ``basis`` (against ``v`` alone
     when ``basis`` has no rows)."""
     j = jnp.asarray(j)
-    phase = jnp.asarray(0.7548776662466927, v.dtype) * (j + 1).astype(v.dtype)
+    phase = jnp.asarray(RESTART_PHASE, v.dtype) * (j + 1).astype(v.dtype)
     r = jnp.sin(jnp.arange(v.shape[0], dtype=v.dtype) * phase + 1.0)
     r = _orthogonalize(basis, r, j + 1) if basis.shape[0] else r - jnp.vdot(v, r) * v
     return _normalize(r)[0]
@@ -230,8 +239,6 @@ def _host_project_out(q, x):
     ``np.einsum`` rather than BLAS: OpenBLAS threads keep spinning after a call and
     slow down the XLA:CPU product that runs next (measured: 13 -> 19 ms per product
     of the benchmark MLP)."""
-    import numpy as np
-
     for _ in range(2):
         x -= np.einsum("i,ij->j", np.einsum("ij,j->i", q, x), q)
     return x
@@ -239,8 +246,6 @@ def _host_project_out(q, x):
 
 def host_norm(x):
     """``||x||`` accumulated in float64, without BLAS (see :func:`_host_project_out`)."""
-    import numpy as np
-
     return x.dtype.type(np.sqrt(np.einsum("i,i->", x, x, dtype=np.float64)))
 
 
@@ -253,8 +258,6 @@ def lanczos_step_host(basis, v, v_prev, w, beta_prev, j: int):
     saves the step program's compile time (about 0.2 s on a first call). Returns
     ``(basis, v_next, v, [alpha, beta])``.
     """
-    import numpy as np
-
     alpha = v.dtype.type(np.einsum("i,i->", v, w, dtype=np.float64))
     w = w - alpha * v - beta_prev * v_prev
     if basis.shape[0]:
@@ -269,9 +272,7 @@ def lanczos_step_host(basis, v, v_prev, w, beta_prev, j: int):
 def restart_vector_host(basis, v, j: int):
     """:func:`restart_vector` in numpy (the same deterministic vector), orthogonal
     to rows ``0..j`` of ``basis`` (to ``v`` when ``basis`` has no rows)."""
-    import numpy as np
-
-    phase = v.dtype.type(0.7548776662466927) * v.dtype.type(j + 1)
+    phase = v.dtype.type(RESTART_PHASE) * v.dtype.type(j + 1)
     r = np.sin(np.arange(v.shape[0], dtype=v.dtype) * phase + v.dtype.type(1.0))
     _host_project_out(basis[: j + 1] if basis.shape[0] else v[None], r)
     return r / host_norm(r)
@@ -282,8 +283,6 @@ def breakdown_tolerance(alphas, n: int, dtype) -> float:
     space is invariant): ``eps * sqrt(n) * max |alpha_i|`` (host side; the same test
     as :func:`lanczos_update`). Zero means every ``alpha`` so far is zero, also a
     breakdown."""
-    import numpy as np
-
     scale = float(np.max(np.abs(np.asarray(alphas, np.float64)))) if len(alphas) else 0.0
     return float(np.finfo(dtype).eps) * float(np.sqrt(n)) * scale
 
@@ -299,7 +298,6 @@ def lanczos_extremes_host(
     float64) costs microseconds at the sizes Lanczos reaches, far less than
     dispatching a compiled program for it.
     """
-    import numpy as np
     from scipy.linalg import eigh_tridiagonal as sp_eigh_tridiagonal
     from scipy.linalg import lapack
 
@@ -427,7 +425,6 @@ def _tridiag_eig(diag, off, active, j, wanted):
 
 
 def _host_tridiag_eig(diag, off, j, wanted):
-    import numpy as np
     from scipy.linalg import eigh_tridiagonal as sp_eigh_tridiagonal
 
     diag, off = np.asarray(diag), np.asarray(off)
