@@ -71,7 +71,12 @@ import jax.numpy as jnp
 
 from stability.companion import companion_from_coefficients
 from stability.delays import DelayDistribution
-from stability.rules import characteristic_polynomial, check_delay, float_dtype
+from stability.rules import (
+    characteristic_polynomial,
+    check_delay,
+    float_dtype,
+    python_scalars_out,
+)
 from stability.validation import check_beta, check_lr, check_momentum, check_positive
 
 _MAX_NEWTON = 60
@@ -89,6 +94,9 @@ class Threshold(NamedTuple):
     theta: the angle of the unit-circle root at q = q_max (radians, in [0, pi]).
     reliable: False where the solver did not certify the result (Newton not
       converged; dense locus with unresolved candidates).
+
+    From :func:`stability_threshold` with Python-scalar arguments the fields are a
+    Python float, float and bool; otherwise arrays.
     """
 
     q_max: jnp.ndarray
@@ -244,6 +252,7 @@ def _prepare(tau, beta, momentum, *extra):
     return dtype
 
 
+@python_scalars_out
 def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Threshold:
     """The largest stable ``q = lr * sharpness`` of a rule (boundary locus).
 
@@ -254,7 +263,8 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
       momentum: "heavy_ball", "nesterov" or "shifted" (beta = 0: plain delayed SGD).
 
     Returns:
-      :class:`Threshold` ``(q_max, theta, reliable)``, broadcast over tau and beta.
+      :class:`Threshold` ``(q_max, theta, reliable)``, broadcast over tau and beta
+      (Python float, float, bool when tau and beta are Python scalars).
     """
     dtype = _prepare(tau, beta, momentum)
     if isinstance(tau, DelayDistribution):
@@ -266,6 +276,7 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
     return _named_threshold(tau_f, beta, momentum)
 
 
+@python_scalars_out
 def max_stable_sharpness(lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
     """The largest Hessian eigenvalue a minimum may have and stay linearly stable.
 
@@ -273,7 +284,8 @@ def max_stable_sharpness(lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
     :func:`stability_threshold`. Broadcasts over lr, tau and beta (tau must be a
     concrete integer array or a ``DelayDistribution``). Where the solver could not
     certify the value the result is NaN (use ``stability_threshold`` for the flag).
-    Units: the same as the loss Hessian's eigenvalues (1 / lr).
+    Units: the same as the loss Hessian's eigenvalues (1 / lr). A Python float
+    when every argument is a Python scalar, else an array (also under ``jax.jit``).
     """
     check_lr(lr, "lr")
     dtype = _prepare(tau, beta, momentum, lr)
@@ -282,11 +294,12 @@ def max_stable_sharpness(lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
     return q / jnp.asarray(lr, dtype)
 
 
+@python_scalars_out
 def max_stable_lr(sharpness, tau, beta=0.0, *, momentum: str = "heavy_ball"):
     """The largest learning rate at which a minimum of this sharpness is stable.
 
     ``q_max(tau, beta) / sharpness`` (sharpness > 0); broadcasts like
-    :func:`max_stable_sharpness`.
+    :func:`max_stable_sharpness` (a Python float for Python-scalar arguments).
     """
     check_positive("sharpness", sharpness)
     dtype = _prepare(tau, beta, momentum, sharpness)

@@ -20,7 +20,13 @@ import numpy as np
 
 from stability.delays import DelayDistribution
 from stability.dominant_root import certified_spectral_radius, sparse_characteristic
-from stability.rules import characteristic_polynomial, check_delay, float_dtype, static_delay
+from stability.rules import (
+    characteristic_polynomial,
+    check_delay,
+    float_dtype,
+    python_scalars_out,
+    static_delay,
+)
 from stability.validation import check_beta, check_finite, check_lr, check_momentum
 
 
@@ -113,11 +119,13 @@ def _eigenvalue_fallback(rho, certified, q, beta, tau, momentum):
     return jnp.where(certified, rho, filled)
 
 
+@python_scalars_out
 def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
     """Spectral radius of :func:`companion_matrix` (< 1 means linearly stable).
 
     Broadcasts over sharpness, lr and beta for a given (concrete) tau or delay
-    distribution.
+    distribution. A Python float when every argument is a Python scalar, else an
+    array (also under ``jax.jit``).
 
     For an integer ``tau >= 2`` in float64 the dominant root is found by Newton's
     method on the sparse characteristic polynomial and certified by two root

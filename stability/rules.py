@@ -42,8 +42,10 @@ gives back the table above. Coefficients are stored in DESCENDING powers (numpy
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -100,6 +102,42 @@ def float_dtype(*xs):
     if jnp.issubdtype(out, jnp.complexfloating):
         raise TypeError(f"expected real arguments, got dtype {out}")
     return out
+
+
+def _scalar_or_option(x) -> bool:
+    """A Python int/float (not a numpy scalar); strings, None and delay distributions
+    are options, not numbers, and do not count against it."""
+    if x is None or isinstance(x, (str, DelayDistribution)):
+        return True
+    return isinstance(x, (int, float)) and not isinstance(x, np.generic)
+
+
+def _to_python(x):
+    """A concrete 0-d array as a Python float/bool/int; anything else unchanged."""
+    if is_concrete(x) and np.ndim(x) == 0 and hasattr(x, "dtype"):
+        return np.asarray(x).item()
+    return x
+
+
+def python_scalars_out(fn):
+    """Decorator: Python scalars in, Python scalars out.
+
+    When every numeric argument of ``fn`` is a Python ``int``/``float`` (options
+    such as ``momentum`` strings and ``DelayDistribution`` delays do not count), each
+    0-d array in the result (a leaf of a NamedTuple too) comes back as a Python
+    ``float`` (``bool`` for flags). Array arguments give arrays as before, and under
+    ``jax.jit``/``vmap``/``grad`` the arguments and results are tracers, which are
+    never converted.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if all(_scalar_or_option(x) for x in (*args, *kwargs.values())):
+            return jax.tree_util.tree_map(_to_python, out)
+        return out
+
+    return wrapper
 
 
 def check_delay(tau, name: str = "tau") -> None:

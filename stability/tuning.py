@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from stability.boundary_locus import stability_threshold
-from stability.rules import MOMENTUM_RULES, check_delay, float_dtype
+from stability.rules import MOMENTUM_RULES, check_delay, float_dtype, python_scalars_out
 from stability.validation import check_beta, check_lr, check_momentum, check_positive
 
 DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
+@python_scalars_out
 def lr_for_delay(lr, tau, *, from_tau=0, beta=0.0, momentum: str = "heavy_ball"):
     """The learning rate that keeps the accessible minima when the delay goes ``from_tau -> tau``.
 
@@ -29,7 +30,8 @@ def lr_for_delay(lr, tau, *, from_tau=0, beta=0.0, momentum: str = "heavy_ball")
     ``lr * pi / (4 tau)`` at large tau: the learning rate inversely proportional
     to the delay (Giladi et al. 2020). Broadcasts over lr, tau, from_tau and beta;
     either delay may be a ``DelayDistribution``. NaN where a threshold is not
-    certified (see ``stability_threshold``).
+    certified (see ``stability_threshold``). A Python float when every number
+    given is a Python scalar, else an array (also under ``jax.jit``).
     """
     check_lr(lr, "lr")
     check_delay(tau, "tau")
@@ -109,9 +111,9 @@ def recommend_momentum(
     for m in momenta:
         t = stability_threshold(tau, jnp.asarray(betas), momentum=m)
         q = np.where(np.asarray(t.reliable), np.asarray(t.q_max, dtype=np.float64), np.nan)
-        for b, qb in zip(betas, q, strict=True):
-            lr = eff * (1.0 - b)
-            rows.append(MomentumCandidate(m, float(b), lr, float(qb / lr)))
+        for b, qb in zip(betas.tolist(), q.tolist(), strict=True):
+            lr = eff * (1.0 - b)  # Python floats throughout (not numpy scalars)
+            rows.append(MomentumCandidate(m, b, lr, qb / lr))
     base_q = stability_threshold(tau, 0.0, momentum=momenta[0])
     base = float(base_q.q_max) / eff if bool(base_q.reliable) else float("nan")
     best = None

@@ -142,5 +142,8 @@ def test_spectral_radius_is_differentiable(rule):
 
     lr, beta, h = 0.1, 0.5, 1e-6
     g_lr, g_beta = jax.grad(f, argnums=(0, 1))(lr, beta)
-    assert float(g_lr) == pytest.approx((f(lr + h, beta) - f(lr - h, beta)) / (2 * h), rel=1e-6)
-    assert float(g_beta) == pytest.approx((f(lr, beta + h) - f(lr, beta - h)) / (2 * h), rel=1e-6)
+    # pytest.approx takes numbers or numpy arrays as the expected value, not JAX arrays
+    fd_lr = float(f(lr + h, beta) - f(lr - h, beta)) / (2 * h)
+    fd_beta = float(f(lr, beta + h) - f(lr, beta - h)) / (2 * h)
+    assert float(g_lr) == pytest.approx(fd_lr, rel=1e-6)
+    assert float(g_beta) == pytest.approx(fd_beta, rel=1e-6)
