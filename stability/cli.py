@@ -50,11 +50,32 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--params", help="checkpoint: .npz file or Orbax directory")
     check.add_argument("--data", required=True, help="PKG.MODULE:BATCHES (callable or iterable)")
     check.add_argument("--loss", help="PKG.MODULE:FN, loss(outputs, labels) for modules")
+    check.add_argument(
+        "--batch-keys",
+        nargs=2,
+        metavar=("INPUT_KEY", "LABEL_KEY"),
+        help="keys of dict batches (default: found by name, e.g. image/label, x/y)",
+    )
+    check.add_argument(
+        "--call-kwargs",
+        metavar="JSON",
+        help="extra keywords for the module's __call__, e.g. '{\"deterministic\": true}'",
+    )
+    check.add_argument(
+        "--train",
+        action="store_true",
+        help="training mode: batch statistics of the batch, dropout with a fixed key",
+    )
     check.add_argument("--tau", type=int, required=True)
     check.add_argument("--lr", type=float, required=True)
     check.add_argument("--beta", type=float, default=0.0)
     check.add_argument("--momentum", default="heavy_ball")
     check.add_argument("--max-hvps", type=int, default=200)
+    check.add_argument(
+        "--require-minimum",
+        action="store_true",
+        help="a proven negative curvature (not a minimum) makes the verdict 'no'",
+    )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -125,28 +146,51 @@ def _load_data(spec: str):
     return obj
 
 
+def _call_kwargs(text):
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--call-kwargs must be a JSON object; got {text!r} ({err})") from err
+    if not isinstance(value, dict):
+        raise UsageError(f"--call-kwargs must be a JSON object; got {text!r}")
+    return value
+
+
 def _cmd_check(args) -> int:
     from stability.accessibility import is_accessible
-    from stability.checkpoints import load_params
+    from stability.checkpoints import restore_params
+    from stability.models import loss_from_model
 
     factory = _resolve(args.model, "--model")
     model = factory() if callable(factory) and not _is_module(factory) else factory
-    params = load_params(args.params) if args.params else None
-    if params is not None:
-        params = _restore_into(model, params)
+    params = restore_params(args.params, model, train=args.train) if args.params else None
     data = _load_data(args.data)
     loss = _resolve(args.loss, "--loss") if args.loss else None
-    report = is_accessible(
+    # The model becomes a loss(params, batch) here, with the data's first batch
+    # checked against it; is_accessible then judges that function.
+    loss_fn, params = loss_from_model(
         model,
+        params,
+        loss=loss,
+        train=args.train,
+        data=data,
+        call_kwargs=_call_kwargs(args.call_kwargs),
+        batch_keys=tuple(args.batch_keys) if args.batch_keys else None,
+    )
+    extra = {"require_minimum": True} if args.require_minimum else {}
+    report = is_accessible(
+        loss_fn,
         params,
         args.tau,
         args.lr,
         beta=args.beta,
         momentum=args.momentum,
         data=data,
-        loss=loss,
         max_hvps=args.max_hvps,
         progress=not (args.quiet or args.json),
+        **extra,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
@@ -161,29 +205,6 @@ def _is_module(obj) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(obj, (linen.Module, nnx.Module))
-
-
-def _restore_into(model, params):
-    """Checkpoints of nnx modules hold the Param state: load it into the module."""
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover
-        return params
-    if isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model, nnx.Param)
-        import jax
-
-        target = jax.tree_util.tree_structure(nnx.to_pure_dict(state))
-        got = jax.tree_util.tree_structure(params)
-        if target != got:
-            raise UsageError(
-                "--params: checkpoint does not match the nnx model's parameters "
-                f"(expected {target}, got {got})"
-            )
-        nnx.replace_by_pure_dict(state, params)
-        nnx.update(model, state)
-        return None
-    return params
 
 
 def _cmd_demo(args) -> int:

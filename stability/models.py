@@ -2,38 +2,61 @@
 
 Conventions:
 
-- ``batch`` is ``(inputs, labels)``; the loss is the mean over the batch of
+- A batch is ``(inputs, labels)`` or a dict with an input and a label entry,
+  as the Flax examples write them (``{"image": ..., "label": ...}``). The keys
+  are ``batch_keys=(input_key, label_key)`` when given, otherwise the one key
+  of the dict found in `INPUT_KEYS` and the one found in `LABEL_KEYS` (other
+  entries are ignored). The loss is the mean over the batch of
   ``loss(outputs, labels)`` (default: softmax cross-entropy on integer
   labels).
+- The model is called as ``model(inputs, **keywords)`` (nnx) or
+  ``model.apply(variables, inputs, **keywords)`` (linen). The keywords follow
+  one rule, read from the signature of the module's ``__call__``:
+
+  1. a parameter named in `TRAIN_FLAGS` (``train``, ``training``,
+     ``is_training``) receives ``train``; one named in `EVAL_FLAGS`
+     (``deterministic``, ``use_running_average``) receives ``not train``;
+  2. nnx only, a parameter named ``rngs`` (the Flax examples' call-time
+     dropout keys): in train mode it receives ``nnx.Rngs(0)``, made afresh at
+     every evaluation (the same dropout masks every time); in eval mode it
+     receives ``None`` when it is required and keeps its default otherwise;
+  3. ``call_kwargs`` (a dict) is passed as well and wins over 1 and 2; an
+     ``nnx.Rngs`` in it is copied at every evaluation, so it too gives the
+     same keys every time;
+  4. any other parameter without a default is an error naming it (give it in
+     ``call_kwargs``).
+
 - Eval mode by default: batch norm uses its running statistics and dropout is
-  off. For a linen module, ``model.apply`` receives ``train=train``,
-  ``training=train``, ``deterministic=not train`` or
-  ``use_running_average=not train`` when ``__call__`` accepts that keyword
-  (the first that matches, in that order). For an nnx module, ``model.eval()``
-  (``train=False``) or ``model.train()`` is applied to a copy; the user's
-  module is never modified.
-- Only trainable parameters are differentiated. Linen: the returned
-  ``params`` is the full variables dict ``{"params": ..., "batch_stats": ...}``
-  and every collection other than ``"params"`` passes through
-  ``jax.lax.stop_gradient``, so its gradient (and Hessian block) is exactly
-  zero and any gradient method leaves it fixed; all of it stays an argument
-  of the loss, never a compiled-in constant. nnx: the returned ``params`` is
-  the ``nnx.State`` of ``nnx.Param`` variables; the remaining state (batch
-  statistics, rng counters; small) is held fixed by the loss.
-- ``train=True`` evaluates in training mode: batch statistics of the batch
-  (their running-average updates are discarded) and dropout with a fixed key
-  (``jax.random.key(0)``), so the loss is still a deterministic function.
+  off (rule 1; for nnx also ``.eval()`` on a copy of the module). ``train=True``
+  evaluates in training mode: batch statistics of the batch (their
+  running-average updates are discarded) and dropout with the fixed key
+  ``jax.random.key(0)`` (linen: ``rngs={"dropout": key}``; nnx: rule 2, and
+  every rng stream the module holds is reset to that key and count 0), so the
+  loss is still a deterministic function of ``params``. The user's module is
+  never modified.
+- Only trainable parameters are differentiated, but the whole state is an
+  argument of the loss, never a compiled-in constant. Linen: ``params`` is the
+  variables dict ``{"params": ..., "batch_stats": ...}``; nnx: ``params`` is
+  the ``nnx.State`` of the module's variables (``nnx.Param`` and batch
+  statistics; rng streams left out, see above). Everything other than the
+  ``"params"`` collection / ``nnx.Param`` passes through
+  ``jax.lax.stop_gradient``: its gradient (and Hessian block) is exactly zero
+  and any gradient method leaves it fixed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 try:  # flax is optional for plain callables
@@ -43,16 +66,61 @@ except ImportError:  # pragma: no cover
     nn = None
     nnx = None
 
-_EVAL_KEYWORDS = (
-    ("train", lambda train: train),
-    ("training", lambda train: train),
-    ("deterministic", lambda train: not train),
-    ("use_running_average", lambda train: not train),
-)
+__all__ = [
+    "EVAL_FLAGS",
+    "INPUT_KEYS",
+    "LABEL_KEYS",
+    "TRAIN_FLAGS",
+    "cross_entropy",
+    "inputs_and_labels",
+    "loss_from_model",
+    "mean_squared_error",
+]
+
+TRAIN_FLAGS = ("train", "training", "is_training")
+EVAL_FLAGS = ("deterministic", "use_running_average")
+INPUT_KEYS = ("image", "images", "x", "inputs", "input", "features")
+LABEL_KEYS = ("label", "labels", "y", "targets", "target")
+
+
+class InputError(ValueError):
+    """A bad value in the user's data or arguments (one sentence, named)."""
+
+
+class InputTypeError(TypeError):
+    """A bad type in the user's data or arguments (one sentence, named)."""
+
+
+def _describe(x) -> str:
+    dtype = getattr(x, "dtype", None)
+    return f"{dtype} array of shape {tuple(jnp.shape(x))}" if dtype is not None else repr(x)
 
 
 def cross_entropy(outputs, labels):
-    """Mean softmax cross-entropy of logits ``outputs`` on integer ``labels``."""
+    """Mean softmax cross-entropy of logits ``outputs`` (B, C) on integer ``labels`` (B,).
+
+    Raises ``TypeError`` for float labels and ``ValueError`` for one-hot or
+    otherwise mis-shaped labels, naming what was expected.
+    """
+    labels = jnp.asarray(labels)
+    out_shape = tuple(jnp.shape(outputs))
+    if labels.shape == out_shape and len(out_shape) >= 2:
+        raise InputError(
+            f"data: labels look one-hot ({_describe(labels)} for outputs of shape {out_shape}); "
+            f"the default cross-entropy loss wants integer class indices of shape "
+            f"{out_shape[:-1]}: pass labels.argmax(-1), or loss=stability.mean_squared_error"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise InputTypeError(
+            f"data: labels must be integer class indices for the default cross-entropy loss; "
+            f"got {_describe(labels)}: cast them with labels.astype(int), or pass "
+            f"loss=stability.mean_squared_error (or your own loss) for real-valued targets"
+        )
+    if labels.shape != out_shape[:-1]:
+        raise InputError(
+            f"data: labels must have shape {out_shape[:-1]} (one class index per example) to "
+            f"match the model's outputs of shape {out_shape}; got {_describe(labels)}"
+        )
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, labels))
 
 
@@ -69,11 +137,265 @@ def mean_squared_error(outputs, targets):
     if jnp.issubdtype(targets.dtype, jnp.integer) and targets.ndim == outputs.ndim - 1:
         targets = jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
     if targets.shape != outputs.shape:
-        raise ValueError(
+        raise InputError(
             f"mean_squared_error: targets shape {targets.shape} does not match "
             f"outputs shape {outputs.shape}"
         )
     return jnp.mean(jnp.square(outputs - targets.astype(outputs.dtype)))
+
+
+# ------------------------------------------------------------------ batches
+
+
+def _check_batch_keys(batch_keys):
+    if batch_keys is None:
+        return None
+    if (
+        not isinstance(batch_keys, (tuple, list))
+        or len(batch_keys) != 2
+        or not all(isinstance(k, str) for k in batch_keys)
+    ):
+        raise InputTypeError(
+            f"batch_keys must be a pair of dict keys (input_key, label_key), e.g. "
+            f"('image', 'label'); got {batch_keys!r}"
+        )
+    return tuple(batch_keys)
+
+
+def _pick(keys, names, what):
+    found = [k for k in names if k in keys]
+    if len(found) == 1:
+        return found[0]
+    how = "none of" if not found else f"several ({found}) of"
+    raise InputError(
+        f"data: a dict batch must name its {what} with one key; its keys {sorted(keys)} hold "
+        f"{how} {list(names)}: pass batch_keys=(input_key, label_key)"
+    )
+
+
+def inputs_and_labels(batch, batch_keys=None):
+    """``(inputs, labels)`` of one batch: a pair, or a dict (see the module docstring).
+
+    Raises ``TypeError`` / ``ValueError`` naming ``data`` for anything else
+    (e.g. inputs without labels) and checks that inputs and labels hold the
+    same number of examples.
+    """
+    batch_keys = _check_batch_keys(batch_keys)
+    if isinstance(batch, Mapping):
+        keys = list(batch.keys())
+        if batch_keys is not None:
+            missing = [k for k in batch_keys if k not in batch]
+            if missing:
+                raise InputError(
+                    f"batch_keys {batch_keys!r}: the batch has no key {missing[0]!r}; its keys "
+                    f"are {sorted(keys)}"
+                )
+            in_key, label_key = batch_keys
+        else:
+            in_key = _pick(keys, INPUT_KEYS, "inputs")
+            label_key = _pick(keys, LABEL_KEYS, "labels")
+        inputs, labels = batch[in_key], batch[label_key]
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, labels = batch
+    elif hasattr(batch, "shape") and hasattr(batch, "dtype"):
+        raise InputTypeError(
+            f"data: a batch for a model must hold inputs and labels, as (inputs, labels) or "
+            f"{{'image': inputs, 'label': labels}}; got a single {_describe(batch)} (no labels)"
+        )
+    else:
+        got = type(batch).__name__
+        if isinstance(batch, (tuple, list)):
+            got += f" of length {len(batch)}"
+        raise InputTypeError(
+            f"data: a batch for a model must be a pair (inputs, labels) or a dict such as "
+            f"{{'image': inputs, 'label': labels}}; got a {got}"
+        )
+    sizes = {jnp.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(inputs) if jnp.ndim(leaf)}
+    n_labels = {jnp.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(labels) if jnp.ndim(leaf)}
+    if sizes and n_labels and sizes != n_labels:
+        raise InputError(
+            f"data: inputs and labels must hold the same number of examples (leading axis); "
+            f"got {sorted(sizes)} inputs and {sorted(n_labels)} labels"
+        )
+    return inputs, labels
+
+
+def _first_batch(data):
+    """One in-memory batch of ``data`` to check against, or None (iterators untouched)."""
+    if isinstance(data, (tuple, Mapping)):
+        return data
+    if isinstance(data, list) and data and isinstance(data[0], (tuple, list, Mapping)):
+        return data[0]
+    if isinstance(data, list):
+        return tuple(data) if len(data) == 2 else data
+    if hasattr(data, "shape") and hasattr(data, "dtype"):
+        return data  # a lone array: inputs_and_labels says what is missing
+    return None
+
+
+# ------------------------------------------------------------ call keywords
+
+
+class _TrainRngs:
+    """Placeholder for the ``nnx.Rngs(0)`` made inside each evaluation."""
+
+    def __repr__(self) -> str:
+        return "nnx.Rngs(0)"
+
+
+_TRAIN_RNGS = _TrainRngs()
+
+
+def _check_call_kwargs(call_kwargs) -> dict:
+    if call_kwargs is None:
+        return {}
+    if not isinstance(call_kwargs, Mapping) or not all(isinstance(k, str) for k in call_kwargs):
+        raise InputTypeError(
+            f"call_kwargs must be a dict of keyword arguments for the model's __call__; "
+            f"got {call_kwargs!r}"
+        )
+    return dict(call_kwargs)
+
+
+def _call_keywords(fn, train: bool, call_kwargs: dict, nnx_rngs: bool) -> dict:
+    """The keywords the module is called with (rules 1-4 of the module docstring)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return dict(call_kwargs)
+    params = list(sig.parameters.values())[1:]  # drop self
+    if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        params = params[1:]  # the inputs
+    kwargs, missing = {}, []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in call_kwargs:
+            continue
+        if p.name in TRAIN_FLAGS:
+            kwargs[p.name] = train
+        elif p.name in EVAL_FLAGS:
+            kwargs[p.name] = not train
+        elif p.name == "rngs" and nnx_rngs:
+            if train:
+                kwargs["rngs"] = _TRAIN_RNGS
+            elif p.default is p.empty:
+                kwargs["rngs"] = None
+        elif p.default is p.empty:
+            missing.append(p.name)
+    if missing:
+        example = ", ".join(f"{name!r}: ..." for name in missing)
+        raise InputTypeError(
+            f"model: its __call__ requires {', '.join(missing)}, which stability cannot supply; "
+            f"pass call_kwargs={{{example}}}"
+        )
+    return kwargs | call_kwargs
+
+
+def _hashable(items) -> bool:
+    try:
+        hash(items)
+    except TypeError:
+        return False
+    return True
+
+
+def _quiet_model():
+    """JAX's default dtype promotion while a user's module runs, and no warning
+    for the discarded float32 running-statistics update in train mode.
+
+    Flax layers (e.g. BatchNorm's float32 running statistics) mix float32 and
+    float64 under ``jax_enable_x64``, which ``jax_numpy_dtype_promotion =
+    "strict"`` rejects; the module's own dtype handling is its business.
+    """
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.numpy_dtype_promotion("standard"))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
+    return stack
+
+
+# ----------------------------------------------------------- input hints
+
+
+def _first_kernel_shape_nnx(module, depth=0):
+    if depth > 8:
+        return None
+    items = list(vars(module).values()) if hasattr(module, "__dict__") else []
+    if isinstance(module, (list, tuple)):
+        items = list(module)
+    for value in items:
+        kernel = getattr(value, "kernel", None) if isinstance(value, nnx.Module) else None
+        if kernel is not None and hasattr(kernel, "shape"):
+            return tuple(kernel.shape)
+        if isinstance(value, (nnx.Module, list, tuple)):
+            found = _first_kernel_shape_nnx(value, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_kernel_shape_dict(tree):
+    """The first ``kernel`` in insertion (call) order of a linen params dict."""
+    if not isinstance(tree, Mapping):
+        return None
+    for key, value in tree.items():
+        if key == "kernel" and hasattr(value, "shape"):
+            return tuple(value.shape)
+        found = _first_kernel_shape_dict(value)
+        if found is not None:
+            return found
+    return None
+
+
+def _input_hint(kernel, inputs) -> str | None:
+    """What inputs the first layer (kernel shape) likely expects, when these do not fit."""
+    if kernel is None or not hasattr(inputs, "shape"):
+        return None
+    shape = tuple(inputs.shape)
+    if len(kernel) >= 3:  # convolution: (*window, in_channels, out_channels)
+        spatial, cin = len(kernel) - 2, kernel[-2]
+        if len(shape) == spatial + 2 and shape[-1] == cin:
+            return None
+        dims = ", ".join(["height", "width", "depth"][:spatial]) if spatial <= 3 else "..."
+        hint = (
+            f"its first layer is a {spatial}-D convolution over {cin} channel(s), so it likely "
+            f"expects inputs of shape (batch, {dims}, {cin})"
+        )
+        if len(shape) == 2 and spatial == 2 and shape[1] % cin == 0:
+            side = math.isqrt(shape[1] // cin)
+            if side * side * cin == shape[1]:
+                hint += f": reshape them with inputs.reshape(-1, {side}, {side}, {cin})"
+        return hint
+    if len(kernel) == 2:  # dense: (in_features, out_features)
+        fin = kernel[0]
+        if shape[-1:] == (fin,):
+            return None
+        hint = (
+            f"its first layer is dense with {fin} input features, so it likely expects inputs "
+            f"of shape (batch, {fin})"
+        )
+        if len(shape) > 2 and math.prod(shape[1:]) == fin:
+            hint += ": flatten them with inputs.reshape(len(inputs), -1)"
+        return hint
+    return None
+
+
+def _call_model(call, inputs, kernel):
+    try:
+        return call()
+    except (InputError, InputTypeError):
+        raise
+    except Exception as err:
+        hint = _input_hint(kernel, inputs)
+        if hint is None:
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(
+            f"data: the model cannot take inputs of shape {tuple(inputs.shape)}; {hint} "
+            f"(it raised {type(err).__name__}: {first})"
+        ) from err
+
+
+# ------------------------------------------------------------------ adapter
 
 
 def loss_from_model(
@@ -83,125 +405,131 @@ def loss_from_model(
     loss: Callable | None = None,
     train: bool = False,
     data=None,
+    call_kwargs: Mapping[str, Any] | None = None,
+    batch_keys: tuple[str, str] | None = None,
 ) -> tuple[Callable, Any]:
-    """``(loss_fn, params)`` with ``loss_fn(params, batch) -> scalar``.
+    """``(loss_fn, params)`` with ``loss_fn(params, batch)`` the batch-mean loss.
 
     Args:
       model: a Flax linen ``Module``, a Flax nnx ``Module``, or a plain
         callable, which is taken to be the loss already and returned as is.
-      params: linen: the variables dict (``{"params": ..., ...}``, as returned
-        by ``model.init``); nnx: None (taken from the module) or an
-        ``nnx.State`` of its ``nnx.Param`` variables; plain callable: anything.
+      params: linen: the variables dict (``{"params": ..., "batch_stats":
+        ...}``, as returned by ``model.init``; a dict without a ``"params"``
+        collection is refused); nnx: None (taken from the module), an
+        ``nnx.State`` (``nnx.state(model)`` or only its ``nnx.Param`` part) or
+        the same as a plain nested dict (``nnx.to_pure_dict``): its values
+        replace the module's, variables it lacks other than ``nnx.Param``
+        (batch statistics) are the module's, rng streams are ignored; plain
+        callable: anything.
       loss: ``loss(outputs, labels) -> scalar``, the batch mean (default:
-        softmax cross-entropy on integer labels; e.g. `mean_squared_error`).
+        `cross_entropy`, softmax cross-entropy on integer labels; e.g.
+        `mean_squared_error`).
       train: evaluate in training mode (see the module docstring); default
         eval mode.
-      data: optional batch ``(inputs, labels)``: the loss is evaluated once,
-        abstractly, on its first two examples, so that params that do not fit
-        the model or a non-scalar loss fail here with a clear message.
+      data: optional: a batch, or a list of batches (the first is used):
+        the loss is evaluated once, abstractly, on its first two examples, so
+        that params that do not fit the model, bad labels, inputs of the wrong
+        shape or a non-scalar loss fail here with one sentence naming the
+        argument. Iterators and callables are not consumed.
+      call_kwargs: extra keyword arguments for the module's ``__call__``
+        (rule 3 of the module docstring), e.g. ``{"deterministic": True}``.
+      batch_keys: ``(input_key, label_key)`` of dict batches, e.g.
+        ``("image", "label")`` (default: found by name, see `INPUT_KEYS`).
 
     Returns:
-      ``(loss_fn, params)``, ``params`` being what ``loss_fn`` differentiates.
+      ``(loss_fn, params)``, ``params`` being what ``loss_fn`` takes (only its
+      ``"params"`` collection / ``nnx.Param`` part has a nonzero gradient).
     """
     if not isinstance(train, bool):
-        raise TypeError(f"train must be a bool; got {train!r}")
+        raise InputTypeError(f"train must be a bool; got {train!r}")
     if loss is not None and not callable(loss):
-        raise TypeError(f"loss must be a callable loss(outputs, labels); got {loss!r}")
+        raise InputTypeError(f"loss must be a callable loss(outputs, labels); got {loss!r}")
+    call_kwargs = _check_call_kwargs(call_kwargs)
+    batch_keys = _check_batch_keys(batch_keys)
     out_loss = cross_entropy if loss is None else loss
+    probe = _first_batch(data) if data is not None else None
     if nn is not None and isinstance(model, nn.Module):
-        loss_fn, params = _linen_loss(model, params, out_loss, train, data)
+        loss_fn, params = _linen_loss(
+            model, params, out_loss, train, probe, call_kwargs, batch_keys
+        )
     elif nnx is not None and isinstance(model, nnx.Module):
-        loss_fn, params = _nnx_loss(model, params, out_loss, train)
+        loss_fn, params = _nnx_loss(model, params, out_loss, train, call_kwargs, batch_keys)
     elif callable(model):
         if loss is not None:
-            raise ValueError(
+            raise InputError(
                 "loss= applies to Flax modules; a plain callable model is used as the loss "
                 "itself, loss(params, batch)"
             )
+        if call_kwargs or batch_keys is not None:
+            raise InputError(
+                "call_kwargs= and batch_keys= apply to Flax modules; a plain callable model is "
+                "the loss itself, loss(params, batch)"
+            )
         return model, params
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"model must be a Flax linen/nnx Module or a callable loss; got {type(model).__name__}"
         )
-    if data is not None:
-        _check_on_data(loss_fn, params, data)
+    if probe is not None:
+        _check_on_data(loss_fn, params, probe, batch_keys)
     return loss_fn, params
 
 
 def _scalar(value, where: str):
     if jnp.shape(value) != ():
-        raise ValueError(
+        raise InputError(
             f"loss must return a scalar (the batch mean); {where} returned shape {jnp.shape(value)}"
         )
     return value
 
 
-def _split_batch(batch):
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise TypeError(
-            f"a batch for a model must be a pair (inputs, labels); got {type(batch).__name__}"
-        )
-    return batch
+# -------------------------------------------------------------------- linen
 
 
-def _call_keywords(fn, train: bool) -> dict:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return {}
-    for name, value in _EVAL_KEYWORDS:
-        if name in sig.parameters:
-            return {name: value(train)}
-    return {}
-
-
-def _linen_loss(model, variables, out_loss, train, data):
+def _linen_loss(model, variables, out_loss, train, probe, call_kwargs, batch_keys):
     if variables is None:
-        raise ValueError("params is required for a linen Module: pass model.init(...) variables")
+        raise InputError("params is required for a linen Module: pass model.init(...) variables")
     if not (hasattr(variables, "keys") and "params" in variables):
-        raise ValueError(
+        raise InputError(
             "params for a linen Module must be its variables dict with a 'params' collection "
             f"(as returned by model.init); got {type(variables).__name__}"
             + (f" with keys {sorted(variables.keys())}" if hasattr(variables, "keys") else "")
         )
-    kwargs = _call_keywords(type(model).__call__, train)
+    kwargs = _call_keywords(type(model).__call__, train, call_kwargs, nnx_rngs=False)
     others = tuple(c for c in variables.keys() if c != "params")
-    if data is not None:
-        _check_linen_structure(model, variables, data, kwargs)
-    try:
+    kernel = _first_kernel_shape_dict(variables["params"])
+    if probe is not None:
+        _check_linen_structure(model, variables, probe, kwargs, batch_keys, train)
+    items = tuple(sorted(kwargs.items()))
+    if _hashable((model, out_loss, items)):
         # The same function object for the same module and loss: jitted
         # consumers (hessian_spectrum, simulate_async) key their compiled code
         # on it, so a second is_accessible call does not compile again.
-        return _cached_linen_loss(model, out_loss, train, others), variables
-    except TypeError:  # an unhashable module or loss: build a fresh function
-        return _linen_loss_fn(model, out_loss, train, others), variables
+        fn = _cached_linen_loss(model, out_loss, train, others, items, batch_keys, kernel)
+    else:  # an unhashable module, loss or keyword value: a fresh function
+        fn = _linen_loss_fn(model, out_loss, train, others, items, batch_keys, kernel)
+    return fn, variables
 
 
-def _linen_loss_fn(model, out_loss, train, others):
-    kwargs = _call_keywords(type(model).__call__, train)
+def _linen_loss_fn(model, out_loss, train, others, items, batch_keys, kernel):
+    kwargs = dict(items)
 
     def loss_fn(variables, batch):
-        inputs, labels = _split_batch(batch)
+        inputs, labels = inputs_and_labels(batch, batch_keys)
         fixed = {c: jax.lax.stop_gradient(variables[c]) for c in variables if c != "params"}
         full = {"params": variables["params"], **fixed}
-        with _model_promotion():
-            outputs = _apply_linen(model, full, inputs, train, list(others), kwargs)
+        with _quiet_model():
+            outputs = _call_model(
+                lambda: _apply_linen(model, full, inputs, train, list(others), kwargs),
+                inputs,
+                kernel,
+            )
         return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
     return loss_fn
 
 
 _cached_linen_loss = functools.lru_cache(maxsize=64)(_linen_loss_fn)
-
-
-def _model_promotion():
-    """JAX's default dtype promotion while a user's module runs.
-
-    Flax layers (e.g. BatchNorm's float32 running statistics) mix float32 and
-    float64 under ``jax_enable_x64``, which ``jax_numpy_dtype_promotion =
-    "strict"`` rejects; the module's own dtype handling is its business.
-    """
-    return jax.numpy_dtype_promotion("standard")
 
 
 def _apply_linen(model, full, inputs, train, others, kwargs):
@@ -213,32 +541,81 @@ def _apply_linen(model, full, inputs, train, others, kwargs):
     return outputs
 
 
-def _nnx_loss(model, params, out_loss, train):
+_LINEN_COMPARED = ("params", "batch_stats")
+
+
+def _check_linen_structure(model, variables, probe, kwargs, batch_keys, train) -> None:
+    inputs, _ = inputs_and_labels(probe, batch_keys)
+    sample = jax.tree_util.tree_map(lambda x: x[:1], inputs)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+    try:
+        with _quiet_model():
+            expected = jax.eval_shape(lambda x: model.init(rngs, x, **kwargs), sample)
+    except Exception:  # noqa: BLE001 - init may need rngs we cannot guess; apply still checks
+        return
+    names = [c for c in _LINEN_COMPARED if c in expected and (c == "params" or not train)]
+    _compare_trees(
+        "params",
+        {c: variables.get(c, {}) for c in names},
+        {c: expected[c] for c in names},
+    )
+
+
+# ---------------------------------------------------------------------- nnx
+
+
+def _nnx_loss(model, params, out_loss, train, call_kwargs, batch_keys):
     graphdef, state = nnx.split(model)
     copy = nnx.merge(graphdef, state)  # a copy that shares arrays: mode set on it only
     copy.train() if train else copy.eval()
-    graphdef, own_params, rest = nnx.split(copy, nnx.Param, ...)
-    if params is None:
-        params = own_params
-    else:
-        _compare_trees("params", params, own_params)
+    graphdef, rng_state, own = nnx.split(copy, nnx.RngState, ...)
+    params = own if params is None else _nnx_params(params, own, rng_state)
+    kwargs = _call_keywords(type(model).__call__, train, call_kwargs, nnx_rngs=True)
+    kernel = _first_kernel_shape_nnx(model)
+    rng_leaves, rng_def = jax.tree_util.tree_flatten(rng_state)
+    rng_spec = tuple(_rng_spec(leaf) for leaf in rng_leaves)
+    # nnx objects among the keywords (an nnx.Rngs) are split once and merged
+    # afresh at every evaluation: the same keys every time, nothing mutated.
+    objects = {k: nnx.split(v) for k, v in kwargs.items() if isinstance(v, (nnx.Module, nnx.Rngs))}
+    plain = tuple(sorted((k, v) for k, v in kwargs.items() if k not in objects))
+    key = (graphdef, rng_def, rng_spec, out_loss, plain, batch_keys, kernel)
+    if not objects and _hashable(key):
+        return _cached_nnx_loss(*key), params
+    return _nnx_loss_fn(*key, objects), params
 
-    if not jax.tree_util.tree_leaves(rest):
-        # No other state (no batch statistics, no rng counters): the function
-        # depends only on the graph, so reuse it and its compiled code.
-        try:
-            return _cached_nnx_loss(graphdef, out_loss), params
-        except TypeError:  # an unhashable loss
-            pass
-    return _nnx_loss_fn(graphdef, out_loss, rest), params
+
+def _rng_spec(leaf):
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return ("key", tuple(leaf.shape), str(jax.random.key_impl(leaf)))
+    return ("zeros", tuple(leaf.shape), str(leaf.dtype))
 
 
-def _nnx_loss_fn(graphdef, out_loss, rest=None):
-    def loss_fn(p, batch):
-        inputs, labels = _split_batch(batch)
-        m = nnx.merge(graphdef, p) if rest is None else nnx.merge(graphdef, p, rest)
-        with _model_promotion():
-            outputs = m(inputs)
+def _fixed_rng_leaf(spec):
+    kind, shape, what = spec
+    if kind == "zeros":
+        return jnp.zeros(shape, what)
+    key = jax.random.key(0, impl=what)
+    return key if shape == () else jax.random.split(key, shape)
+
+
+def _nnx_loss_fn(graphdef, rng_def, rng_spec, out_loss, plain, batch_keys, kernel, objects=None):
+    def loss_fn(state, batch):
+        inputs, labels = inputs_and_labels(batch, batch_keys)
+        trained, rest = nnx.split_state(state, nnx.Param, ...)
+        # Fresh Variable objects made here (tree_map), so that a module update
+        # during the call (batch statistics in train mode) stays local.
+        trained = jax.tree_util.tree_map(lambda x: x, trained)
+        rest = jax.tree_util.tree_map(jax.lax.stop_gradient, rest)
+        rngs = jax.tree_util.tree_unflatten(rng_def, [_fixed_rng_leaf(s) for s in rng_spec])
+        module = nnx.merge(graphdef, trained, rest, rngs)
+        kwargs = dict(plain)
+        for name, value in kwargs.items():
+            if value is _TRAIN_RNGS:
+                kwargs[name] = nnx.Rngs(0)
+        for name, (gdef, st) in (objects or {}).items():
+            kwargs[name] = nnx.merge(gdef, jax.tree_util.tree_map(lambda x: x, st))
+        with _quiet_model():
+            outputs = _call_model(lambda: module(inputs, **kwargs), inputs, kernel)
         return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
     return loss_fn
@@ -247,14 +624,77 @@ def _nnx_loss_fn(graphdef, out_loss, rest=None):
 _cached_nnx_loss = functools.lru_cache(maxsize=64)(_nnx_loss_fn)
 
 
+def _strip_value(tree):
+    """A nested dict without the ``{"value": array}`` level of saved Variables."""
+    if isinstance(tree, Mapping):
+        if set(tree.keys()) == {"value"} and not isinstance(tree["value"], Mapping):
+            return tree["value"]
+        return {k: _strip_value(v) for k, v in tree.items()}
+    return tree
+
+
+def _pure(tree) -> dict:
+    if nnx is not None and isinstance(tree, nnx.State):
+        return nnx.to_pure_dict(tree)
+    return _strip_value(tree)
+
+
+def _flat(tree) -> dict:
+    return {
+        "/".join(_key_name(k) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _nnx_params(given, own, rng_state):
+    """The module's non-rng state with the values of ``given`` (see loss_from_model)."""
+    if not isinstance(given, Mapping):
+        raise InputTypeError(
+            f"params for an nnx Module must be None, an nnx.State (nnx.state(model)) or its "
+            f"nested dict (nnx.to_pure_dict); got {type(given).__name__}"
+        )
+    rng_paths = set(_flat(nnx.to_pure_dict(rng_state)))
+    given_flat = {k: v for k, v in _flat(_pure(given)).items() if k not in rng_paths}
+    own_flat = _flat(nnx.to_pure_dict(own))
+    trained = set(_flat(nnx.to_pure_dict(nnx.split_state(own, nnx.Param, ...)[0])))
+    _compare_flat(
+        "params",
+        given_flat,
+        {k: v for k, v in own_flat.items() if k in trained or k in given_flat},
+    )
+
+    def value(path, x):
+        key = "/".join(_key_name(e) for e in path)
+        key = key[: -len("/value")] if key.endswith("/value") else key
+        return jnp.asarray(given_flat[key]) if key in given_flat else x
+
+    return jax.tree_util.tree_map_with_path(value, own)
+
+
+# ------------------------------------------------------------------- checks
+
+
 def _path(path) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
 def _compare_trees(name, given, expected) -> None:
     """Raise naming every leaf whose presence or shape differs."""
-    g = {_path(p): jnp.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(given)}
-    e = {_path(p): jnp.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+    g = {_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(given)}
+    e = {_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+    _compare_flat(name, g, e)
+
+
+def _compare_flat(name, given: dict, expected: dict) -> None:
+    g = {k: tuple(jnp.shape(x)) for k, x in given.items()}
+    e = {k: tuple(jnp.shape(x)) for k, x in expected.items()}
     problems = []
     for k in sorted(set(e) - set(g)):
         problems.append(f"missing {k} (expected shape {e[k]})")
@@ -265,28 +705,24 @@ def _compare_trees(name, given, expected) -> None:
             problems.append(f"{k} has shape {g[k]}, the model expects {e[k]}")
     if problems:
         shown = "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
-        raise ValueError(f"{name} do not match the model: {shown}")
+        raise InputError(f"{name} do not match the model (params of another model?): {shown}")
 
 
-def _check_linen_structure(model, variables, data, kwargs) -> None:
-    inputs, _ = _split_batch(data)
-    sample = jax.tree_util.tree_map(lambda x: x[:1], inputs)
-    try:
-        with _model_promotion():
-            expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kwargs), sample)
-    except Exception:  # noqa: BLE001 - init may need rngs we cannot guess; apply still checks
-        return
-    _compare_trees("params", {"params": variables["params"]}, {"params": expected["params"]})
-
-
-def _check_on_data(loss_fn, params, data) -> None:
-    sample = jax.tree_util.tree_map(lambda x: x[:2], _split_batch(data))
+def _check_on_data(loss_fn, params, probe, batch_keys) -> None:
+    inputs_and_labels(probe, batch_keys)  # the batch's own errors first
+    sample = jax.tree_util.tree_map(lambda x: x[:2], probe)
     try:
         jax.eval_shape(loss_fn, params, sample)
-    except ValueError:
+    except (InputError, InputTypeError):
         raise
     except Exception as err:
-        raise ValueError(
-            f"the model could not be applied to params on a slice of data: {type(err).__name__}: "
-            f"{err}"
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise InputError(
+            f"data: the model could not be applied to params on a slice of data: "
+            f"{type(err).__name__}: {first}"
         ) from err
+    _, labels = inputs_and_labels(probe, batch_keys)
+    if hasattr(labels, "dtype") and jnp.issubdtype(labels.dtype, jnp.integer):
+        low = int(np.min(np.asarray(labels))) if np.size(labels) else 0
+        if low < 0:
+            raise InputError(f"data: labels must be class indices >= 0; got minimum {low}")

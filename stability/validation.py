@@ -35,10 +35,28 @@ def _fail(name: str, x, condition: str, bad=None) -> None:
     raise ValueError(f"{name} must be {condition}; got {_summary(x)}")
 
 
-def check_finite(name: str, x) -> None:
-    """Reject NaN and inf."""
+def check_number(name: str, x) -> None:
+    """Reject non-numbers (a string such as ``"0.3"``, None, booleans) with a TypeError."""
     if not is_concrete(x):
         return
+    kind = None
+    if not isinstance(x, (str, bytes, bool, np.bool_)) and x is not None:
+        try:
+            kind = np.asarray(x).dtype.kind
+        except (TypeError, ValueError):
+            kind = None
+    if kind is None or kind not in "iuf":
+        shown = f"{x!r} (a {type(x).__name__})"
+        if isinstance(x, str):
+            shown += f"; pass the number itself, e.g. {name}=float({x!r})"
+        raise TypeError(f"{name} must be a real number; got {shown}")
+
+
+def check_finite(name: str, x) -> None:
+    """Reject NaN and inf (and non-numbers, see `check_number`)."""
+    if not is_concrete(x):
+        return
+    check_number(name, x)
     arr = np.asarray(x)
     bad = ~np.isfinite(arr)
     if np.any(bad):
@@ -57,7 +75,7 @@ def check_positive(name: str, x) -> None:
 
 
 def check_lr(x, name: str = "lr") -> None:
-    """A learning rate: finite and > 0."""
+    """A learning rate: a real number (not a string), finite and > 0."""
     check_positive(name, x)
 
 
