@@ -133,7 +133,16 @@ def test_nnx_given_params_are_used():
     loss_fn, params = loss_from_model(model)
     shifted = jax.tree.map(lambda p: p + 0.1, params)
     loss_fn2, same = loss_from_model(model, shifted)
-    assert same is shifted
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(shifted), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a plain nested dict (nnx.to_pure_dict) of the Params only: the rest is the module's
+    only_params = nnx.to_pure_dict(nnx.split_state(shifted, nnx.Param, ...)[0])
+    _, from_dict = loss_from_model(model, only_params)
+    x, y = batch()
+    assert float(loss_fn2(from_dict, (x, y))) != float(loss_fn2(shifted, (x, y)))  # stats
+    for path in (("l1", "kernel"), ("bn", "mean")):
+        want = only_params[path[0]][path[1]] if path[1] != "mean" else model.bn.mean[...]
+        np.testing.assert_array_equal(np.asarray(from_dict[path[0]][path[1]][...]), want)
     m = nnx.merge(*nnx.split(model))
     m.eval()
     nnx.update(m, shifted)
@@ -238,8 +247,10 @@ def test_bad_model_and_batch():
         loss_from_model(3, None)
     model, variables = linen_variables()
     loss_fn, params = loss_from_model(model, variables)
-    with pytest.raises(TypeError, match="pair"):
+    with pytest.raises(TypeError, match="no labels"):
         loss_fn(params, batch()[0])
+    with pytest.raises(TypeError, match="pair"):
+        loss_fn(params, (batch()[0],))
     with pytest.raises(TypeError, match="train"):
         loss_from_model(model, variables, train="no")
 
@@ -260,7 +271,11 @@ def test_adapted_losses_run_in_the_simulator():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert float(traj.loss[-1]) < float(traj.loss[0])
 
-    loss_fn, params = loss_from_model(NnxNet(nnx.Rngs(0)))
+    nnx_model = NnxNet(nnx.Rngs(0))
+    # float64 running statistics like everything else (strict promotion in the simulator)
+    nnx_model.bn.mean = nnx.BatchStat(nnx_model.bn.mean[...].astype(jnp.float64))
+    nnx_model.bn.var = nnx.BatchStat(nnx_model.bn.var[...].astype(jnp.float64))
+    loss_fn, params = loss_from_model(nnx_model)
     traj = simulate_async(loss_fn, params, (x, y), lr=0.1, num_workers=3, steps=5)
     assert isinstance(traj.params, nnx.State)
     assert float(traj.loss[-1]) < float(traj.loss[0])
