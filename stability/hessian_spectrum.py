@@ -55,8 +55,13 @@ Memory
 Accuracy
     The Ritz residual ``r_i = ||H y_i - theta_i y_i||`` bounds ``|theta_i - lambda|``
     for some eigenvalue ``lambda``. ``errors`` is ``r_i`` with
-    ``error_bound="residual"``, or by default the gap-sharpened ``r_i^2 / gap_i``
-    where the Ritz gap exceeds ``2 r_i`` (see :func:`stability.lanczos.lanczos_extremes`).
+    ``errors`` is ``r_i``, floored at the rounding error of the products
+    (``10 eps max |theta|``). The sharper Kato-Temple estimate ``r^2 / gap`` is not
+    offered: with the Ritz gap standing in for the unknown true gap it claimed
+    convergence far from every eigenvalue on clustered spectra. Which eigenvalue a
+    residual bound brackets is presumed (the top Ritz value approximates
+    ``lambda_max``); :meth:`HessianSpectrum.bounds` gives gap-free bounds that hold
+    with a stated probability over the random start (Kuczynski and Wozniakowski 1992).
     A value is converged when its error is ``<= tol * max(|theta_max|, |theta_min|)``.
     Unconverged values are flagged, never hidden.
 """
@@ -64,7 +69,7 @@ Accuracy
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -81,13 +86,25 @@ METHODS = ("lanczos", "power")
 
 
 class HessianSpectrum(NamedTuple):
-    """Extreme Hessian eigenvalues with error bounds.
+    """Extreme Hessian eigenvalues with rigorous error bounds.
 
-    eigenvalues: (k,) largest eigenvalues, descending. errors: (k,) Ritz residual
-    bounds. converged: (k,) bool. smallest, smallest_error, smallest_converged: the
-    same for the smallest eigenvalue. num_hvps: Hessian-vector products used.
+    eigenvalues: (k,) largest Ritz values, descending. errors: (k,) their error
+    bounds: the Ritz residual ``||H y - theta y||`` (some eigenvalue of ``H`` lies within
+    it), floored at the rounding error of the products (``rounding_error``).
+    converged: (k,) bool, ``error <= tol * max(|theta_max|, |theta_min|)``.
+    smallest, smallest_error, smallest_converged: the same for the smallest Ritz
+    value (always from the same Krylov space; waited for only with
+    ``converge_smallest=True``). num_hvps: Hessian-vector products used.
     eigenvectors: pytree like params with a leading axis k (unit norm over all
-    differentiated leaves), or None.
+    differentiated leaves), or None. num_params: the order ``n`` of the Hessian.
+    lanczos_steps: the dimension of the Krylov space (0 for power iteration), for
+    :meth:`bounds`. rounding_error: the error floor of the products
+    (``10 eps max |theta|`` in the working precision).
+
+    A residual bound says that SOME eigenvalue lies within it; that this one is
+    ``lambda_max`` is presumed (true unless the start vector is nearly orthogonal to
+    the top eigenvector). :meth:`bounds` gives gap-free bounds on ``lambda_max`` and
+    ``lambda_min`` that hold with a stated probability over the random start.
     """
 
     eigenvalues: np.ndarray
@@ -98,6 +115,9 @@ class HessianSpectrum(NamedTuple):
     smallest_converged: bool
     num_hvps: int
     eigenvectors: Any = None
+    num_params: int = 0
+    lanczos_steps: int = 0
+    rounding_error: float = 0.0
 
     @property
     def sharpness(self) -> float:
@@ -108,6 +128,20 @@ class HessianSpectrum(NamedTuple):
     def sharpness_error(self) -> float:
         """Its residual error bound."""
         return float(self.errors[0])
+
+    def bounds(self, failure_probability: float = 1e-6) -> tuple[float, float]:
+        """``(upper, lower)``: ``lower <= lambda_min`` and ``lambda_max <= upper`` with
+        probability at least ``1 - failure_probability`` over the random start vector,
+        whatever the gaps in the spectrum (Kuczynski and Wozniakowski 1992, see
+        :func:`stability.lanczos.random_start_bounds`), widened by ``rounding_error``.
+        ``(inf, -inf)`` until enough Lanczos steps have run (or for power iteration)."""
+        if not 0 < failure_probability < 1:
+            raise ValueError(f"failure_probability must be in (0, 1); got {failure_probability!r}")
+        upper, lower = _lz.random_start_bounds(
+            self.eigenvalues[0], self.smallest, self.num_params, self.lanczos_steps,
+            failure_probability,
+        )  # fmt: skip
+        return upper + self.rounding_error, lower - self.rounding_error
 
     def __repr__(self) -> str:
         top = ", ".join(
@@ -210,6 +244,13 @@ def _classify_data(data):
     )
 
 
+@lru_cache(maxsize=32)
+def _ignore_batch(loss):
+    """``loss(params)`` as ``loss(params, batch)`` (one object per ``loss``, so
+    compiled code is reused across calls)."""
+    return lambda params, batch: loss(params)
+
+
 def _check_loss_shape(loss, params, batch):
     args = (params,) if batch is None else (params, batch)
     try:
@@ -277,12 +318,12 @@ def _unit_rows(y):
     jax.jit,
     static_argnames=(
         "loss", "mask", "k", "max_hvps", "method", "reorthogonalize", "want_smallest",
-        "return_vectors", "gap_bound",
+        "return_vectors",
     ),
 )  # fmt: skip
 def _fused(
     loss, mask, params, main, rem, v0, tol, *, k, max_hvps, method, reorthogonalize,
-    want_smallest, return_vectors, gap_bound,
+    want_smallest, return_vectors,
 ):  # fmt: skip
     n_total = sum(_hvp.batch_size(p) for p in (main, rem) if p is not None) or 1
     fp = _hvp.flatten_params(params, mask)
@@ -291,7 +332,7 @@ def _fused(
     key = None
     state, ext, count = _lz.run_in_jit(
         matvec, v0, k=k, tol=tol, max_matvecs=max_hvps, method=method,
-        reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key, gap_bound=gap_bound,
+        reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key,
     )  # fmt: skip
     vecs = None
     if return_vectors:
@@ -499,7 +540,7 @@ def _first_vectors(steps, v0, rows):
 
 
 def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smallest,
-                  gap_bound, bar):  # fmt: skip
+                  bar, stop_when=None):  # fmt: skip
     """Lanczos driven from Python: per iteration one product ``hv(v) -> (sum, scale)``
     (one compiled program for one batch), one Lanczos step (numpy on CPU, else the
     compiled :func:`_lanczos_step` and one transfer of two scalars, ``alpha`` and
@@ -512,7 +553,7 @@ def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_small
     basis, v, v_prev = _first_vectors(steps, v0, rows)
     alphas, betas = [], []
     beta_prev = np.zeros((), dtype)
-    ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, gap_bound, dtype)
+    ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, dtype)
     for j in range(max_hvps):
         if rows and basis.shape[0] < j + 2:
             basis = _grow(basis, min(2 * basis.shape[0], full))
@@ -530,10 +571,10 @@ def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_small
         betas.append(beta)
         beta_prev = np.asarray(beta, dtype)
         v = v_next
-        ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, gap_bound, dtype)
+        ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, dtype)
         bar.update(1)
         bar.set_postfix(sharpness=f"{ext.top[0]:.6g}", residual=f"{ext.top_error[0]:.2g}")
-        if ext.done:
+        if ext.done if stop_when is None else stop_when(ext, len(alphas), len(alphas)):
             break
     return basis, ext, len(alphas), betas
 
@@ -560,7 +601,7 @@ def _host_replay(hv, v0, mesh, coeffs, betas, count):
     return y, max(count - 1, 0)
 
 
-def _host_power(matvec, v0, *, tol, max_hvps, want_smallest, bar):
+def _host_power(matvec, v0, *, tol, max_hvps, want_smallest, bar, stop_when=None):
     """Subspace iteration driven from Python (one pass + one jitted step per iteration)."""
     state = _lz.power_init(jnp.asarray(v0), want_smallest)
     per = v0.shape[0]
@@ -575,7 +616,7 @@ def _host_power(matvec, v0, *, tol, max_hvps, want_smallest, bar):
         done, top = jax.device_get((ext.done, ext.top[0]))
         if not np.isfinite(top):
             raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
-        if done:
+        if done if stop_when is None else stop_when(jax.device_get(ext), count, 0):
             break
     return state, ext, count
 
@@ -595,12 +636,12 @@ def hessian_spectrum(
     method: str = "lanczos",
     reorthogonalize: bool = True,
     return_vectors: bool = False,
-    converge_smallest: bool = True,
+    converge_smallest: bool = False,
     trainable=None,
     devices=None,
     progress: bool = True,
-    error_bound: str = "gap",
     loop: str = "auto",
+    stop_when: Callable[[HessianSpectrum], bool] | None = None,
 ) -> HessianSpectrum:
     """The ``k`` largest and the smallest eigenvalue of the Hessian of the mean loss.
 
@@ -621,27 +662,32 @@ def hessian_spectrum(
       method: ``"lanczos"`` (default) or ``"power"`` (subspace iteration).
       reorthogonalize: Lanczos only; False keeps no basis (module docstring).
       return_vectors: also return the top-k eigenvectors as pytrees like params.
-      converge_smallest: require the smallest eigenvalue to converge before
-        stopping (it is always reported, with its own flag).
+      converge_smallest: also wait for the smallest eigenvalue to converge. By
+        default only the ``k`` largest are waited for; the smallest is reported from
+        the same Krylov space with its own ``smallest_converged`` flag (the near-zero
+        cluster of a trained network converges slowly: tens of extra products).
       trainable: which leaves to differentiate (see :func:`stability.hvp.trainable_mask`).
       devices: devices of the data-parallel mesh (default ``jax.devices()``).
       progress: show a tqdm bar over products when there are several batches.
-      error_bound: ``"gap"`` (default): Lanczos errors are ``min(r, r^2 / gap)`` with
-        ``r`` the Ritz residual and ``gap`` the distance to the neighbouring Ritz
-        value (Kato-Temple; an estimate, typically stopping several times earlier);
-        ``"residual"``: the rigorous residual ``r`` itself.
       loop: one batch: ``"device"`` runs the whole iteration in one jit
         (``lax.while_loop``, no host round trip), ``"host"`` drives it from Python
         (one jitted product per iteration; the Lanczos step in numpy on CPU, jitted
         elsewhere), ``"auto"`` (default):
         device on GPU/TPU, host on CPU (XLA:CPU runs models inside while loops
         several times slower). Several batches always use the host loop.
+      stop_when: ``stop_when(estimate) -> bool`` called after every iteration with
+        the current :class:`HessianSpectrum` (no eigenvectors); the run stops as soon
+        as it returns True (or at ``max_hvps``) and ``tol`` then only sets the
+        ``converged`` flags. Decision-driven runs use it (:func:`stability.is_accessible`
+        stops once its verdict is decided). Implies the host loop.
 
     Returns:
       :class:`HessianSpectrum`.
     """
     if not callable(loss):
         raise TypeError(f"loss must be callable; got {type(loss).__name__}")
+    if stop_when is not None and not callable(stop_when):
+        raise TypeError(f"stop_when must be callable or None; got {type(stop_when).__name__}")
     k = check_int("k", k, minimum=1)
     max_hvps = check_int("max_hvps", max_hvps, minimum=1)
     check_positive("tol", tol)
@@ -649,29 +695,33 @@ def hessian_spectrum(
         raise TypeError(f"seed must be an integer; got {seed!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    if error_bound not in ("gap", "residual"):
-        raise ValueError(f"error_bound must be 'gap' or 'residual'; got {error_bound!r}")
-    gap_bound = error_bound == "gap"
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be 'auto', 'device' or 'host'; got {loop!r}")
     mask = _hvp.trainable_mask(params, trainable)
     n = _check_params(params, mask)
     if k > n:
         raise ValueError(f"k must be <= the number of parameters ({n}); got k={k}")
+    want_smallest = bool(converge_smallest)
     if method == "lanczos":
         max_hvps = min(max_hvps, n)
         if max_hvps < k:
             raise ValueError(f"max_hvps must be >= k={k} for Lanczos; got {max_hvps}")
-    else:
-        per = k + (1 if converge_smallest else 0)
-        if max_hvps < per:
-            raise ValueError(f"max_hvps must be >= {per} for power iteration; got {max_hvps}")
+    elif max_hvps < k + want_smallest:
+        raise ValueError(
+            f"max_hvps must be >= {k + want_smallest} for power iteration; got {max_hvps}"
+        )
     kind, payload = _classify_data(data)
+    if kind == "none" and stop_when is not None:
+        # The stopping rule runs in Python, so the loop runs on the host, whose
+        # products take a batch: a one-example dummy batch that the loss ignores.
+        loss, kind, payload = _ignore_batch(loss), "single", np.zeros((1,), np.int8)
     mesh = _hvp.make_mesh(devices) if kind != "none" else None
     params_d = _hvp.replicate(params, mesh)
-    want_smallest = bool(converge_smallest)
-    v0 = _start(int(seed), n, _hvp.flat_dtype(params, mask), k, method, want_smallest)
+    dtype = np.dtype(_hvp.flat_dtype(params, mask))
+    v0 = _start(int(seed), n, dtype, k, method, want_smallest)
+    spectrum = partial(_spectrum, n=n, tol=tol, dtype=dtype, method=method,
+                       want_smallest=want_smallest)  # fmt: skip
 
-    if loop not in ("auto", "device", "host"):
-        raise ValueError(f"loop must be 'auto', 'device' or 'host'; got {loop!r}")
     if kind == "single":
         if _hvp.batch_size(payload) == 0:
             raise ValueError("data must not be empty; got a batch of 0 examples")
@@ -687,84 +737,105 @@ def hessian_spectrum(
         # CNN took 87 s in one while loop, 7.7 s host-driven); on CPU the host is the
         # device, so the host loop costs no transfer.
         on_device = jax.default_backend() != "cpu"
+    if stop_when is not None and kind == "single":
+        on_device = False  # the stopping rule is Python: drive the loop from the host
+    placed = None
     if kind == "single" and not on_device:
-        placed = [_Placed(main, rem, n_ex)]
-        payload = lambda: iter(placed)  # noqa: E731
+        placed = _Placed(main, rem, n_ex)
+        payload = lambda: iter([placed])  # noqa: E731
         kind = "many"
         progress = False  # one batch: no pass to report
-    else:
-        placed = None
 
     if kind != "many":
         ext, count, vecs, loss_value, finite = _fused(
             loss, mask, params_d, main, rem, _hvp.replicate(v0, mesh), tol, k=k,
             max_hvps=max_hvps, method=method,
             reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
-            return_vectors=bool(return_vectors), gap_bound=gap_bound,
+            return_vectors=bool(return_vectors),
         )  # fmt: skip
         _check_loss_value(loss_value)
         if not bool(finite):
             raise ValueError("the Hessian-vector product is not finite (NaN or inf) at params")
-    else:
-        matvec = _Pass(loss, mask, params_d, payload, mesh, progress)
-        # One batch: one compiled product per iteration, no accumulator.
-        hv = _OneBatch(loss, mask, params_d, placed[0], v0.dtype).sum if placed else matvec.sum
-        from tqdm.auto import tqdm
+        ext, count = jax.device_get(ext), int(count)
+        steps = count if method == "lanczos" else 0
+        if method == "lanczos" and return_vectors and not reorthogonalize:
+            steps = (count + 1) // 2  # the replay's products are not Krylov steps
+        return spectrum(ext, count, steps, vecs)
 
-        bar = tqdm(total=max_hvps, desc="Hessian-vector products", disable=not progress,
-                   leave=False)  # fmt: skip
-        vecs = None
-        try:
-            if method == "lanczos":
-                basis, ext, count, betas = _host_lanczos(
-                    hv, v0, mesh, k=k, tol=tol, max_hvps=max_hvps,
-                    reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
-                    gap_bound=gap_bound, bar=bar,
-                )  # fmt: skip
-                if return_vectors and not reorthogonalize:
-                    y, extra = _host_replay(hv, v0, mesh, ext.coeffs[:k], betas, count)
-                    vecs = _unit_rows(jnp.asarray(y))
-                    count += extra
-                elif return_vectors:
-                    vecs = _unit_rows(jnp.asarray(ext.coeffs[:k]) @ basis[:count])
-            else:
-                state, ext, count = _host_power(
-                    matvec, _hvp.replicate(v0, mesh), tol=tol, max_hvps=max_hvps,
-                    want_smallest=want_smallest, bar=bar,
-                )  # fmt: skip
-                if return_vectors:
-                    vecs = state.vecs
-        finally:
-            bar.close()
-        if vecs is not None:
-            vecs = _unravel_rows(params_d, vecs[:k], mask=mask)
+    matvec = _Pass(loss, mask, params_d, payload, mesh, progress)
+    # One batch: one compiled product per iteration, no accumulator.
+    hv = _OneBatch(loss, mask, params_d, placed, v0.dtype).sum if placed else matvec.sum
+    stop = None
+    if stop_when is not None:
 
-    ext = jax.device_get(ext)
+        def stop(ext, count, steps):
+            return bool(stop_when(spectrum(ext, count, steps, None)))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_hvps, desc="Hessian-vector products", disable=not progress,
+               leave=False)  # fmt: skip
+    vecs = None
+    try:
+        if method == "lanczos":
+            basis, ext, count, betas = _host_lanczos(
+                hv, v0, mesh, k=k, tol=tol, max_hvps=max_hvps,
+                reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
+                bar=bar, stop_when=stop,
+            )  # fmt: skip
+            steps = count
+            if return_vectors and not reorthogonalize:
+                y, extra = _host_replay(hv, v0, mesh, ext.coeffs[:k], betas, count)
+                vecs = _unit_rows(jnp.asarray(y))
+                count += extra
+            elif return_vectors:
+                vecs = _unit_rows(jnp.asarray(ext.coeffs[:k]) @ basis[:count])
+        else:
+            state, ext, count = _host_power(
+                matvec, _hvp.replicate(v0, mesh), tol=tol, max_hvps=max_hvps,
+                want_smallest=want_smallest, bar=bar, stop_when=stop,
+            )  # fmt: skip
+            steps = 0
+            if return_vectors:
+                vecs = state.vecs
+    finally:
+        bar.close()
+    if vecs is not None:
+        vecs = _unravel_rows(params_d, vecs[:k], mask=mask)
+    return spectrum(jax.device_get(ext), count, steps, vecs)
+
+
+def _spectrum(ext, count, steps, vecs, *, n, tol, dtype, method, want_smallest):
+    """The :class:`HessianSpectrum` of the estimates ``ext`` after ``count`` products
+    (``steps`` Lanczos steps), with the rounding floor applied to every error and the
+    converged flags taken against the floored errors."""
+    top = np.asarray(ext.top)
     # The Lanczos residual estimate beta_m |s_m| can underflow far below what
     # floating point resolves; no bound is tighter than the rounding error of
     # the products, ~ eps * ||H|| (floored at 10 eps * max |Ritz value|).
+    small = float(ext.smallest)
     scale = max(
-        float(np.max(np.abs(ext.top))),
-        abs(float(ext.smallest)) if np.isfinite(ext.smallest) else 0.0,
+        float(np.nanmax(np.abs(top), initial=0.0)), abs(small) if np.isfinite(small) else 0.0
     )
-    floor = 10.0 * float(np.finfo(np.dtype(v0.dtype)).eps) * scale
-    ext = ext._replace(
-        top_error=np.maximum(np.asarray(ext.top_error), floor),
-        smallest_error=max(float(ext.smallest_error), floor),
-    )
-    if method == "power" and not converge_smallest:
+    floor = 10.0 * float(np.finfo(dtype).eps) * scale
+    thresh = tol * scale
+    errors = np.maximum(np.asarray(ext.top_error), floor)
+    converged = np.asarray(ext.top_converged, bool) & (errors <= thresh)
+    if method == "power" and not want_smallest:
         smallest, smallest_err, smallest_conv = float("nan"), float("inf"), False
     else:
-        smallest = float(ext.smallest)
-        smallest_err = float(ext.smallest_error)
-        smallest_conv = bool(ext.smallest_converged)
+        smallest_err = max(float(ext.smallest_error), floor)
+        smallest, smallest_conv = small, bool(ext.smallest_converged) and smallest_err <= thresh
     return HessianSpectrum(
-        eigenvalues=np.asarray(ext.top),
-        errors=np.asarray(ext.top_error),
-        converged=np.asarray(ext.top_converged, bool),
+        eigenvalues=top,
+        errors=errors,
+        converged=converged,
         smallest=smallest,
         smallest_error=smallest_err,
         smallest_converged=smallest_conv,
         num_hvps=int(count),
         eigenvectors=vecs,
+        num_params=int(n),
+        lanczos_steps=int(steps),
+        rounding_error=floor,
     )

@@ -2,6 +2,7 @@
 for plain pytrees, a CNN, Flax linen variables and nnx.State, on one and on 8
 devices, with one batch, unequal batches and data factories; bad input."""
 
+import functools
 import sys
 
 import flax.linen as nn
@@ -12,8 +13,13 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from stability.hessian_spectrum import HessianSpectrum, _fused, _lanczos_step, hessian_spectrum
+from stability.hessian_spectrum import HessianSpectrum, _fused, _lanczos_step
+from stability.hessian_spectrum import hessian_spectrum as default_hessian_spectrum
 from stability.hvp import hvp_sum
+
+# Most tests here check the smallest eigenvalue against dense truth too: they wait
+# for it (the default waits for the k largest only; tested below).
+hessian_spectrum = functools.partial(default_hessian_spectrum, converge_smallest=True)
 
 ONE = jax.devices()[:1]
 
@@ -345,3 +351,97 @@ def test_bad_input(mlp64):
         hessian_spectrum("mse", p, batch, **kw)
     with pytest.raises(ValueError, match="leading batch axis"):
         hessian_spectrum(mlp_loss, p, (batch[0], batch[1][:3]), **kw)
+
+
+# ------------------------------------------------------- defaults and error bars
+
+
+def test_default_waits_for_the_top_only(mlp64):
+    p, batch, ev = mlp64
+    kw = dict(k=1, tol=1e-8, max_hvps=200, devices=ONE)
+    top = default_hessian_spectrum(mlp_loss, p, batch, **kw)
+    both = hessian_spectrum(mlp_loss, p, batch, **kw)
+    assert top.converged[0] and both.smallest_converged
+    assert top.num_hvps < both.num_hvps
+    np.testing.assert_allclose(top.eigenvalues[0], ev[-1], rtol=1e-8)
+    # The smallest comes from the same Krylov space, with a bound that holds.
+    assert np.min(np.abs(ev - top.smallest)) <= top.smallest_error
+
+
+def _diagonal(eigs):
+    d = jnp.asarray(eigs)
+
+    def loss(p, b):
+        return 0.5 * jnp.sum(d * p["x"] ** 2) * jnp.mean(b)
+
+    return loss, {"x": jnp.ones(d.shape[0])}, jnp.ones(2)
+
+
+SPECTRA = {
+    # the flaky Hypothesis example: a cluster at 0 below an isolated 1e-5
+    "cluster_at_zero": [0.0] * 14 + [6.0, 1e-5],
+    # a trained classifier's shape: outliers, a bulk near 0, a small negative end
+    "negative_end": [5.0, 4.0, 1.0] + list(np.linspace(-3e-3, 1e-3, 40)),
+    "close_top": [1.0, 1.0 - 1e-7, 0.5] + [0.0] * 20 + [-0.25],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPECTRA))
+def test_every_error_bar_contains_an_eigenvalue(name):
+    # A residual bound must hold whether or not the value is flagged converged,
+    # at every step: checked on 40 start vectors and several run lengths.
+    eigs = np.asarray(SPECTRA[name])
+    loss, params, batch = _diagonal(eigs)
+    for seed in range(40):
+        for max_hvps in (2, 5, 16):
+            r = default_hessian_spectrum(
+                loss, params, batch, k=2, tol=1e-12, max_hvps=max_hvps, seed=seed,
+                converge_smallest=True, devices=ONE,
+            )  # fmt: skip
+            for value, err in [*zip(r.eigenvalues, r.errors, strict=True),
+                               (r.smallest, r.smallest_error)]:  # fmt: skip
+                assert np.min(np.abs(eigs - value)) <= err, (seed, max_hvps, value, err)
+
+
+def test_random_start_bounds_hold_and_tighten():
+    rng = np.random.default_rng(0)
+    eigs = np.concatenate([[4.0, 3.9], rng.uniform(-0.5, 1.0, 300)])
+    loss, params, batch = _diagonal(eigs)
+    widths = []
+    for steps in (10, 20, 40, 80):
+        for seed in range(10):
+            r = default_hessian_spectrum(
+                loss, params, batch, max_hvps=steps, seed=seed, devices=ONE,
+                stop_when=lambda est: False,  # run exactly max_hvps steps
+            )  # fmt: skip
+            assert r.lanczos_steps == steps and r.num_params == eigs.size
+            upper, lower = r.bounds(1e-6)
+            assert lower <= eigs.min() and eigs.max() <= upper
+        widths.append(upper - r.eigenvalues[0])
+    assert widths[0] == np.inf and np.all(np.diff(widths[1:]) < 0), widths
+    # A looser failure probability gives a tighter bound.
+    assert r.bounds(1e-2)[0] < r.bounds(1e-6)[0]
+    with pytest.raises(ValueError, match="failure_probability"):
+        r.bounds(0.0)
+
+
+def test_stop_when_stops_at_the_first_true():
+    eigs = np.linspace(-1.0, 2.0, 50)
+    loss, params, batch = _diagonal(eigs)
+    seen = []
+
+    def stop(est):
+        assert isinstance(est, HessianSpectrum) and est.eigenvectors is None
+        seen.append(est.num_hvps)
+        return est.num_hvps == 6
+
+    r = default_hessian_spectrum(loss, params, batch, tol=1e-15, stop_when=stop, devices=ONE)
+    assert r.num_hvps == 6 and seen == [1, 2, 3, 4, 5, 6]
+    # A loss of params only works too (the loop then runs on the host).
+    d = jnp.asarray(eigs)
+    r = default_hessian_spectrum(
+        lambda p: 0.5 * jnp.sum(d * p["x"] ** 2), params, stop_when=lambda e: e.num_hvps == 3
+    )
+    assert r.num_hvps == 3
+    with pytest.raises(TypeError, match="stop_when"):
+        default_hessian_spectrum(loss, params, batch, stop_when=3)

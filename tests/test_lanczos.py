@@ -15,6 +15,8 @@ from stability.lanczos import (
     lanczos_step,
     lanczos_step_host,
     lanczos_update,
+    random_start_bounds,
+    random_start_epsilon,
     restart_vector,
     restart_vector_host,
     run_in_jit,
@@ -48,7 +50,7 @@ def test_residual_bounds_the_error_before_convergence(problem):
     # Parlett thm 4.5.1: some eigenvalue lies within the Ritz residual.
     a, ev = problem
     v0 = jnp.ones(a.shape[0])
-    ext, count = eigsh_extremes(lambda x: a @ x, v0, k=3, tol=1e-14, max_matvecs=8, gap_bound=False)
+    ext, count = eigsh_extremes(lambda x: a @ x, v0, k=3, tol=1e-14, max_matvecs=8)
     assert int(count) == 8
     for theta, err in zip(np.asarray(ext.top), np.asarray(ext.top_error), strict=True):
         assert np.min(np.abs(ev - theta)) <= err * (1 + 1e-8) + 1e-12
@@ -142,18 +144,16 @@ def test_float32():
     jax.block_until_ready(ext)
 
 
-@pytest.mark.parametrize("gap_bound", [True, False])
-def test_host_extremes_equal_jitted_extremes(problem, gap_bound):
+def test_host_extremes_equal_jitted_extremes(problem):
     # The host loop's numpy stopping test and the jitted one agree on the same T_j.
     a, ev = problem
     state = lanczos_init(jnp.asarray(np.random.default_rng(4).normal(size=a.shape[0])), 30)
     for j in range(12):
         state = lanczos_update(state, a @ state.v)
-        dev = lanczos_extremes(state, 3, 1e-6, True, gap_bound)
+        dev = lanczos_extremes(state, 3, 1e-6, True)
         host = lanczos_extremes_host(
-            np.asarray(state.alphas)[: j + 1], np.asarray(state.betas)[: j + 1], 3, 1e-6,
-            True, gap_bound,
-        )  # fmt: skip
+            np.asarray(state.alphas)[: j + 1], np.asarray(state.betas)[: j + 1], 3, 1e-6, True
+        )
         for name in ("top", "top_error", "smallest", "smallest_error"):
             np.testing.assert_allclose(
                 getattr(host, name), getattr(dev, name), rtol=1e-9, atol=1e-13, err_msg=name
@@ -201,3 +201,16 @@ def test_numpy_step_equals_compiled_step(problem, rows):
     if rows:  # the basis stayed orthonormal
         q = basis_np[:11]
         np.testing.assert_allclose(q @ q.T, np.eye(11), atol=1e-12)
+
+
+def test_random_start_epsilon_solves_the_kuczynski_wozniakowski_bound():
+    # 1.648 sqrt(n) exp(-sqrt(eps) (2k - 1)) = p at the returned eps.
+    for n, k, p in [(1810, 10, 1e-6), (85_002, 30, 1e-3), (10, 3, 0.5)]:
+        eps = random_start_epsilon(n, k, p)
+        assert 1.648 * np.sqrt(n) * np.exp(-np.sqrt(eps) * (2 * k - 1)) == pytest.approx(p)
+    assert random_start_epsilon(100, 0, 1e-6) == np.inf
+    # (upper, lower) from the union of the two one-sided bounds at p / 2 each.
+    eps = random_start_epsilon(500, 40, 5e-7)
+    slack = eps * (3.0 - (-1.0)) / (1 - 2 * eps)
+    assert random_start_bounds(3.0, -1.0, 500, 40, 1e-6) == pytest.approx((3 + slack, -1 - slack))
+    assert random_start_bounds(3.0, -1.0, 500, 5, 1e-6) == (np.inf, -np.inf)  # eps >= 1/2
