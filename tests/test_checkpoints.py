@@ -50,3 +50,24 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     bad.write_text("not a zip archive")
     with pytest.raises(ValueError, match="bad.npz"):
         load_params(bad)
+
+
+def test_npz_keeps_typed_prng_keys(tmp_path):
+    tree = {"rngs": {"key": jax.random.key(3)}, "w": np.arange(3.0)}
+    save_npz(tmp_path / "k.npz", tree)
+    back = load_params(tmp_path / "k.npz")
+    assert jax.dtypes.issubdtype(back["rngs"]["key"].dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(
+        np.asarray(jax.random.key_data(back["rngs"]["key"])),
+        np.asarray(jax.random.key_data(tree["rngs"]["key"])),
+    )
+
+
+def test_orbax_checkpoint_manager_folder_is_read_at_its_latest_step(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    tree = _tree()
+    with ocp.CheckpointManager(tmp_path / "run") as manager:
+        manager.save(1, args=ocp.args.StandardSave(jax.tree.map(np.zeros_like, tree)))
+        manager.save(2, args=ocp.args.StandardSave(tree))
+        manager.wait_until_finished()
+    _assert_same(load_params(tmp_path / "run"), tree)
