@@ -348,6 +348,8 @@ def is_accessible(
     loss=None,
     spectrum: HessianSpectrum | None = None,
     train: bool = False,
+    call_kwargs=None,
+    batch_keys: tuple[str, str] | None = None,
     require_minimum: bool = False,
     tol: float = 1e-3,
     failure_probability: float = 1e-6,
@@ -373,15 +375,21 @@ def is_accessible(
         labels) -> scalar`` for another (e.g. ``stability.mean_squared_error``).
         Modules are evaluated in eval mode (batch-norm running statistics,
         dropout off) unless ``train=True``; only the trainable parameters
-        are differentiated.
+        are differentiated. A ``__call__`` taking ``rngs``, ``train``,
+        ``deterministic`` or ``use_running_average`` is called as the Flax examples
+        write it, without editing the model (`stability.loss_from_model`).
       params: the trained parameters (a pytree).
       tau: integer delay or a `DelayDistribution` (first-moment stability).
       lr: learning rate (> 0).
       beta, momentum: momentum coefficient in [0, 1) and rule
         ("heavy_ball", "nesterov" or "shifted").
-      data: one batch, an iterable of batches or a callable returning an
-        iterator; the Hessian is that of the mean loss over all examples.
+      data: one batch (a tuple ``(inputs, labels)`` or a dict), an iterable of
+        batches or a callable returning an iterator; the Hessian is that of the mean
+        loss over all examples.
       spectrum: a precomputed `HessianSpectrum`: skips the estimation.
+      train, call_kwargs, batch_keys: passed to `stability.loss_from_model`
+        (training-mode evaluation; extra ``__call__`` keywords; the input and label
+        keys of dict batches such as ``{"image": ..., "label": ...}``).
       require_minimum: also require a minimum (``is_minimum`` True): a proven
         negative curvature below ``-1e-5 x sharpness`` makes the verdict False, and
         the run waits for the smallest eigenvalue (tens of extra products on the
@@ -405,11 +413,11 @@ def is_accessible(
         def decided(estimate: HessianSpectrum) -> bool:
             return _judge(estimate, limit, require, failure_probability).verdict is not None
 
-        # One in-memory batch lets the adapter check params against the model.
-        probe = data if isinstance(data, tuple) else None
-        if isinstance(data, list) and data and isinstance(data[0], tuple):
-            probe = data[0]
-        loss_fn, flat_params = loss_from_model(model, params, loss=loss, train=train, data=probe)
+        # The adapter checks params against the model on the first in-memory batch.
+        loss_fn, flat_params = loss_from_model(
+            model, params, loss=loss, train=train, data=data, call_kwargs=call_kwargs,
+            batch_keys=batch_keys,
+        )  # fmt: skip
         spectrum = hessian_spectrum(
             loss_fn,
             flat_params,
