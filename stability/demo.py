@@ -148,8 +148,8 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
             reports[(tau, label)] = rep
             word = {True: "yes", False: "no", None: "undecided"}[rep.verdict]
             echo(
-                f"{tau:>4} {label:>11} {word:>8} {100 * rep.fraction_of_limit:>9.1f}% {rep.max_stable_lr:>14.6g} "
-                f"{paper_lr:>14.6g}"
+                f"{tau:>4} {label:>11} {word:>8} {100 * rep.fraction_of_limit:>9.1f}% "
+                f"{rep.max_stable_lr:>14.6g} {paper_lr:>14.6g}"
             )
 
     # 4. Simulations from the minimum.

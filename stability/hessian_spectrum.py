@@ -465,6 +465,28 @@ class _Pass:
         return acc * scale
 
 
+class _NoBar:
+    """The bar when ``progress`` is off: tqdm is not imported (tens of ms on the
+    first call of a process)."""
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total, progress):
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Hessian-vector products", leave=False)
+
+
 def _basis_rows(n, dtype, max_hvps, reorthogonalize):
     """``(first, full)``: rows of the first basis allocation and the most a run can
     need. ``full`` is ``max_hvps + 1`` rounded up to the block size; ``first`` is
@@ -771,10 +793,7 @@ def hessian_spectrum(
         def stop(ext, count, steps):
             return bool(stop_when(spectrum(ext, count, steps, None)))
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=max_hvps, desc="Hessian-vector products", disable=not progress,
-               leave=False)  # fmt: skip
+    bar = _progress_bar(max_hvps, progress)
     vecs = None
     try:
         if method == "lanczos":
