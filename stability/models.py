@@ -226,6 +226,8 @@ def _first_batch(data):
         return data
     if isinstance(data, list) and data and isinstance(data[0], (tuple, list, Mapping)):
         return data[0]
+    if isinstance(data, list) and not data:
+        raise ValueError("data must not be empty; got an empty list of batches")
     if isinstance(data, list):
         return tuple(data) if len(data) == 2 else data
     if hasattr(data, "shape") and hasattr(data, "dtype"):
