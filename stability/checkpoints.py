@@ -197,22 +197,13 @@ def restore_params(checkpoint, model, *, train: bool = False, name: str = "--par
 def _nnx_state(tree, model, train, name):
     from flax import nnx
 
-    from stability.models import _flat, _pure
+    from stability.models import _flat, _pure, shape_problems
 
     _, rng_state, own = nnx.split(model, nnx.RngState, ...)
     rng_paths = set(_flat(nnx.to_pure_dict(rng_state)))
     given = {k: v for k, v in _flat(_pure(tree)).items() if k not in rng_paths}
     own_flat = _flat(nnx.to_pure_dict(own))
-    problems = []
-    for key in sorted(set(given) - set(own_flat)):
-        problems.append(f"unexpected {key} (shape {np.shape(given[key])})")
-    for key in sorted(set(own_flat) - set(given)):
-        problems.append(f"missing {key} (shape {np.shape(own_flat[key])})")
-    for key in sorted(set(given) & set(own_flat)):
-        if np.shape(given[key]) != np.shape(own_flat[key]):
-            problems.append(
-                f"{key} has shape {np.shape(given[key])}, the model's {np.shape(own_flat[key])}"
-            )
+    problems = shape_problems(given, own_flat)
     trained = set(_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
     if train:  # running statistics are unused in train mode
         problems = [p for p in problems if not p.startswith("missing") or p.split()[1] in trained]

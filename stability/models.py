@@ -694,17 +694,23 @@ def _compare_trees(name, given, expected) -> None:
     _compare_flat(name, g, e)
 
 
-def _compare_flat(name, given: dict, expected: dict) -> None:
+def shape_problems(given: dict, expected: dict) -> list[str]:
+    """How two flat ``{path: array}`` dicts differ, one phrase each (the path is the
+    second word): ``missing``, ``unexpected`` and mismatched shapes."""
     g = {k: tuple(jnp.shape(x)) for k, x in given.items()}
     e = {k: tuple(jnp.shape(x)) for k, x in expected.items()}
-    problems = []
-    for k in sorted(set(e) - set(g)):
-        problems.append(f"missing {k} (expected shape {e[k]})")
-    for k in sorted(set(g) - set(e)):
-        problems.append(f"unexpected {k} (shape {g[k]})")
-    for k in sorted(set(g) & set(e)):
-        if g[k] != e[k]:
-            problems.append(f"{k} has shape {g[k]}, the model expects {e[k]}")
+    problems = [f"missing {k} (expected shape {e[k]})" for k in sorted(set(e) - set(g))]
+    problems += [f"unexpected {k} (shape {g[k]})" for k in sorted(set(g) - set(e))]
+    problems += [
+        f"{k} has shape {g[k]}, the model expects {e[k]}"
+        for k in sorted(set(g) & set(e))
+        if g[k] != e[k]
+    ]
+    return problems
+
+
+def _compare_flat(name, given: dict, expected: dict) -> None:
+    problems = shape_problems(given, expected)
     if problems:
         shown = "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
         raise InputError(f"{name} do not match the model (params of another model?): {shown}")
