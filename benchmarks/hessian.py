@@ -1,44 +1,59 @@
-"""Benchmark: time to the largest Hessian eigenvalue at relative error <= 1e-4.
+"""Benchmark: the largest Hessian eigenvalue at relative error <= 1e-4, with the
+README's call, against PyHessian and hessian-eigenthings run as their users run them.
 
-Compares ``stability.hessian_spectrum`` (JAX, Lanczos) with PyHessian
-(power iteration) and hessian-eigenthings 1.0 (power iteration and Lanczos) on the
-SAME weights (copied from JAX into equivalent torch models, losses checked to
-agree), the same data (one full batch each) and the same thread count
-(``torch.set_num_threads`` = the CPU count XLA's CPU client uses).
+Compares ``stability.hessian_spectrum`` (JAX, Lanczos) with PyHessian (power
+iteration) and hessian-eigenthings 1.0.0a5 (Lanczos, power iteration) on the SAME
+weights (copied from JAX into equivalent torch models, losses checked to agree), the
+same data (one full batch each) and the same thread count (``torch.set_num_threads``
+= the CPU count XLA's CPU client uses).
 
-    python benchmarks/hessian.py            # writes benchmarks/RESULTS-hessian.md
+    python benchmarks/hessian.py [--only mlp]   # writes benchmarks/RESULTS-hessian.md
 
-Device-agnostic: JAX runs on its default backend (GPU/TPU if present; the torch
-peers then stay on CPU unless ``--torch-device cuda``). Float32 throughout.
+Device-agnostic: JAX runs on its default backend; the torch peers stay on CPU.
+Float32 throughout (the MLP reference is float64).
 
 Protocol (per model):
-- reference: ``hessian_spectrum`` in float64 (MLP) or float32 (CNN) with
-  ``tol=1e-7`` (Ritz residual), a long converged Lanczos run;
-- ours: ``tol=1e-4`` on the Ritz residual (a guaranteed bound on the error),
-  ``converge_smallest=False``; cold = first call (trace + compile + run), warm =
-  second call (compiled code reused), compile time = cold - warm;
-- PyHessian ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(
-  maxIter=1000, tol=t, top_n=1)``: its ``tol`` bounds the relative change between
-  consecutive power-iteration estimates, not the error, so ``t`` is lowered
-  (1e-5, 1e-6, 1e-7) until the achieved error is <= 1e-4; the time reported is that
-  of the first sufficient ``t`` (earlier tries are not counted);
-- hessian-eigenthings ``power_iteration_one(HessianOperator(...), tol=1e-4)`` (stops
-  on relative residual <= tol, a guaranteed bound) and ``lanczos(op, k=1,
-  max_iter=m, which="LA")``: it has no stopping test, so (a) "oracle": ``m`` is the
-  smallest number of steps whose Ritz value reaches 1e-4 error (found from one
-  diagnostic 30-step run, not timed) - a choice in the peer's favour that no user
-  can make; (b) "a priori": ``max_iter`` doubled from 4 until its own residual
-  test passes, every run timed.
-The "best peer" is the fastest run that reached 1e-4, oracle settings included.
-Targets: warm >= 3x faster than the best peer; cold no slower than the best peer;
-one Hessian-vector product <= 2.5x one gradient (same jitted machinery).
+- reference: ``hessian_spectrum`` in float64 (MLP, ``tol=1e-9``) or float32 (CNN,
+  ``tol=1e-5``), a long run, its Ritz residual printed; every error below is
+  measured against it.
+- ours, exactly the README's call and nothing else:
+  ``hessian_spectrum(loss, params, (x, y), k=1, tol=1e-4)`` (no ``devices``,
+  ``max_hvps``, ``converge_smallest`` or other switch). First call = the very first
+  call in this process (trace + compile + run); warm = later calls (minimum of the
+  repeats); fresh process = the first call in a NEW Python process that imports
+  stability, loads the same weights and data (``jnp.asarray``), and times only the
+  call (import and model-building times are printed separately). Products =
+  ``num_hvps`` of the result.
+- peers as their users run them:
+  - PyHessian ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(
+    maxIter=1000, tol=t, top_n=1)``: its ``tol`` bounds the relative change between
+    consecutive power-iteration estimates, not the error, so ``t`` is lowered
+    (1e-4, 1e-5, 1e-6, 1e-7) until the achieved error is <= 1e-4; the time reported
+    is that of the first sufficient ``t`` (earlier tries are not counted: in the
+    peer's favour). Its documented default ``eigenvalues()`` (maxIter=100,
+    tol=1e-3) is a row of its own.
+  - hessian-eigenthings 1.0.0a5 has no ``compute_hessian_eigenthings`` (the 0.x API
+    was removed); its README's call is ``lanczos(HessianOperator(model, data,
+    supervised_loss(loss_fn)), k=..., seed=0)`` with every other default: for k=1
+    that is ``max_iter = 2 * k = 2`` Lanczos steps (no stopping test; ``tol`` only
+    sets the ``converged`` flag). Run so, with one full-batch dataloader.
+  The "best peer" of the targets is the fastest of these user-run peers whose
+  error is <= 1e-4. Extra rows, information only and never the best peer:
+  hessian-eigenthings ``power_iteration_one(op, tol=1e-4)``, ``lanczos`` with the
+  "oracle" step count (the smallest whose Ritz value reaches 1e-4, found from an
+  untimed 30-step run: no user can choose it) and "a priori" (``max_iter`` doubled
+  from 4 until its own residual test passes, every run timed).
+  Each user-run peer's first call is also timed in a fresh process (imports torch
+  and the peer, loads the same weights, times only the call).
 
-Compile detail: the programs XLA compiled during our cold call, each with its
-compile time (``jax_log_compiles``). A separate figure, NOT used for the targets:
-"cold, new process with a warm persistent cache" - two fresh subprocesses with
-``stability.enable_compilation_cache`` on an empty temporary directory; the first
-fills it (its first call is another true cold start), the second's first call loads
-the compiled programs from disk. Targets are judged on the true first compile only.
+Targets (85k MLP; the CNN prints the same lines, for information):
+- products of the default call <= 10;
+- warm: best peer time / our warm time >= 1.8;
+- FLOP ceiling: ceiling time / our warm time >= 0.8, where ceiling time = OUR
+  product count x FLOPs of one product (XLA cost analysis of the compiled product)
+  / the best float32 matrix-multiply rate measured here (2048^3 matmul);
+- fresh process: best peer's fresh-process first call / ours >= 0.6 (the fastest
+  fresh-process first call among the user-run peers that reach 1e-4).
 """
 
 from __future__ import annotations
@@ -55,19 +70,23 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)  # float64 for the MLP reference only
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
 import hessian_models as hm  # noqa: E402
 
 from stability import hessian_spectrum  # noqa: E402
 from stability import hvp as H  # noqa: E402
 
 TARGET_ERR = 1e-4
+PYH_TOLS = (1e-4, 1e-5, 1e-6, 1e-7)
+
+
+def users_call(loss, p, batch):
+    """The README's call, verbatim: no other argument."""
+    return hessian_spectrum(loss, p, batch, k=1, tol=1e-4)
 
 
 def hvp_vs_grad(loss, p, batch, repeat=15):
@@ -120,6 +139,7 @@ def matmul_peak(size=2048):
 
 
 REPEAT = [1]  # timed runs per measurement; the minimum is reported (noisy shared CPU)
+FRESH = [1]  # fresh processes per tool; the minimum is reported, all are printed
 
 
 def best(fn):
@@ -130,11 +150,6 @@ def best(fn):
         out = fn()
         ts.append(time.perf_counter() - t)
     return min(ts), out
-
-
-def _ours_kw():
-    devs = jax.devices()[:1]
-    return dict(k=1, tol=TARGET_ERR, max_hvps=200, converge_smallest=False, devices=devs)
 
 
 class _CompileLog(logging.Handler):
@@ -151,20 +166,19 @@ class _CompileLog(logging.Handler):
 
 
 def run_ours(loss, p, batch):
-    kw = _ours_kw()
     jax.block_until_ready((p, batch))
     log = _CompileLog()
     logging.getLogger("jax").addHandler(log)
     jax.config.update("jax_log_compiles", True)
     try:
         t = time.perf_counter()
-        r = hessian_spectrum(loss, p, batch, **kw)
-        cold = time.perf_counter() - t
+        r = users_call(loss, p, batch)
+        first = time.perf_counter() - t
     finally:
         jax.config.update("jax_log_compiles", False)
         logging.getLogger("jax").removeHandler(log)
-    warm, r = best(lambda: hessian_spectrum(loss, p, batch, **kw))
-    return dict(cold=cold, warm=warm, result=r, programs=log.programs)
+    warm, rw = best(lambda: users_call(loss, p, batch))
+    return dict(first=first, warm=warm, result=rw, first_hvps=r.num_hvps, programs=log.programs)
 
 
 SETUPS = {
@@ -172,41 +186,102 @@ SETUPS = {
     "cnn": lambda: (hm.cnn_setup(), hm.cnn_loss),
 }
 
+# ------------------------------------------------------------ fresh-process probes
 
-def cache_probe(name, cache_dir):
-    """In a fresh process: the first call with the persistent cache at ``cache_dir``."""
-    import stability
+_PROBE = """\
+import json, sys, time
+t0 = time.perf_counter()
+{imports}
+t1 = time.perf_counter()
+import numpy as np
+sys.path.insert(0, {bench_dir!r})
+import hessian_models as hm
+d = np.load({npz!r})
+p = {{k[2:]: d[k] for k in d.files if k.startswith("p_")}}
+x, y = d["x"], d["y"]
+{build}
+t2 = time.perf_counter()
+{call}
+t3 = time.perf_counter()
+print(json.dumps(dict(import_s=t1 - t0, build_s=t2 - t1, call_s=t3 - t2, value=value,
+                      hvps=hvps)))
+"""
 
-    stability.enable_compilation_cache(cache_dir)
-    (p, batch), loss = SETUPS[name]()
-    jax.block_until_ready((p, batch))
-    hits = []
-    jax.monitoring.register_event_listener(
-        lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None
-    )
-    n0 = len(hits)
-    t = time.perf_counter()
-    r = hessian_spectrum(loss, p, batch, **_ours_kw())
-    cold = time.perf_counter() - t
-    print(json.dumps(dict(cold=cold, hvps=r.num_hvps, hits=len(hits) - n0)))
+_TORCH_BUILD = """\
+torch.set_num_threads({threads})
+model = hm.torch_{key}(p)
+bt = hm.torch_data((x, y), image={image})
+"""
+
+PROBES = {
+    "ours": dict(
+        imports="import jax\nfrom stability import hessian_spectrum",
+        build="p = jax.tree_util.tree_map(jax.numpy.asarray, p)\n"
+        "batch = (jax.numpy.asarray(x), jax.numpy.asarray(y))\n"
+        "jax.block_until_ready((p, batch))\nloss = hm.{key}_loss",
+        call="r = hessian_spectrum(loss, p, batch, k=1, tol=1e-4)\n"
+        "value, hvps = r.sharpness, r.num_hvps",
+    ),
+    "pyhessian": dict(
+        imports="import torch\nfrom pyhessian import hessian",
+        build=_TORCH_BUILD,
+        call="torch.manual_seed(0)\n"
+        "hc = hessian(model, torch.nn.CrossEntropyLoss(), data=bt, cuda=False)\n"
+        "value, hvps = float(hc.eigenvalues(maxIter=1000, tol={tol!r}, top_n=1)[0][0]), None",
+    ),
+    "he": dict(
+        imports="import torch\n"
+        "from hessian_eigenthings import HessianOperator, lanczos, supervised_loss",
+        build=_TORCH_BUILD,
+        call="op = HessianOperator(model, [bt], supervised_loss(torch.nn.CrossEntropyLoss()))\n"
+        "res = lanczos(op, k=1, seed=0)\nvalue, hvps = float(res.eigenvalues[0]), None",
+    ),
+}
 
 
-def run_cache_figure(name):
-    """(first process: empty cache, second process: warm cache) first-call times."""
+def fresh_first_calls(tool, key, npz, tol=None):
+    """First call of ``tool`` in FRESH processes (FRESH[0] of them), timing only the
+    call; returns the list of probe results."""
+    spec = PROBES[tool]
+    fmt = dict(key=key, threads=os.cpu_count(), image=key == "cnn", tol=tol)
+    code = _PROBE.format(
+        imports=spec["imports"], bench_dir=BENCH_DIR, npz=npz,
+        build=spec["build"].format(**fmt), call=spec["call"].format(**fmt),
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     out = []
-    script = os.path.abspath(__file__)
-    with tempfile.TemporaryDirectory(prefix="stability-cache-") as d:
-        for _ in range(2):
-            cmd = [sys.executable, script, "--cache-probe", name, "--cache-dir", d]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    for _ in range(FRESH[0]):
+        res = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+        )
+        if res.returncode:
+            raise RuntimeError(f"fresh-process probe {tool} failed:\n{res.stderr[-3000:]}")
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
 
 
-def finish_ours(ours, ref):
-    r = ours["result"]
-    err = abs(r.sharpness - ref) / abs(ref)
-    return dict(ours, err=err, hvps=r.num_hvps, bound=r.sharpness_error / ref)
+def fresh_summary(runs):
+    calls = [r["call_s"] for r in runs]
+    return dict(
+        first=min(calls), all=calls, imp=min(r["import_s"] for r in runs),
+        build=min(r["build_s"] for r in runs), value=runs[0]["value"], hvps=runs[0]["hvps"],
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------ peers
+
+
+def run_pyhessian_default(model, batch_t, ref):
+    import torch
+    from pyhessian import hessian
+
+    def one():
+        torch.manual_seed(0)
+        return hessian(model, torch.nn.CrossEntropyLoss(), data=batch_t, cuda=False).eigenvalues()
+
+    dt, (ev, _) = best(one)
+    return dict(time=dt, err=abs(ev[0] - ref) / abs(ref), setting="eigenvalues() defaults: "
+                "maxIter=100, tol=1e-3")  # fmt: skip
 
 
 def run_pyhessian(model, batch_t, ref):
@@ -215,7 +290,7 @@ def run_pyhessian(model, batch_t, ref):
 
     crit = torch.nn.CrossEntropyLoss()
     tries = []
-    for tol in (1e-5, 1e-6, 1e-7):
+    for tol in PYH_TOLS:
 
         def one(tol=tol):
             torch.manual_seed(0)
@@ -228,16 +303,28 @@ def run_pyhessian(model, batch_t, ref):
         if err <= TARGET_ERR:
             break
     tol, dt, err = tries[-1]
-    return dict(time=dt, err=err, setting=f"tol={tol:g}", tries=tries)
+    return dict(time=dt, err=err, setting=f"maxIter=1000, tol={tol:g}", tries=tries, tol=tol)
 
 
 def _he_operator(model, batch_t):
     import torch
     from hessian_eigenthings import HessianOperator, supervised_loss
 
-    return HessianOperator(
-        model, [batch_t], supervised_loss(torch.nn.CrossEntropyLoss()), full_dataset=True
-    )
+    return HessianOperator(model, [batch_t], supervised_loss(torch.nn.CrossEntropyLoss()))
+
+
+def run_he_default(model, batch_t, ref):
+    """The README's call: lanczos(op, k=1, seed=0), everything else default."""
+    from hessian_eigenthings import lanczos
+
+    def one():
+        return lanczos(_he_operator(model, batch_t), k=1, seed=0)
+
+    dt, res = best(one)
+    ev = float(res.eigenvalues[0])
+    conv = bool(res.converged[0]) if getattr(res, "converged", None) is not None else None
+    setting = f"lanczos(op, k=1, seed=0): max_iter=2; own converged flag {conv}"
+    return dict(time=dt, err=abs(ev - ref) / abs(ref), hvps=2, setting=setting)
 
 
 def run_he_power(model, batch_t, ref):
@@ -271,32 +358,36 @@ def run_he_lanczos(model, batch_t, ref):
         lambda: lanczos(op, k=1, max_iter=m_min, which="LA", seed=0, reorthogonalize=True)
     )
     ev = float(res.eigenvalues[0])
-    return dict(
-        time=dt, err=abs(ev - ref) / abs(ref), setting=f"max_iter={m_min} (oracle)", steps=m_min
-    )
+    return dict(time=dt, err=abs(ev - ref) / abs(ref), hvps=m_min,
+                setting=f"max_iter={m_min} (oracle)")  # fmt: skip
 
 
 def run_he_lanczos_apriori(model, batch_t, ref):
-    """How a user without the answer runs it: double max_iter (4, 8, 16, ...) until
-    its own residual test (``converged``: residual < 1e-4 |lambda|) passes; all runs
-    are timed (the library has no restart)."""
+    """Double max_iter (4, 8, 16, ...) until its own residual test (``converged``:
+    residual < 1e-4 |lambda|) passes; all runs are timed (the library has no restart)."""
     from hessian_eigenthings import lanczos
 
     op = _he_operator(model, batch_t)
 
     def doubling():
-        m = 4
+        m, total = 4, 0
         while True:
             res = lanczos(
                 op, k=1, max_iter=m, tol=TARGET_ERR, which="LA", seed=0, reorthogonalize=True
             )
+            total += m
             if bool(res.converged[0]) or m >= 64:
-                return res, m
+                return res, m, total
             m *= 2
 
-    dt, (res, m) = best(doubling)
+    dt, (res, m, total) = best(doubling)
     ev = float(res.eigenvalues[0])
-    return dict(time=dt, err=abs(ev - ref) / abs(ref), setting=f"doubling to max_iter={m}")
+    return dict(time=dt, err=abs(ev - ref) / abs(ref), hvps=total,
+                setting=f"doubling to max_iter={m}")  # fmt: skip
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
 
 
 def bench(name, key, torch_model, image, log):
@@ -313,119 +404,150 @@ def bench(name, key, torch_model, image, log):
         lt = float(torch.nn.functional.cross_entropy(tm(bt[0]), bt[1]))
     log(f"loss JAX {lj:.8g}, torch {lt:.8g} (relative difference {abs(lj - lt) / lj:.1e})")
 
-    # Ours first, so that "cold" really compiles (the reference run below would
-    # compile the same float32 product).
+    # Ours first, so that the first call really compiles.
     ours = run_ours(loss, p, batch)
 
-    # Reference: long converged Lanczos (float64 for the MLP).
+    # Reference: a long Lanczos run (float64 for the MLP).
     t = time.perf_counter()
-    if name.startswith("MLP"):
-        p64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), p)
-        b64 = (batch[0].astype(jnp.float64), batch[1])
-        rr = hessian_spectrum(
-            loss, p64, b64, k=1, tol=1e-9, max_hvps=300, devices=jax.devices()[:1]
-        )
+    if key == "mlp":
+        with jax.enable_x64(True):
+            p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), p)
+            b64 = (jnp.asarray(batch[0], jnp.float64), batch[1])
+            rr = hessian_spectrum(loss, p64, b64, k=1, tol=1e-9, max_hvps=300)
         how = "float64, tol=1e-9"
     else:
-        rr = hessian_spectrum(
-            loss, p, batch, k=1, tol=1e-6, max_hvps=150, devices=jax.devices()[:1],
-            converge_smallest=False,
-        )  # fmt: skip
-        how = "float32, tol=1e-6 (gap bound)"
+        rr = hessian_spectrum(loss, p, batch, k=1, tol=1e-5, max_hvps=60)
+        how = "float32, tol=1e-5"
     ref = rr.sharpness
-    log(f"reference sharpness {ref:.8g} ({how}, {rr.num_hvps} HVPs, residual "
-        f"{rr.sharpness_error:.1e}, {time.perf_counter() - t:.1f} s)")  # fmt: skip
+    log(f"reference sharpness {ref:.8g} ({how}, {rr.num_hvps} HVPs, Ritz residual "
+        f"{rr.sharpness_error:.1e}, converged {bool(rr.converged[0])}, "
+        f"{time.perf_counter() - t:.1f} s)")  # fmt: skip
 
     t_hvp, t_grad = hvp_vs_grad(loss, p, batch)
-    cache_runs = run_cache_figure(key)
-    ours = finish_ours(ours, ref)
-    peers = {}
-    peers["PyHessian (power)"] = run_pyhessian(tm, bt, ref)
-    peers["hessian-eigenthings power"] = run_he_power(tm, bt, ref)
-    peers["hessian-eigenthings lanczos"] = run_he_lanczos(tm, bt, ref)
-    peers["hessian-eigenthings lanczos, a priori"] = run_he_lanczos_apriori(tm, bt, ref)
-
-    ok = {k: v for k, v in peers.items() if v["err"] <= TARGET_ERR}
-    best_name = min(ok or peers, key=lambda k: (ok or peers)[k]["time"])
-    best = peers[best_name]["time"]
-    rows = [
-        "| tool | setting | time (s) | rel. error | HVPs |",
-        "|---|---|---|---|---|",
-        f"| stability (warm) | tol=1e-4 (gap bound) | {ours['warm']:.3f} | {ours['err']:.1e} | "
-        f"{ours['hvps']} |",
-        f"| stability (cold, incl. compile) | same | {ours['cold']:.3f} | {ours['err']:.1e} | "
-        f"{ours['hvps']} |",
-    ]
-    for k, v in peers.items():
-        rows.append(f"| {k} | {v['setting']} | {v['time']:.3f} | {v['err']:.1e} | |")
-    log("\n".join(rows))
-    if "tries" in peers["PyHessian (power)"]:
-        tr = ", ".join(
-            f"tol={a:g}: {b:.2f} s, err {c:.1e}" for a, b, c in peers["PyHessian (power)"]["tries"]
-        )
-        log(f"\nPyHessian tries: {tr}")
-    progs = ours["programs"]
-    log(f"\nXLA compilation during our cold call: {len(progs)} program(s), "
-        f"{sum(t for _, t in progs):.2f} s: "
-        + ", ".join(f"{nm} {t:.3f} s" for nm, t in progs))  # fmt: skip
-    fill, warm_cache = cache_runs
-    log(f"\nSeparate figure, not used for the targets: cold in a NEW process with "
-        f"`stability.enable_compilation_cache`: empty cache {fill['cold']:.3f} s "
-        f"({fill['hits']} cache hits); warm persistent cache {warm_cache['cold']:.3f} s "
-        f"({warm_cache['hits']} cache hits, {warm_cache['hvps']} HVPs)")  # fmt: skip
-    compile_t = ours["cold"] - ours["warm"]
-    r_warm = best / ours["warm"]
-    r_cold = best / ours["cold"]
-    r_hvp = t_hvp / t_grad
-    log(f"\ncompile time (cold - warm): {compile_t:.2f} s; best peer reaching 1e-4: {best_name} "
-        f"({best:.3f} s)\n")  # fmt: skip
-    fair = {k: v for k, v in ok.items() if "oracle" not in v["setting"]}
-    if fair:
-        fb = min(fair, key=lambda k: fair[k]["time"])
-        log(f"best peer without oracle settings: {fb} ({fair[fb]['time']:.3f} s): warm "
-            f"speed-up {fair[fb]['time'] / ours['warm']:.2f}x, cold "
-            f"{fair[fb]['time'] / ours['cold']:.2f}x\n")  # fmt: skip
-    log("| target | value | goal | result |\n|---|---|---|---|")
-    log(
-        f"| warm speed-up vs best peer | {r_warm:.2f}x | >= 3x | "
-        f"{'PASS' if r_warm >= 3 else 'MISS'} |"
-    )
-    log(
-        f"| cold speed-up vs best peer | {r_cold:.2f}x | >= 1x | "
-        f"{'PASS' if r_cold >= 1 else 'MISS'} |"
-    )
-    log(f"| one HVP / one gradient | {t_hvp * 1e3:.1f} ms / {t_grad * 1e3:.1f} ms = {r_hvp:.2f} | "
-        f"<= 2.5 | {'PASS' if r_hvp <= 2.5 else 'MISS'} |")  # fmt: skip
-    log(f"| our error <= 1e-4 | {ours['err']:.1e} | <= 1e-4 | "
-        f"{'PASS' if ours['err'] <= TARGET_ERR else 'MISS'} |")  # fmt: skip
-
-    # How far can the warm ratio go on this machine? A bound, not a measurement of
-    # a faster code: the oracle peer's step count of products, each at the best
-    # matrix-multiply rate, and nothing else.
     flops, peak = hvp_flops(loss, p, batch), matmul_peak()
-    steps = peers["hessian-eigenthings lanczos"]["steps"]
-    floor = steps * flops / peak
-    log(f"\nCeiling on this machine: one product is {flops / 1e9:.2f} GFLOP (XLA cost "
-        f"analysis), measured {t_hvp * 1e3:.1f} ms = {flops / t_hvp / 1e9:.0f} GFLOP/s; the "
-        f"best float32 matrix multiply here runs at {peak / 1e9:.0f} GFLOP/s. {steps} products "
-        f"(the oracle peer's step count) at that rate with zero overhead take {floor:.3f} s: "
-        f"at most {best / floor:.2f}x faster than the best peer ({best:.3f} s), for any code "
-        f"doing these FLOPs.")  # fmt: skip
+
+    r = ours["result"]
+    ours.update(err=abs(r.sharpness - ref) / abs(ref), hvps=r.num_hvps,
+                bound=r.sharpness_error / abs(ref))  # fmt: skip
+
+    user = {}  # peers as their users run them
+    user["PyHessian, tol lowered to 1e-4 error"] = run_pyhessian(tm, bt, ref)
+    user["hessian-eigenthings, README call (defaults)"] = run_he_default(tm, bt, ref)
+    extra = {}  # information only
+    extra["PyHessian, documented defaults"] = run_pyhessian_default(tm, bt, ref)
+    extra["hessian-eigenthings power"] = run_he_power(tm, bt, ref)
+    extra["hessian-eigenthings lanczos, oracle"] = run_he_lanczos(tm, bt, ref)
+    extra["hessian-eigenthings lanczos, a priori"] = run_he_lanczos_apriori(tm, bt, ref)
+
+    # Fresh processes: ours and each user-run peer, the same weights from one file.
+    with tempfile.TemporaryDirectory(prefix="stability-bench-") as d:
+        npz = os.path.join(d, f"{key}.npz")
+        np.savez(npz, x=np.asarray(batch[0]), y=np.asarray(batch[1]),
+                 **{f"p_{k}": np.asarray(v) for k, v in p.items()})  # fmt: skip
+        fresh = {"ours": fresh_summary(fresh_first_calls("ours", key, npz))}
+        pyh_tol = user["PyHessian, tol lowered to 1e-4 error"]["tol"]
+        fresh["PyHessian, tol lowered to 1e-4 error"] = fresh_summary(
+            fresh_first_calls("pyhessian", key, npz, tol=pyh_tol)
+        )
+        fresh["hessian-eigenthings, README call (defaults)"] = fresh_summary(
+            fresh_first_calls("he", key, npz)
+        )
+
+    def fmt_err(v):
+        return f"{v:.1e}" + ("" if v <= TARGET_ERR else " (> 1e-4)")
+
+    rows = [
+        "| tool | setting | time (s) | rel. error | products |",
+        "|---|---|---|---|---|",
+        f"| stability, warm | README call: k=1, tol=1e-4 | {ours['warm']:.3f} | "
+        f"{fmt_err(ours['err'])} (bound {ours['bound']:.1e}) | {ours['hvps']} |",
+        f"| stability, first call in this process | same | {ours['first']:.3f} | same | "
+        f"{ours['first_hvps']} |",
+    ]
+    fo = fresh["ours"]
+    rows.append(f"| stability, first call in a fresh process | same | {fo['first']:.3f} | "
+                f"{fmt_err(abs(fo['value'] - ref) / abs(ref))} | {fo['hvps']} |")  # fmt: skip
+    for k, v in user.items():
+        rows.append(f"| {k} (user-run), warm | {v['setting']} | {v['time']:.3f} | "
+                    f"{fmt_err(v['err'])} | {v.get('hvps', '')} |")  # fmt: skip
+        f = fresh[k]
+        fe = fmt_err(abs(f["value"] - ref) / abs(ref))
+        rows.append(f"| {k} (user-run), first call in a fresh process | same | "
+                    f"{f['first']:.3f} | {fe} | |")  # fmt: skip
+    for k, v in extra.items():
+        rows.append(f"| {k} (extra, not a target peer) | {v['setting']} | {v['time']:.3f} | "
+                    f"{fmt_err(v['err'])} | {v.get('hvps', '')} |")  # fmt: skip
+    log("\n".join(rows))
+    tries = user["PyHessian, tol lowered to 1e-4 error"]["tries"]
+    tr = ", ".join(f"tol={a:g}: {b:.3f} s, err {c:.1e}" for a, b, c in tries)
+    log(f"\nPyHessian tries (only the last is counted): {tr}")
+    log("\nFresh processes (each line: the call only; import and model/data building timed "
+        "apart, minimum over processes):")  # fmt: skip
+    for k, f in fresh.items():
+        log(f"- {k}: first call {f['first']:.3f} s (all: "
+            f"{', '.join(f'{c:.3f}' for c in f['all'])}); import {f['imp']:.2f} s; "
+            f"loading weights and data {f['build']:.2f} s")  # fmt: skip
+    progs = ours["programs"]
+    log(f"\nXLA compilation during our first call in this process: {len(progs)} program(s), "
+        f"{sum(t for _, t in progs):.2f} s: "
+        + ", ".join(f"{nm} {t:.3f} s" for nm, t in progs)
+        + f"; first call - warm = {ours['first'] - ours['warm']:.2f} s")  # fmt: skip
+    log(f"\nOne product: {flops / 1e9:.2f} GFLOP (XLA cost analysis), measured "
+        f"{t_hvp * 1e3:.1f} ms = {flops / t_hvp / 1e9:.0f} GFLOP/s (one gradient "
+        f"{t_grad * 1e3:.1f} ms, ratio {t_hvp / t_grad:.2f}); best float32 matmul here "
+        f"{peak / 1e9:.0f} GFLOP/s. Our {ours['hvps']} products x one product's time = "
+        f"{ours['hvps'] * t_hvp:.3f} s of our warm {ours['warm']:.3f} s; the rest "
+        f"({ours['warm'] - ours['hvps'] * t_hvp:.3f} s) is the Lanczos loop outside the "
+        f"products.")  # fmt: skip
+
+    # Targets.
+    ok = {k: v for k, v in user.items() if v["err"] <= TARGET_ERR}
+    ceiling = ours["hvps"] * flops / peak
+    frac = ceiling / ours["warm"]
+    lines = [f"\nTargets ({name}; best peer = fastest user-run peer with error <= 1e-4):"]
+    lines.append(f"- TARGET default call products <= 10: {ours['hvps']} -> "
+                 f"{verdict(ours['hvps'] <= 10)}")  # fmt: skip
+    if ok:
+        bn = min(ok, key=lambda k: ok[k]["time"])
+        bw = ok[bn]["time"]
+        lines.append(f"- TARGET warm >= 1.8x best peer: {bn} {bw:.3f} s / ours "
+                     f"{ours['warm']:.3f} s = {bw / ours['warm']:.2f}x -> "
+                     f"{verdict(bw / ours['warm'] >= 1.8)}")  # fmt: skip
+        fn = min(ok, key=lambda k: fresh[k]["first"])
+        bf = fresh[fn]["first"]
+        lines.append(f"- TARGET fresh-process first call >= 0.6x best peer's: {fn} "
+                     f"{bf:.3f} s / ours {fo['first']:.3f} s = {bf / fo['first']:.2f}x -> "
+                     f"{verdict(bf / fo['first'] >= 0.6)}")  # fmt: skip
+    else:
+        lines.append("- TARGET warm >= 1.8x best peer: no user-run peer reached 1e-4 -> MISS "
+                     "(no comparison)")  # fmt: skip
+        lines.append("- TARGET fresh-process first call >= 0.6x best peer's: no user-run peer "
+                     "reached 1e-4 -> MISS (no comparison)")  # fmt: skip
+    lines.append(f"- TARGET warm >= 80 % of the FLOP ceiling: ceiling = our {ours['hvps']} "
+                 f"products x {flops / 1e9:.2f} GFLOP / {peak / 1e9:.0f} GFLOP/s = "
+                 f"{ceiling:.3f} s; ceiling / our warm {ours['warm']:.3f} s = "
+                 f"{frac:.2f} -> {verdict(frac >= 0.8)}")  # fmt: skip
+    lines.append(f"- check: our error <= 1e-4: {ours['err']:.1e} -> "
+                 f"{verdict(ours['err'] <= TARGET_ERR)}")  # fmt: skip
+    for k, v in user.items():
+        if k not in ok:
+            lines.append(f"- note: {k} returns in {v['time']:.3f} s warm / "
+                         f"{fresh[k]['first']:.3f} s fresh but with error {v['err']:.1e} > "
+                         f"1e-4, so it is not the best peer (ours is "
+                         f"{v['time'] / ours['warm']:.2f}x its warm speed)")  # fmt: skip
+    log("\n".join(lines))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS-hessian.md"))
+    ap.add_argument("--out", default=os.path.join(BENCH_DIR, "RESULTS-hessian.md"))
     ap.add_argument("--only", choices=["mlp", "cnn"], default=None)
     ap.add_argument("--repeat-mlp", type=int, default=3, help="timed runs per tool (min kept)")
     ap.add_argument("--repeat-cnn", type=int, default=1)
-    ap.add_argument("--cache-probe", choices=["mlp", "cnn"], default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--fresh-mlp", type=int, default=3, help="fresh processes per tool")
+    ap.add_argument("--fresh-cnn", type=int, default=1)
     ap.add_argument("--date", default=None, help="date written into the results (YYYY-MM-DD)")
     args = ap.parse_args()
-    if args.cache_probe:
-        cache_probe(args.cache_probe, args.cache_dir)
-        return
 
     import torch
 
@@ -436,36 +558,38 @@ def main():
 
     lines = []
 
-    def log(s):
+    def log(s):  # the results file is rewritten after every line: a killed run keeps its part
         print(s, flush=True)
         lines.append(s)
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
     dev = jax.devices()[0]
     log("# Hessian spectrum benchmark (benchmarks/hessian.py)\n")
-    date = args.date or time.strftime("%Y-%m-%d", time.gmtime())
+    date = args.date or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    log(f"- command: python benchmarks/hessian.py {' '.join(sys.argv[1:])}".rstrip())
     log(f"- date: {date}; load average (1, 5, 15 min) at start: {load}")
     log(f"- machine: {platform.processor() or platform.machine()}, {threads} CPU cores visible, "
         f"{platform.platform()}")  # fmt: skip
     log(f"- JAX {jax.__version__} on {dev.platform} ({dev.device_kind}), flax {flax.__version__}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
         f"hessian-eigenthings 1.0.0a5, pyhessian 0.1")  # fmt: skip
-    log("- one full batch per model for every tool; times are wall-clock, the minimum of "
-        f"{args.repeat_mlp} (MLP) / {args.repeat_cnn} (CNN) runs per tool, all measured in this "
-        "one process; cold = the very first call (one run)")  # fmt: skip
+    log("- one full batch per model for every tool; warm times are wall-clock, the minimum of "
+        f"{args.repeat_mlp} (MLP) / {args.repeat_cnn} (CNN) runs per tool in this process; "
+        f"fresh-process first calls: the minimum over {args.fresh_mlp} (MLP) / "
+        f"{args.fresh_cnn} (CNN) new processes per tool")  # fmt: skip
     t0 = time.perf_counter()
     if args.only in (None, "mlp"):
-        REPEAT[0] = args.repeat_mlp
+        REPEAT[0], FRESH[0] = args.repeat_mlp, args.fresh_mlp
         bench("MLP on digits", "mlp", hm.torch_mlp, False, log)
     if args.only in (None, "cnn"):
-        REPEAT[0] = args.repeat_cnn
+        REPEAT[0], FRESH[0] = args.repeat_cnn, args.fresh_cnn
         bench("CNN on CIFAR-shaped synthetic data", "cnn", hm.torch_cnn, True, log)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     log(
         f"\ntotal benchmark wall time {time.perf_counter() - t0:.0f} s; load average at end: {load}"
     )
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

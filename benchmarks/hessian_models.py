@@ -14,19 +14,25 @@ NHWC order), checked by comparing the losses.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+# JAX is imported inside the JAX functions only, so that a fresh process that runs a
+# torch peer (benchmarks/hessian.py's fresh-process probes) never imports it.
 
 DN = ("NHWC", "HWIO", "NHWC")
 
 
 def cross_entropy(logits, y):
+    import jax
+    import jax.numpy as jnp
+
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
 
 def mlp_apply(p, x):
+    import jax.numpy as jnp
+
     h = jnp.tanh(x @ p["w1"] + p["b1"])
     h = jnp.tanh(h @ p["w2"] + p["b2"])
     return h @ p["w3"] + p["b3"]
@@ -38,6 +44,9 @@ def mlp_loss(p, batch):
 
 
 def cnn_apply(p, x):
+    import jax
+    import jax.numpy as jnp
+
     h = x
     for i in (1, 2, 3):
         h = jax.lax.conv_general_dilated(
@@ -60,6 +69,8 @@ def _glorot(rng, shape, fan_in, fan_out):
 
 def mlp_setup(train_steps=300, seed=0):
     """Digits data and MLP weights (float32), briefly trained with Adam."""
+    import jax
+    import jax.numpy as jnp
     import optax
     from sklearn.datasets import load_digits
 
@@ -94,6 +105,9 @@ def mlp_setup(train_steps=300, seed=0):
 def cnn_setup(n=2048, seed=0):
     """Synthetic CIFAR-shaped data (labels from a random linear teacher) and CNN
     weights (float32, Glorot init)."""
+    import jax
+    import jax.numpy as jnp
+
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
     teacher = rng.normal(size=(32 * 32 * 3, 10))
