@@ -202,7 +202,10 @@ def test_host_loop_compiled_steps_equal_numpy_steps(mlp64, monkeypatch):
     def runs():
         kw = dict(k=2, tol=1e-10, max_hvps=200, loop="host", return_vectors=True)
         out = [hessian_spectrum(mlp_loss, p, batch, devices=ONE, **kw)]
-        out.append(hessian_spectrum(mlp_loss, p, batch, reorthogonalize=False, **kw))
+        # Without a basis the 2nd Ritz value is a ghost of the 1st, whose residual
+        # stalls near the tolerance: k=1 keeps the product count a property of the
+        # algorithm, not of the rounding.
+        out.append(hessian_spectrum(mlp_loss, p, batch, reorthogonalize=False, **{**kw, "k": 1}))
         kw.update(k=3, tol=1e-12, devices=ONE)
         out.append(hessian_spectrum(diag_loss, {"x": jnp.ones(3)}, jnp.ones(4), **kw))
         return out
