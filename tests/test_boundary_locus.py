@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
+from profiles import examples
 from stability_oracles import bisect_threshold, poly, rho, simulate
 
 import stability as st
@@ -111,7 +112,7 @@ def test_simulation_decays_below_and_grows_above(rule):
     beta=hst.floats(0.0, 0.99),
     frac=hst.floats(0.02, 1.98),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 def test_stable_set_is_an_interval(rule, tau, beta, frac):
     qm = q_max(tau, beta, rule)
     if abs(frac - 1) < 1e-6:
@@ -121,7 +122,7 @@ def test_stable_set_is_an_interval(rule, tau, beta, frac):
 
 
 @given(rule=hst.sampled_from(RULES), tau=hst.integers(0, 2000), beta=hst.floats(0.0, 0.99))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 def test_threshold_decreases_with_tau(rule, tau, beta):
     q = np.asarray(st.max_stable_sharpness(1.0, np.array([tau, tau + 1]), beta, momentum=rule))
     assert q[1] < q[0]
@@ -180,7 +181,7 @@ def test_bad_input(call, match):
 
 
 @given(rule=hst.sampled_from(RULES), tau=hst.integers(0, 200), beta=hst.floats(0.0, 0.99))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 def test_random_points_bracket_eigenvalue_crossing(rule, tau, beta):
     # relative error <= 1e-9 against the exact (eigenvalue) crossing
     q = q_max(tau, beta, rule)

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
+from profiles import examples
 
 from stability.lanczos import (
     eigsh_extremes,
@@ -118,7 +119,11 @@ def _diag_extremes(d, v0):
     return run_in_jit(lambda x: d * x, v0, k=1, tol=1e-12, max_matvecs=d.shape[0])[1]
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(10))
+# Found by random search: a cluster at 0 under an isolated 1e-5 (the old gap estimate
+# called a Ritz value 4.5e-7 converged to 7e-13).
+@example(eigs=[0.0] * 14 + [6.0, 1e-5], seed=0)
+@example(eigs=[0.0] * 14 + [6.0, 1e-5], seed=12)
 @given(
     # One size: every example reuses one compiled loop.
     st.lists(st.floats(-100, 100, allow_nan=False, allow_infinity=False), min_size=16, max_size=16),

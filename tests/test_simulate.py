@@ -15,6 +15,7 @@ import pytest
 import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import examples
 
 from stability.simulate import AsyncTrajectory, growth_rate, simulate_async
 
@@ -384,7 +385,7 @@ def test_minibatch_gradient_is_on_the_sampled_examples():
     assert float(np.asarray(full.params)[0]) == pytest.approx(4.0 / 3.0, rel=1e-12)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(8))
 @given(
     steps=st.sampled_from([1, 7, 24]),
     every=st.integers(1, 12),
