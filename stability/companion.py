@@ -148,6 +148,12 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     check_beta(beta, "beta")
     check_finite("sharpness", sharpness)
     check_lr(lr, "lr")
+    if (
+        all(_python_number(x) for x in (sharpness, lr, beta))
+        and not isinstance(tau, DelayDistribution)
+        and 2 <= static_delay(tau, "tau") <= HOST_DELAY
+    ):
+        return _host_spectral_radius(float(lr) * float(sharpness), float(beta), int(tau), momentum)
     dtype = float_dtype(sharpness, lr, beta)
     fast = (
         not isinstance(tau, DelayDistribution)
@@ -160,6 +166,22 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     sharpness, lr, beta = (jnp.asarray(x, dtype) for x in (sharpness, lr, beta))
     q, beta = jnp.broadcast_arrays(lr * sharpness, beta)
     return _spectral_radius_fast(q, beta, tau, momentum)
+
+
+# Python scalars and 2 <= tau <= HOST_DELAY: numpy companion eigenvalues, float64
+# (at most ~10 ms at tau = 256), instead of compiling a program for each new delay
+# (about 0.3 s each; a verdict report needs two radii).
+HOST_DELAY = 256
+
+
+def _python_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, (bool, np.generic))
+
+
+def _host_spectral_radius(q: float, beta: float, tau: int, momentum: str) -> float:
+    p = sparse_characteristic(np.float64(q), np.float64(beta), tau, momentum)
+    coeffs = (np.asarray(x, np.float64) for x in (p.u1, p.u0, p.v1, p.v0))
+    return float(_host_fill(p.m, np.zeros(()), np.zeros((), bool), *coeffs))
 
 
 @partial(jax.jit, static_argnames=("tau", "momentum"))

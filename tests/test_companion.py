@@ -99,3 +99,23 @@ def test_traced_tau_is_refused_with_a_clear_error():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_python_scalars_take_the_host_path_and_agree_with_the_oracle(rule):
+    # Python scalars with 2 <= tau <= HOST_DELAY: numpy companion eigenvalues, no
+    # program compiled per delay; beyond it the certified compiled path. Both equal
+    # the independent oracle (numpy roots of the rule's polynomial from the table).
+    from stability.companion import HOST_DELAY, _spectral_radius_fast
+
+    before = _spectral_radius_fast._cache_size()
+    for tau in (2, 9, 64, HOST_DELAY):
+        for sharpness, beta in ((0.7, 0.5), (-0.3, 0.9), (2.0, 0.0), (0.0, 0.3)):
+            got = st.spectral_radius(sharpness, 0.1, tau, beta, momentum=rule)
+            assert type(got) is float
+            want = rho(poly(tau, beta, 0.1 * sharpness, rule))
+            assert got == pytest.approx(want, rel=1e-10, abs=1e-12), (tau, sharpness, beta)
+    assert _spectral_radius_fast._cache_size() == before  # nothing compiled
+    tau = HOST_DELAY + 1
+    got = st.spectral_radius(0.7, 0.1, tau, 0.5, momentum=rule)
+    assert got == pytest.approx(rho(poly(tau, 0.5, 0.07, rule)), rel=1e-10)
