@@ -179,8 +179,11 @@ def _python_number(x) -> bool:
 
 
 def _host_spectral_radius(q: float, beta: float, tau: int, momentum: str) -> float:
-    p = sparse_characteristic(np.float64(q), np.float64(beta), tau, momentum)
-    coeffs = (np.asarray(x, np.float64) for x in (p.u1, p.u0, p.v1, p.v0))
+    # Eager even inside a traced function (Python constants there), and the scalar
+    # ops' programs do not depend on tau: compiled once per process, not per delay.
+    with jax.ensure_compile_time_eval():
+        p = sparse_characteristic(jnp.asarray(q), jnp.asarray(beta), tau, momentum)
+        coeffs = [np.asarray(x, np.float64) for x in (p.u1, p.u0, p.v1, p.v0)]
     return float(_host_fill(p.m, np.zeros(()), np.zeros((), bool), *coeffs))
 
 

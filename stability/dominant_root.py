@@ -51,7 +51,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 NUM_STARTS = 3
@@ -80,11 +79,9 @@ class SparseCharacteristic:
 
 
 def sparse_characteristic(q, beta, tau: int, momentum: str) -> SparseCharacteristic:
-    """The sparse form of a rule's characteristic polynomial (module docstring); numpy
-    in, numpy out (no compiled program), jax in, jax out."""
-    xp = np if isinstance(q, (np.ndarray, np.generic)) else jnp
-    one = xp.ones_like(q)
-    zero = xp.zeros_like(q)
+    """The sparse form of a rule's characteristic polynomial (module docstring)."""
+    one = jnp.ones_like(q)
+    zero = jnp.zeros_like(q)
     if momentum == "heavy_ball":
         return SparseCharacteristic(tau - 1, one, beta, zero, q)
     if momentum == "nesterov":

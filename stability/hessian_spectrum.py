@@ -55,9 +55,10 @@ Memory
 Accuracy
     The Ritz residual ``r_i = ||H y_i - theta_i y_i||`` bounds ``|theta_i - lambda|``
     for some eigenvalue ``lambda``. ``errors`` is ``r_i``, floored at the rounding
-    error of the products (``10 eps max |theta|``). The sharper Kato-Temple estimate ``r^2 / gap`` is not
-    offered: with the Ritz gap standing in for the unknown true gap it claimed
-    convergence far from every eigenvalue on clustered spectra. Which eigenvalue a
+    error of the products (``10 eps max |theta|``). The sharper Kato-Temple estimate
+    ``r^2 / gap`` is not offered: with the Ritz gap standing in for the unknown true
+    gap it claimed convergence far from every eigenvalue on clustered spectra. Which
+    eigenvalue a
     residual bound brackets is presumed (the top Ritz value approximates
     ``lambda_max``); :meth:`HessianSpectrum.bounds` gives gap-free bounds that hold
     with a stated probability over the random start (Kuczynski and Wozniakowski 1992).
