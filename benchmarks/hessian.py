@@ -497,8 +497,9 @@ def bench(name, key, torch_model, image, log):
         f"{t_grad * 1e3:.1f} ms, ratio {t_hvp / t_grad:.2f}); best float32 matmul here "
         f"{peak / 1e9:.0f} GFLOP/s. Our {ours['hvps']} products x one product's time = "
         f"{ours['hvps'] * t_hvp:.3f} s of our warm {ours['warm']:.3f} s; the rest "
-        f"({ours['warm'] - ours['hvps'] * t_hvp:.3f} s) is the Lanczos loop outside the "
-        f"products.")  # fmt: skip
+        f"({ours['warm'] - ours['hvps'] * t_hvp:.3f} s) is the numpy Lanczos steps plus "
+        f"the products running slower inside the loop than the fastest isolated one "
+        f"(not separated here).")  # fmt: skip
 
     # Targets.
     ok = {k: v for k, v in user.items() if v["err"] <= TARGET_ERR}
