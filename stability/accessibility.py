@@ -59,8 +59,6 @@ __all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
 # direction grows by at most 1 + lr * 1e-5 * sharpness per step.
 FLAT_TOLERANCE = 1e-5
 
-CERTIFICATES = ("ritz_value", "residual", "random_start")
-
 
 @dataclasses.dataclass(frozen=True)
 class Accessibility:
