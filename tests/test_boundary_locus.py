@@ -2,12 +2,24 @@
 
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 from profiles import examples
-from stability_oracles import bisect_threshold, poly, rho, simulate
+from stability_oracles import (
+    bisect_threshold,
+    mp_bisect_threshold,
+    mp_locus_threshold,
+    mp_poly,
+    np_locus_threshold,
+    poly,
+    rho,
+    schur_stable,
+    simulate,
+    transition_matrix,
+)
 
 import stability as st
 from stability.boundary_locus import dense_threshold
@@ -203,48 +215,167 @@ def test_polynomial_sincos_matches_libm():
     assert np.max(np.abs(c - np.cos(big))) < 4e-16
 
 
-def _bisection_f(tau, beta, rule):
-    """Root of F (module docstring) in the bracket by numpy bisection with libm sin/cos."""
-    hi = np.minimum(np.pi, (2.0 if rule == "shifted" else 1.5) * np.pi / (2 * tau + 1))
-    lo = np.zeros_like(hi)
-
-    def f(th):
-        c, s = np.cos(th / 2), np.sin(th / 2)
-        if rule == "heavy_ball":
-            x, y, al = (1 - beta) * c, (1 + beta) * s, tau * th
-        elif rule == "nesterov":
-            x = (1 - beta) * c * c + (1 + beta) * (1 + 2 * beta) * s * s
-            y, al = 2 * beta * beta * c * s, (tau + 0.5) * th
-        else:
-            hp = 0.5 * (tau + 1) * th
-            x, y, al = (1 - beta) * np.cos(hp), (1 + beta) * np.sin(hp), 0.5 * tau * th
-        return x * np.cos(al) - y * np.sin(al)
-
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        pos = f(mid) > 0
-        lo, hi = np.where(pos, mid, lo), np.where(pos, hi, mid)
-    th = 0.5 * (lo + hi)
-    s = np.sin(th / 2)
-    if rule == "shifted":
-        sp = np.sin(0.5 * (tau + 1) * th)
-        return 2 * s * np.sqrt((1 - beta) ** 2 + 4 * beta * sp * sp)
-    q = 2 * s * np.sqrt((1 - beta) ** 2 + 4 * beta * s * s)
-    return q if rule == "heavy_ball" else q / np.sqrt(1 + 4 * beta * (1 + beta) * s * s)
-
-
 @pytest.mark.parametrize("rule", RULES)
 def test_unrolled_newton_converges_to_full_precision(rule):
     # tau up to 1e6 and 1 - beta down to 1e-6: the 4 unrolled steps (plus the loop for
-    # stragglers) reach the crossing to ~1e-15, against bisection with libm sin/cos.
+    # stragglers) reach the crossing to ~1e-15. The reference is the test's own
+    # formulation (the phase equation of -A/B, then -A/B itself from its factors), not
+    # the library's F; the mpmath tests below check that reference point by point.
     rng = np.random.default_rng(3)
     n = 3000
     tau = np.concatenate([rng.integers(2, 1001, n), rng.integers(2, 10**6, n)])
     beta = np.concatenate([rng.uniform(0, 0.99, n), 1 - 10 ** rng.uniform(-6, 0, n)])
     t = st.stability_threshold(tau, beta, momentum=rule)
     assert bool(np.all(t.reliable))
-    want = _bisection_f(tau.astype(float), beta, rule)
-    np.testing.assert_allclose(np.asarray(t.q_max), want, rtol=1e-14)
+    want, theta, imag = np_locus_threshold(tau, beta, rule)
+    assert np.max(np.abs(imag)) < 1e-14  # -A/B is real there: the phase equation is right
+    np.testing.assert_allclose(np.asarray(t.q_max), want, rtol=2e-14)
+    np.testing.assert_allclose(np.asarray(t.theta), theta, rtol=2e-14)
+
+
+GAPS = (1e-2, 1e-4, 1e-6)  # 1 - beta
+
+
+@pytest.mark.parametrize("rule", ("gd", *RULES))
+def test_oracle_polynomials_are_the_update_rules(rule):
+    # The mpmath oracles' polynomials, checked against the update rules themselves: the
+    # state-space matrix steps like the simulator, its eigenvalues are the roots of P
+    # (plus zeros), and P annihilates every trajectory.
+    for tau in (0, 1, 4):
+        beta, q = (0.0 if rule == "gd" else 0.7), 0.3
+        m = transition_matrix(rule, tau, beta, q)
+        x = np.zeros(m.shape[0])
+        x[: tau + 1] = 1.0  # the simulator's start: w = 1 before t = 0, buffers zero
+        w = [x[0]]
+        for _ in range(40):
+            x = m @ x
+            w.append(x[0])
+        w = np.array(w)
+        np.testing.assert_allclose(np.abs(w), simulate(rule, tau, beta, q, 40), rtol=1e-13)
+        c = np.array([float(v) for v in mp_poly(tau, beta, q, rule)])
+        np.testing.assert_allclose(c, poly(tau, beta, q, rule), rtol=1e-15)
+        start = 2 * tau + 2  # after the nilpotent part of the state (shifted) has died
+        residual = np.convolve(w, c, mode="valid")[start:]  # sum_j c_j w_{t+n-j}
+        assert np.max(np.abs(residual)) < 1e-13 * np.max(np.abs(w))
+        # (zero eigenvalues of a nilpotent block come out as ~1e-4: cut at 1e-2; the
+        # roots of P here are all zero or of modulus > 0.5)
+        eig = np.linalg.eigvals(m)
+        nonzero = np.sort_complex(eig[np.abs(eig) > 1e-2])
+        want = np.sort_complex(np.roots(c)[np.abs(np.roots(c)) > 1e-2])
+        np.testing.assert_allclose(nonzero, want, atol=1e-9)
+
+
+def test_schur_cohn_oracle_agrees_with_mpmath_roots():
+    # The stability oracle against mpmath.polyroots (moduli at 50 digits), at extreme
+    # beta where numpy's eigenvalues cannot separate the roots near 1.
+    cases = [("heavy_ball", 3, 1 - 1e-6), ("nesterov", 6, 1 - 1e-4), ("shifted", 5, 1 - 1e-6)]
+    for rule, tau, beta in cases:
+        q0 = mp_locus_threshold(tau, beta, rule)[0] if tau >= 2 else None
+        for f in ("0.3", "0.999999", "1.000001", "1.7"):
+            with mpmath.workdps(50):
+                c = mp_poly(tau, beta, q0 * mpmath.mpf(f), rule)
+                rho_mp = max(abs(r) for r in mpmath.polyroots(c, maxsteps=400, extraprec=300))
+                assert schur_stable(c) == (rho_mp < 1) == (f < "1"), (rule, tau, f)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_extreme_beta_against_schur_cohn_bisection(rule):
+    # 1 - beta down to 1e-6 at moderate delays: the threshold is the largest q at which
+    # every root of P is inside the unit circle, decided exactly (Schur-Cohn on integers)
+    # and bisected to 1e-13; numpy eigenvalues cannot resolve the roots near 1 and beta.
+    for tau in (2, 9, 40):
+        for gap in GAPS:
+            beta = 1 - gap
+            want = mp_bisect_threshold(tau, beta, rule)
+            t = st.stability_threshold(tau, beta, momentum=rule)
+            assert t.reliable
+            assert t.q_max == pytest.approx(float(want), rel=1e-12), (tau, gap)
+            # the locus oracle used alone for large tau finds the same crossing, and
+            # Threshold.theta is its angle
+            q, theta, _ = mp_locus_threshold(tau, beta, rule)
+            assert float(q) == pytest.approx(float(want), rel=1e-12)
+            assert t.theta == pytest.approx(float(theta), rel=1e-13)
+            # the stable set below it is an interval (as the bisection assumes)
+            for f in ("0.01", "0.3", "0.9"):
+                assert schur_stable(mp_poly(tau, beta, want * mpmath.mpf(f), rule))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_extreme_beta_at_a_few_hundred_steps_of_delay(rule):
+    # tau = 300 (degree 302): the library's q_max brackets the exact crossing to 1e-12,
+    # decided by Schur-Cohn at 256 bits (and again at 512: the precision suffices).
+    tau = 300
+    for gap in GAPS:
+        beta = 1 - gap
+        t = st.stability_threshold(tau, beta, momentum=rule)
+        with mpmath.workdps(60):
+            q = mpmath.mpf(t.q_max)
+            below = mp_poly(tau, beta, q * (1 - mpmath.mpf(1e-12)), rule)
+            above = mp_poly(tau, beta, q * (1 + mpmath.mpf(1e-12)), rule)
+            assert schur_stable(below) and not schur_stable(above), gap
+            if gap == GAPS[-1]:
+                assert schur_stable(below, bits=512) and not schur_stable(above, bits=512)
+        want, theta, _ = mp_locus_threshold(tau, beta, rule)
+        assert t.q_max == pytest.approx(float(want), rel=1e-13)
+        assert t.theta == pytest.approx(float(theta), rel=1e-13)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_large_delay_against_high_precision_locus(rule):
+    # tau 1e4..1e6, 1 - beta down to 1e-6: the smallest positive real value of -A/B on
+    # the unit circle, over every crossing, at 40 digits (mpmath; the test's own
+    # derivation, checked against eigenvalues above), against the library to 1e-13.
+    for tau in (10**4, 10**5, 10**6):
+        for beta in (0.5, *(1 - g for g in GAPS)):
+            q, theta, k = mp_locus_threshold(tau, beta, rule)
+            assert k == 0  # the first crossing is the smallest (the library's premise)
+            t = st.stability_threshold(tau, beta, momentum=rule)
+            assert t.reliable
+            assert t.q_max == pytest.approx(float(q), rel=1e-13), (tau, beta)
+            assert t.theta == pytest.approx(float(theta), rel=1e-13), (tau, beta)
+    # plain delayed SGD: the oracle gives back Levin and May's closed form
+    for tau in (2, 10**6):
+        q, theta, _ = mp_locus_threshold(tau, 0.0, "gd")
+        with mpmath.workdps(40):
+            assert abs(q / (2 * mpmath.sin(mpmath.pi / (2 * (2 * tau + 1)))) - 1) < 1e-30
+
+
+def test_heavy_ball_locus_oracle_matches_the_theory_note():
+    # THEORY.md's heavy_ball crossing: (tau - 1/2) theta + atan2(sin theta, cos theta - beta)
+    # = pi/2, q = 2 sin(theta/2) sqrt(1 - 2 beta cos theta + beta^2), solved at 50 digits.
+    for tau, beta in ((2, 0.9), (300, 1 - 1e-6), (10**6, 1 - 1e-4)):
+        q, theta, _ = mp_locus_threshold(tau, beta, "heavy_ball", dps=50)
+        with mpmath.workdps(50):
+            b = mpmath.mpf(beta)
+
+            def g(th, b=b, tau=tau):
+                return (tau - 0.5) * th + mpmath.atan2(mpmath.sin(th), mpmath.cos(th) - b)
+
+            lo, hi = mpmath.mpf(0), mpmath.pi / (tau - 0.5)
+            for _ in range(200):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if g(mid) < mpmath.pi / 2 else (lo, mid)
+            th = (lo + hi) / 2
+            want = 2 * mpmath.sin(th / 2) * mpmath.sqrt(1 - 2 * b * mpmath.cos(th) + b * b)
+            assert abs(q / want - 1) < 1e-30 and abs(theta / th - 1) < 1e-30
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_theta_is_the_angle_of_the_unit_circle_root(rule):
+    # Threshold.theta: P(z; q_max) has a root at z = e^{i theta}. Newton's step from there
+    # (|P / P'|, the distance to the nearest root to first order) is at rounding level;
+    # tau = 0 (theta = pi) and nesterov tau = 1 (closed form) included.
+    for tau in (0, 1, 2, 5):
+        for beta in (0.0, 0.5, 0.99):
+            t = st.stability_threshold(tau, beta, momentum=rule)
+            with mpmath.workdps(40):
+                c = mp_poly(tau, beta, t.q_max, rule)
+                z = mpmath.expj(t.theta)
+                dc = [ci * (len(c) - 1 - i) for i, ci in enumerate(c[:-1])]
+                step = abs(mpmath.polyval(c, z) / mpmath.polyval(dc, z))
+                assert step < 1e-13, (tau, beta, step)
+            if tau == 0:
+                assert t.theta == np.pi
 
 
 def test_sharded_batch_gives_the_same_results():
