@@ -7,8 +7,9 @@ One public namespace, re-exported from small modules (one concept each):
   distributions), `companion` (companion matrix, spectral radius),
   `boundary_locus` (exact thresholds), `tuning` (lr for a new delay, momentum
   advice), `linearize` (optax optimizers as recurrences);
-- Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`,
-  `compilation_cache` (opt-in: compiled programs kept on disk across processes);
+- Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`, `tracking`
+  (sharpness along training, warm-started), `compilation_cache` (opt-in: compiled
+  programs kept on disk across processes);
 - trained networks: `models` (Flax adapters), `accessibility` (the verdict),
   `simulate` (asynchronous SGD), `examples` (digits), `plotting`.
 """
@@ -37,6 +38,7 @@ from stability.models import loss_from_model, mean_squared_error
 from stability.plotting import plot_stability_region, plot_thresholds, plot_trajectories
 from stability.rules import CharacteristicPolynomial, characteristic_polynomial
 from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
+from stability.tracking import SharpnessRecord, SharpnessTracker
 from stability.tuning import (
     MomentumCandidate,
     MomentumRecommendation,
@@ -72,6 +74,8 @@ __all__ = [
     "hessian_spectrum",
     "HessianSpectrum",
     "enable_compilation_cache",
+    "SharpnessTracker",
+    "SharpnessRecord",
     # trained networks
     "is_accessible",
     "verdict_from_spectrum",

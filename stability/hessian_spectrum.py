@@ -99,7 +99,8 @@ class HessianSpectrum(NamedTuple):
     differentiated leaves), or None. num_params: the order ``n`` of the Hessian.
     lanczos_steps: the dimension of the Krylov space (0 for power iteration), for
     :meth:`bounds`. rounding_error: the error floor of the products
-    (``10 eps max |theta|`` in the working precision).
+    (``10 eps max |theta|`` in the working precision). random_start: False when the
+    run was warm-started (``start=``): :meth:`bounds` then claims nothing.
 
     A residual bound says that SOME eigenvalue lies within it; that this one is
     ``lambda_max`` is presumed (true unless the start vector is nearly orthogonal to
@@ -118,6 +119,7 @@ class HessianSpectrum(NamedTuple):
     num_params: int = 0
     lanczos_steps: int = 0
     rounding_error: float = 0.0
+    random_start: bool = True
 
     @property
     def sharpness(self) -> float:
@@ -134,9 +136,13 @@ class HessianSpectrum(NamedTuple):
         probability at least ``1 - failure_probability`` over the random start vector,
         whatever the gaps in the spectrum (Kuczynski and Wozniakowski 1992, see
         :func:`stability.lanczos.random_start_bounds`), widened by ``rounding_error``.
-        ``(inf, -inf)`` until enough Lanczos steps have run (or for power iteration)."""
+        ``(inf, -inf)`` until enough Lanczos steps have run, for power iteration, and
+        for a warm start (``random_start=False``: the theorem needs a start vector
+        uniformly distributed on the sphere)."""
         if not 0 < failure_probability < 1:
             raise ValueError(f"failure_probability must be in (0, 1); got {failure_probability!r}")
+        if not self.random_start:
+            return float("inf"), float("-inf")
         upper, lower = _lz.random_start_bounds(
             self.eigenvalues[0], self.smallest, self.num_params, self.lanczos_steps,
             failure_probability,
@@ -280,6 +286,71 @@ def _start(seed, n, dtype, k, method, want_smallest):
     rng = np.random.default_rng(seed)
     shape = (k + (1 if want_smallest else 0), n) if method == "power" else (n,)
     return rng.standard_normal(shape).astype(dtype)
+
+
+# Weight of the random unit vector added to a warm start's unit direction (1e-4 of
+# the start's energy). Every eigenvector then has a component of about
+# WARM_START_NOISE / sqrt(n) in the start, so a top direction that the previous
+# estimate did not hold (an eigenvalue that overtook it) is in the Krylov space, and
+# Lanczos grows it by a Chebyshev factor per step: with relative gap g it dominates
+# after about ln(sqrt(n) / WARM_START_NOISE) / (2 sqrt(g)) steps. A check that
+# converges on the old direction sooner stops there, hence the tracker's periodic
+# cold starts. Measured on small MLPs: 0.1, 0.03, 0.01 and 0.001 need about the same
+# products (the previous vector's own error dominates), 0.01 slightly fewer.
+WARM_START_NOISE = 0.01
+
+
+def _start_directions(start, params, mask, n):
+    """The unit direction rows (m, n) of a warm start: the eigenvectors of a
+    :class:`HessianSpectrum` (``return_vectors=True``) or one params-like pytree."""
+    if isinstance(start, HessianSpectrum):
+        if start.eigenvectors is None:
+            raise ValueError(
+                "start must hold eigenvectors: pass the result of hessian_spectrum(..., "
+                "return_vectors=True), or a pytree like params; got a HessianSpectrum "
+                "without eigenvectors"
+            )
+        tree, batched = start.eigenvectors, True
+    else:
+        tree, batched = start, False
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(leaves) != len(mask):
+        raise ValueError(
+            f"start must have the structure of params ({len(mask)} leaves); got "
+            f"{len(leaves)} leaves"
+        )
+    sel = [np.asarray(x) for x, m in zip(leaves, mask, strict=True) if m]
+    rows = sel[0].shape[0] if batched and sel[0].ndim else 1
+    try:
+        flat = np.concatenate([x.reshape(rows, -1) for x in sel], axis=1).astype(np.float64)
+    except ValueError as err:
+        raise ValueError(f"start must have the shapes of params; got {err}") from None
+    if flat.shape[1] != n:
+        raise ValueError(
+            f"start must hold {n} differentiated numbers like params; got {flat.shape[1]}"
+        )
+    norms = np.linalg.norm(flat, axis=1)
+    if not (np.all(np.isfinite(flat)) and np.all(norms > 0)):
+        raise ValueError("start must be finite and nonzero")
+    return flat / norms[:, None]
+
+
+def _warm_start(directions, v0, method):
+    """The start of a warm-started run: for Lanczos the unit sum of the start
+    directions plus ``WARM_START_NOISE`` times the unit random start ``v0``; for power
+    iteration each row of ``v0`` (random) replaced by a start direction plus that much
+    of itself, the rows beyond the directions kept random."""
+    dtype = v0.dtype
+    if method == "lanczos":
+        u = directions.sum(axis=0)
+        u /= np.linalg.norm(u)
+        r = v0 / np.linalg.norm(v0)
+        return (u + WARM_START_NOISE * r).astype(dtype)
+    out = v0.astype(np.float64)
+    m = min(directions.shape[0], out.shape[0])
+    r = out[:m] / np.linalg.norm(out[:m], axis=1, keepdims=True)
+    out[:m] = directions[:m] + WARM_START_NOISE * r
+    return out.astype(dtype)
 
 
 def _replay_vectors(matvec, v0, key, coeffs, count, m):
@@ -664,6 +735,7 @@ def hessian_spectrum(
     progress: bool = True,
     loop: str = "auto",
     stop_when: Callable[[HessianSpectrum], bool] | None = None,
+    start=None,
 ) -> HessianSpectrum:
     """The ``k`` largest and the smallest eigenvalue of the Hessian of the mean loss.
 
@@ -702,6 +774,16 @@ def hessian_spectrum(
         as it returns True (or at ``max_hvps``) and ``tol`` then only sets the
         ``converged`` flags. Decision-driven runs use it (:func:`stability.is_accessible`
         stops once its verdict is decided). Implies the host loop.
+      start: a warm start: a previous :class:`HessianSpectrum` computed with
+        ``return_vectors=True`` (its eigenvectors) or a pytree like params (one
+        direction). Lanczos starts from the unit sum of the directions plus
+        ``WARM_START_NOISE`` (0.01) times the unit random start of ``seed`` (power
+        iteration: each start row so mixed). Between nearby parameters (consecutive
+        checks during training) the top eigenvalue then converges in a few products.
+        The random part keeps every eigenvector in the Krylov space, so an eigenvalue
+        that overtook the previous top is found as its gap grows; the gap-free
+        :meth:`HessianSpectrum.bounds` are not claimed for a warm start
+        (``random_start=False``).
 
     Returns:
       :class:`HessianSpectrum`.
@@ -741,8 +823,10 @@ def hessian_spectrum(
     params_d = _hvp.replicate(params, mesh)
     dtype = np.dtype(_hvp.flat_dtype(params, mask))
     v0 = _start(int(seed), n, dtype, k, method, want_smallest)
+    if start is not None:
+        v0 = _warm_start(_start_directions(start, params, mask, n), v0, method)
     spectrum = partial(_spectrum, n=n, tol=tol, dtype=dtype, method=method,
-                       want_smallest=want_smallest)  # fmt: skip
+                       want_smallest=want_smallest, random_start=start is None)  # fmt: skip
 
     if kind == "single":
         if _hvp.batch_size(payload) == 0:
@@ -808,7 +892,11 @@ def hessian_spectrum(
                 vecs = _unit_rows(jnp.asarray(y))
                 count += extra
             elif return_vectors:
-                vecs = _unit_rows(jnp.asarray(ext.coeffs[:k]) @ basis[:count])
+                # Coefficients padded to the basis rows: the product's shape does not
+                # depend on the count, so a later call compiles nothing new.
+                coeffs = np.zeros((k, basis.shape[0]), ext.coeffs.dtype)
+                coeffs[:, :count] = ext.coeffs[:k]
+                vecs = _unit_rows(jnp.asarray(coeffs) @ basis)
         else:
             state, ext, count = _host_power(
                 matvec, _hvp.replicate(v0, mesh), tol=tol, max_hvps=max_hvps,
@@ -824,7 +912,7 @@ def hessian_spectrum(
     return spectrum(jax.device_get(ext), count, steps, vecs)
 
 
-def _spectrum(ext, count, steps, vecs, *, n, tol, dtype, method, want_smallest):
+def _spectrum(ext, count, steps, vecs, *, n, tol, dtype, method, want_smallest, random_start):
     """The :class:`HessianSpectrum` of the estimates ``ext`` after ``count`` products
     (``steps`` Lanczos steps), with the rounding floor applied to every error and the
     converged flags taken against the floored errors."""
@@ -857,4 +945,5 @@ def _spectrum(ext, count, steps, vecs, *, n, tol, dtype, method, want_smallest):
         num_params=int(n),
         lanczos_steps=int(steps),
         rounding_error=floor,
+        random_start=random_start,
     )

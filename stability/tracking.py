@@ -1,0 +1,239 @@
+"""Sharpness during training: ``SharpnessTracker``, warm-started checks for any loop.
+
+At every ``every``-th step the tracker re-estimates the largest Hessian eigenvalue
+``lambda_max`` of the mean loss at the current parameters (Lanczos,
+:func:`stability.hessian_spectrum`), started from the previous check's top
+eigenvector (``start=``) so that between nearby parameters a check costs a few
+Hessian-vector products instead of a cold start's ten or more (every
+``cold_every``-th check starts cold, so that a direction that overtook the tracked
+one is not missed for long). Each record holds
+the estimate and its residual bound, the stable limit
+``max_stable_sharpness(lr, tau, beta, momentum)`` of the training hyperparameters,
+their ratio, the verdict of the sharp side (as :func:`stability.is_accessible`
+reads it, from the residual: stable when ``lambda + error < limit``, unstable when
+the Ritz value ``lambda`` (a lower bound on ``lambda_max``) is ``>= limit``,
+undecided between) and the products used.
+
+Usable from any training loop (plain Python, optax, Flax)::
+
+    tracker = stability.SharpnessTracker(loss, (x, y), tau=8, lr=0.05, every=100)
+    for step in range(steps):
+        params, opt_state = update(params, opt_state, batch(step))
+        tracker(params, step)          # a check on steps 0, 100, 200, ...
+    tracker.history["sharpness"], tracker.plot()
+
+Compilation: the product program is compiled on the first check and reused by the
+later ones (the same ``loss`` object, data and parameter shapes); a check compiles
+nothing new.
+
+Reference: Cohen et al., "Gradient descent on neural networks typically occurs at
+the edge of stability", ICLR 2021 (sharpness tracked along training); Giladi et
+al., ICLR 2020 (the delayed threshold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from stability.boundary_locus import max_stable_sharpness
+from stability.hessian_spectrum import hessian_spectrum
+from stability.validation import check_int, check_positive
+
+__all__ = ["SharpnessRecord", "SharpnessTracker"]
+
+FIELDS = (
+    "step",
+    "sharpness",
+    "error",
+    "threshold",
+    "fraction_of_limit",
+    "stable",
+    "converged",
+    "num_hvps",
+    "warm",
+)
+
+
+class SharpnessRecord(NamedTuple):
+    """One check.
+
+    step: the training step given (or the count of calls). sharpness: the top Ritz
+    value (a lower bound on ``lambda_max``, within ``error`` of an eigenvalue).
+    error: its residual bound (floored at the products' rounding error).
+    threshold: ``max_stable_sharpness(lr, tau, beta, momentum)`` (1 / lr units).
+    fraction_of_limit: ``sharpness / threshold``. stable: True (``sharpness + error
+    < threshold``), False (``sharpness >= threshold``) or None (undecided).
+    converged: ``error <= tol * |sharpness|``. num_hvps: products of this check.
+    warm: whether it was warm-started.
+    """
+
+    step: int
+    sharpness: float
+    error: float
+    threshold: float
+    fraction_of_limit: float
+    stable: bool | None
+    converged: bool
+    num_hvps: int
+    warm: bool
+
+
+def _stable(sharpness: float, error: float, threshold: float) -> bool | None:
+    if sharpness >= threshold:
+        return False
+    if sharpness + error < threshold:
+        return True
+    return None
+
+
+class SharpnessTracker:
+    """Tracks ``lambda_max`` of the loss Hessian along a training run.
+
+    Args:
+      loss: ``loss(params, batch)`` (the mean over the batch), or ``loss(params)``
+        when ``data`` is None; the same function object on every check.
+      data: what :func:`stability.hessian_spectrum` takes (one batch, a list or a
+        re-iterable of batches, a callable returning an iterator, or None): the
+        Hessian is that of the mean loss over all of it.
+      tau: the training delay (an integer or a :class:`stability.DelayDistribution`).
+      lr: the learning rate (> 0).
+      beta: the momentum coefficient in [0, 1).
+      momentum: ``"heavy_ball"``, ``"nesterov"`` or ``"shifted"``.
+      every: check when ``step % every == 0``.
+      tol: relative residual at which a check stops (1e-3: three digits).
+      max_hvps: most products per check.
+      warm_start: start each check from the previous top eigenvector (default);
+        False makes every check a cold start (the comparison the benchmarks make).
+      cold_every: every this many checks, a cold (random) start instead: a top
+        direction that overtook the tracked one within a small gap may take a warm
+        check longer to find than its stopping test waits
+        (:data:`stability.hessian_spectrum.WARM_START_NOISE`); a cold start finds
+        it with the same presumption as any single estimate. None: never.
+      seed: the random start of check ``i`` uses ``seed + i``.
+      trainable: which leaves to differentiate (:func:`stability.hvp.trainable_mask`).
+
+    Calling ``tracker(params, step)`` returns the new :class:`SharpnessRecord`, or
+    None when ``step`` is not a multiple of ``every``; with ``step=None`` the calls
+    are counted and every call is a step. ``history`` is a dict of lists (one per
+    record field), ``arrays()`` the same as numpy arrays, ``records`` the list of
+    records, ``threshold`` the stable limit, ``last`` the last
+    :class:`stability.HessianSpectrum` (with its eigenvector).
+    """
+
+    def __init__(
+        self,
+        loss: Callable,
+        data=None,
+        *,
+        lr,
+        tau=0,
+        beta=0.0,
+        momentum: str = "heavy_ball",
+        every: int = 1,
+        tol: float = 1e-3,
+        max_hvps: int = 100,
+        warm_start: bool = True,
+        cold_every: int | None = 10,
+        seed: int = 0,
+        trainable=None,
+    ):
+        if not callable(loss):
+            raise TypeError(f"loss must be callable; got {type(loss).__name__}")
+        self.every = check_int("every", every, 1)
+        self.max_hvps = check_int("max_hvps", max_hvps, 1)
+        self.cold_every = None if cold_every is None else check_int("cold_every", cold_every, 1)
+        check_positive("tol", tol)
+        self.loss, self.data, self.tol = loss, data, float(tol)
+        self.seed = check_int("seed", seed, 0)
+        self.warm_start, self.trainable = bool(warm_start), trainable
+        self.lr, self.tau, self.beta, self.momentum = lr, tau, beta, momentum
+        self.threshold = float(max_stable_sharpness(lr, tau, beta, momentum=momentum))
+        if not np.isfinite(self.threshold):
+            raise ValueError(
+                f"the stable limit of lr={lr!r}, tau={tau!r}, beta={beta!r}, "
+                f"momentum={momentum!r} could not be computed (NaN)"
+            )
+        self.records: list[SharpnessRecord] = []
+        self.last = None
+        self._calls = 0
+
+    def __call__(self, params, step: int | None = None) -> SharpnessRecord | None:
+        if step is None:
+            step = self._calls
+        elif isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"step must be an integer or None; got {step!r}")
+        self._calls += 1
+        if step % self.every:
+            return None
+        return self.check(params, int(step))
+
+    def check(self, params, step: int) -> SharpnessRecord:
+        """A check now, whatever the step."""
+        n = len(self.records)
+        warm = (
+            self.warm_start
+            and self.last is not None
+            and (self.cold_every is None or n % self.cold_every != 0)
+        )
+        spec = hessian_spectrum(
+            self.loss, params, self.data, k=1, tol=self.tol, max_hvps=self.max_hvps,
+            seed=self.seed + n, trainable=self.trainable, progress=False,
+            return_vectors=self.warm_start, start=self.last if warm else None,
+        )  # fmt: skip
+        self.last = spec
+        lam, err = spec.sharpness, spec.sharpness_error
+        rec = SharpnessRecord(
+            step=step,
+            sharpness=lam,
+            error=err,
+            threshold=self.threshold,
+            fraction_of_limit=lam / self.threshold,
+            stable=_stable(lam, err, self.threshold),
+            converged=bool(spec.converged[0]),
+            num_hvps=spec.num_hvps,
+            warm=bool(warm),
+        )
+        self.records.append(rec)
+        return rec
+
+    @property
+    def history(self) -> dict[str, list]:
+        """One list per :class:`SharpnessRecord` field, in check order."""
+        return {f: [getattr(r, f) for r in self.records] for f in FIELDS}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """:attr:`history` as numpy arrays (``stable`` as float: 1, 0 or NaN)."""
+        out = {}
+        for f, vals in self.history.items():
+            if f == "stable":
+                out[f] = np.array([np.nan if v is None else float(v) for v in vals])
+            else:
+                out[f] = np.asarray(vals)
+        return out
+
+    def plot(self, ax=None):
+        """Sharpness (with its error bar) and the stable limit against the step;
+        returns the matplotlib Axes."""
+        from stability.plotting import _axes
+
+        ax = _axes(ax)
+        h = self.arrays()
+        ax.errorbar(h["step"], h["sharpness"], yerr=h["error"], fmt="o-", ms=3,
+                    label="sharpness $\\lambda_{max}$")  # fmt: skip
+        ax.axhline(self.threshold, color="k", ls="--",
+                   label=f"stable limit {self.threshold:.4g}")  # fmt: skip
+        ax.set_xlabel("step")
+        ax.set_ylabel("largest Hessian eigenvalue")
+        ax.legend()
+        return ax
+
+    def __repr__(self) -> str:
+        n = len(self.records)
+        last = "" if not n else f", last sharpness {self.records[-1].sharpness:.4g}"
+        return (
+            f"SharpnessTracker({n} checks, limit {self.threshold:.4g} for lr={self.lr}, "
+            f"tau={self.tau}, beta={self.beta}, {self.momentum}{last})"
+        )
