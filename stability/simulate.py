@@ -33,7 +33,12 @@ Delay models:
 
 Everything runs in one jit-compiled ``jax.lax.scan``; parameters, data, lr,
 beta and the random key are arguments of the compiled function (not
-constants), the shapes, rule and schedule are static.
+constants), the shapes, rule and schedule are static. With a sharpness
+``tracker`` the same steps run in chunks (one compiled scan per chunk, the
+state carried between them) and the tracker sees the weights between chunks.
+The state and the step (`_State`, `_init_state`, `_worker_order`,
+`_async_step`) are shared with `stability.training.train_async`, which trains
+from initialization on mini-batches drawn without replacement per epoch.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ def simulate_async(
     steps: int,
     seed: int = 0,
     record_every: int = 1,
+    tracker: Callable | None = None,
 ) -> AsyncTrajectory:
     """Run asynchronous SGD with stale gradients and record loss and distance.
 
@@ -121,6 +127,14 @@ def simulate_async(
       seed: seeds the random schedule and the mini-batches.
       record_every: record loss and distance every this many steps (and at
         the last step); the full-data loss is evaluated only there.
+      tracker: optional sharpness tracker, e.g. a `stability.SharpnessTracker`
+        (any callable ``tracker(params, step)`` with an integer attribute
+        ``every``). The run is then split into chunks of ``tracker.every``
+        steps, one compiled ``lax.scan`` each (one compilation, reused), and
+        ``tracker(w_t, t)`` is called before the first step and after each
+        chunk: its ``history`` is the sharpness record of the run. The
+        trajectory is the same as without a tracker (same steps, delays and
+        mini-batches); ``record_every`` must divide ``tracker.every``.
 
     Returns:
       An `AsyncTrajectory`.
@@ -138,26 +152,8 @@ def simulate_async(
     steps = check_int("steps", steps, 1)
     record_every = check_int("record_every", record_every, 1)
     seed = check_int("seed", seed, 0)
-    if (tau is None) == (num_workers is None):
-        raise ValueError(
-            f"give exactly one of tau and num_workers; got tau={tau!r}, num_workers={num_workers!r}"
-        )
-    if tau is not None:
-        tau = check_int("tau", tau, 0)
-        if schedule != "round_robin":
-            raise ValueError(
-                f"schedule={schedule!r} needs num_workers (a constant tau has no schedule)"
-            )
-    else:
-        num_workers = check_int("num_workers", num_workers, 1)
-    leaves = jax.tree_util.tree_leaves(params)
-    if not leaves:
-        raise ValueError("params must contain at least one array")
-    for leaf in leaves:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-            raise TypeError(
-                f"params must be floating-point arrays; got a leaf of dtype {leaf.dtype}"
-            )
+    tau, num_workers = _check_delays(tau, num_workers, schedule)
+    dtype = _check_params(params)
     if data is None:
         if batch_size is not None:
             raise ValueError(f"batch_size={batch_size!r} needs data; got data=None")
@@ -169,30 +165,137 @@ def simulate_async(
                 raise ValueError(
                     f"batch_size must be in 1..{n} (the number of examples); got {batch_size}"
                 )
+    track_every = _check_tracker(tracker, record_every)
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    dtype = jnp.result_type(*leaves)
     key = jax.random.key(seed)
-    traj = _simulate(
-        params,
-        data,
-        jnp.asarray(lr, dtype=dtype),
-        jnp.asarray(beta, dtype=dtype),
-        key,
-        loss=loss,
-        tau=tau,
-        num_workers=num_workers,
-        momentum=momentum,
-        schedule=schedule,
-        batch_size=batch_size,
-        steps=steps,
-        record_every=record_every,
-    )
+    options = dict(loss=loss, tau=tau, num_workers=num_workers, momentum=momentum)
+    lr = jnp.asarray(lr, dtype=dtype)
+    beta = jnp.asarray(beta, dtype=dtype)
+    if tracker is None:
+        traj = _simulate(
+            params,
+            data,
+            lr,
+            beta,
+            key,
+            schedule=schedule,
+            batch_size=batch_size,
+            steps=steps,
+            record_every=record_every,
+            **options,
+        )
+    else:
+        traj = _simulate_tracked(
+            params,
+            data,
+            lr,
+            beta,
+            key,
+            tracker,
+            track_every,
+            schedule=schedule,
+            batch_size=batch_size,
+            steps=steps,
+            record_every=record_every,
+            **options,
+        )
     loss_rec, dist_rec, final, delays = traj
     record_steps = _record_steps(steps, record_every)
     diverged = bool(
         not (np.all(np.isfinite(np.asarray(loss_rec))) and np.all(np.isfinite(dist_rec)))
     )
     return AsyncTrajectory(loss_rec, dist_rec, final, delays, record_steps, diverged)
+
+
+def _check_delays(tau, num_workers, schedule: str) -> tuple[int | None, int | None]:
+    """Exactly one of a constant delay ``tau`` and ``num_workers``, checked."""
+    if (tau is None) == (num_workers is None):
+        raise ValueError(
+            f"give exactly one of tau and num_workers; got tau={tau!r}, num_workers={num_workers!r}"
+        )
+    if tau is not None:
+        tau = check_int("tau", tau, 0)
+        if schedule != "round_robin":
+            raise ValueError(
+                f"schedule={schedule!r} needs num_workers (a constant tau has no schedule)"
+            )
+        return tau, None
+    return None, check_int("num_workers", num_workers, 1)
+
+
+def _check_params(params):
+    """Non-empty pytree of floating-point arrays; returns their common dtype."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError("params must contain at least one array")
+    for leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise TypeError(
+                f"params must be floating-point arrays; got a leaf of dtype {jnp.result_type(leaf)}"
+            )
+    return jnp.result_type(*leaves)
+
+
+def _check_tracker(tracker, record_every: int) -> int | None:
+    """The tracker's ``every`` (the chunk length), checked; None without a tracker."""
+    if tracker is None:
+        return None
+    if not callable(tracker):
+        raise TypeError(
+            f"tracker must be callable as tracker(params, step); got {type(tracker).__name__}"
+        )
+    every = check_int("tracker.every", getattr(tracker, "every", None), 1)
+    if every % record_every:
+        raise ValueError(
+            f"record_every must divide tracker.every={every} (records fall on chunk ends); "
+            f"got record_every={record_every}"
+        )
+    return every
+
+
+def _simulate_tracked(
+    params,
+    data,
+    lr,
+    beta,
+    key,
+    tracker,
+    every,
+    *,
+    loss,
+    tau,
+    num_workers,
+    momentum,
+    schedule,
+    batch_size,
+    steps,
+    record_every,
+):
+    """`_simulate` in chunks of ``every`` steps, calling ``tracker(w_t, t)`` between them."""
+    options = dict(loss=loss, tau=tau, num_workers=num_workers, momentum=momentum)
+    carry, xs, (l0, d0) = _simulate_start(
+        params, data, key, schedule=schedule, steps=steps, **options
+    )
+    losses, dists, delays = [l0[None]], [d0[None]], []
+    tracker(carry.w, 0)
+    for lo in range(0, steps, every):
+        part = jax.tree_util.tree_map(lambda a, lo=lo: a[lo : lo + every], xs)
+        carry, (lc, dc), dl = _simulate_segment(
+            carry,
+            params,
+            part,
+            data,
+            lr,
+            beta,
+            batch_size=batch_size,
+            record_every=record_every,
+            **options,
+        )
+        losses.append(lc)
+        dists.append(dc)
+        delays.append(dl)
+        tracker(carry.w, min(lo + every, steps))
+    return jnp.concatenate(losses), jnp.concatenate(dists), carry.w, jnp.concatenate(delays)
 
 
 def _record_steps(steps: int, every: int) -> np.ndarray:
@@ -232,19 +335,167 @@ def _momentum_update(momentum, w, v, g, lr, beta):
     return w_new, v_new
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "loss",
-        "tau",
-        "num_workers",
-        "momentum",
-        "schedule",
-        "batch_size",
-        "steps",
-        "record_every",
-    ),
-)
+class _State(NamedTuple):
+    """The server's state between steps (shared with `stability.training`).
+
+    w: the current weights w_t. slots: the stale weights (ring of the last
+    ``tau`` iterates for a constant delay; the snapshot each worker pulled for
+    ``num_workers``), stacked on a leading axis, or None (tau = 0). pulled: the
+    step at which each worker pulled its snapshot (int32, ``(N,)``; unused for a
+    constant delay). v: the momentum buffer (stacked per slot for ``shifted``).
+    t: the step index (int32 scalar).
+    """
+
+    w: Any
+    slots: Any
+    pulled: jax.Array
+    v: Any
+    t: jax.Array
+
+
+def _init_state(w0, *, tau, num_workers, momentum) -> _State:
+    """The state before step 0: every slot holds w0, every buffer is zero."""
+    constant = tau is not None
+    n_slots = tau if constant else num_workers
+    n_vbuf = (tau + 1 if constant else num_workers) if momentum == "shifted" else 1
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, w0)
+    slots = _tree_stack(w0, n_slots) if n_slots else None
+    v = _tree_stack(zeros, n_vbuf) if momentum == "shifted" else zeros
+    pulled = jnp.zeros((num_workers or 1,), jnp.int32)
+    return _State(w0, slots, pulled, v, jnp.zeros((), jnp.int32))
+
+
+def _worker_order(key, steps: int, *, tau, num_workers, schedule):
+    """The worker that pushes at each step t, int32 ``(steps,)``.
+
+    Round robin: t mod N. Random: each round of N steps is a fresh uniformly
+    random permutation of the workers. A constant delay has no workers: t.
+    """
+    t_all = jnp.arange(steps, dtype=jnp.int32)
+    if tau is not None:
+        return t_all  # unused: the ring slot is t mod tau
+    if schedule == "round_robin":
+        return t_all % num_workers
+    rounds = -(-steps // num_workers)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_workers))(
+        jax.random.split(key, rounds)
+    )
+    return perms.reshape(-1)[:steps].astype(jnp.int32)
+
+
+def _async_step(state: _State, worker, gradient, lr, beta, *, tau, num_workers, momentum):
+    """One server update: ``(state+, delay, aux)``.
+
+    ``gradient(w_stale) -> (g, aux)`` evaluates the gradient that arrives at
+    step t at the stale weights it was computed at (``aux``: anything the
+    caller wants back per step, e.g. the mini-batch loss). The update rule is
+    the module docstring's; ``worker`` is this step's pushing worker (ignored
+    for a constant delay).
+    """
+    w, slots, pulled, v, t = state
+    constant = tau is not None
+    n_vbuf = (tau + 1 if constant else num_workers) if momentum == "shifted" else 1
+    # Read the stale weights the arriving gradient was computed at.
+    if constant:
+        slot = t % tau if tau > 0 else None
+        w_stale = w if tau == 0 else _tree_read(slots, slot)
+        delay = jnp.minimum(t, tau).astype(jnp.int32)
+    else:
+        w_stale = _tree_read(slots, worker)
+        delay = (t - pulled[worker]).astype(jnp.int32)
+    g, aux = gradient(w_stale)
+    if momentum == "shifted":
+        vslot = t % n_vbuf if constant else worker
+        w_new, v_k = _momentum_update(momentum, w, _tree_read(v, vslot), g, lr, beta)
+        v = _tree_write(v, vslot, v_k)
+    else:
+        w_new, v = _momentum_update(momentum, w, v, g, lr, beta)
+    if constant:
+        if tau > 0:  # w_t goes where w_{t-tau} was: read at step t + tau
+            slots = _tree_write(slots, slot, w)
+    else:  # the pushing worker pulls the new weights
+        slots = _tree_write(slots, worker, w_new)
+        pulled = pulled.at[worker].set(t + 1)
+    return _State(w_new, slots, pulled, v, t + 1), delay, aux
+
+
+_STATIC = ("loss", "tau", "num_workers", "momentum", "schedule", "batch_size", "record_every")
+
+
+def _start(params, data, key, *, loss, tau, num_workers, schedule, steps):
+    """Initial state, per-step inputs (worker, mini-batch key) and the w_0 record."""
+    schedule_key, batch_key = jax.random.split(key)
+    workers = _worker_order(
+        schedule_key, steps, tau=tau, num_workers=num_workers, schedule=schedule
+    )
+    xs = (workers, jax.random.split(batch_key, steps))
+    return xs, _record(loss, data, params, params)
+
+
+def _record(loss, data, w, w0):
+    """(full-data loss, distance from w0) at w."""
+    return (loss(w) if data is None else loss(w, data)), _distance(w, w0)
+
+
+def _segment(
+    carry, w0, xs, data, lr, beta, *, loss, tau, num_workers, momentum, batch_size, record_every
+):
+    """Run ``len(xs)`` steps from ``carry``; record every ``record_every`` and at the end.
+
+    Returns ``(carry, (losses, distances), delays)``. Traced: called inside the
+    compiled `_simulate` and `_simulate_segment`.
+    """
+    grad_fn = jax.grad(loss)
+
+    def gradient(w_stale, bkey):
+        if data is None:
+            return grad_fn(w_stale), None
+        if batch_size is None:
+            return grad_fn(w_stale, data), None
+        n = jax.tree_util.tree_leaves(data)[0].shape[0]
+        idx = jax.random.choice(bkey, n, (batch_size,), replace=False)
+        batch = jax.tree_util.tree_map(lambda x: jnp.take(x, idx, axis=0), data)
+        return grad_fn(w_stale, batch), None
+
+    def step(carry, x):
+        worker, bkey = x
+        carry, delay, _ = _async_step(
+            carry,
+            worker,
+            lambda w: gradient(w, bkey),
+            lr,
+            beta,
+            tau=tau,
+            num_workers=num_workers,
+            momentum=momentum,
+        )
+        return carry, delay
+
+    def chunk(carry, xs):
+        carry, delays = jax.lax.scan(step, carry, xs)
+        return carry, (_record(loss, data, carry.w, w0), delays)
+
+    steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    n_chunks, rem = divmod(steps, record_every)
+    head = jax.tree_util.tree_map(
+        lambda a: a[: n_chunks * record_every].reshape(n_chunks, record_every, *a.shape[1:]), xs
+    )
+    losses, dists, delays = [], [], []
+    if n_chunks:
+        carry, ((lc, dc), dl) = jax.lax.scan(chunk, carry, head)
+        losses.append(lc)
+        dists.append(dc)
+        delays.append(dl.reshape(-1))
+    if rem:
+        tail = jax.tree_util.tree_map(lambda a: a[n_chunks * record_every :], xs)
+        carry, ((lc, dc), dl) = chunk(carry, tail)
+        losses.append(lc[None])
+        dists.append(dc[None])
+        delays.append(dl)
+    return carry, (jnp.concatenate(losses), jnp.concatenate(dists)), jnp.concatenate(delays)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "steps"))
 def _simulate(
     params,
     data,
@@ -261,101 +512,62 @@ def _simulate(
     steps,
     record_every,
 ):
-    full_loss = (lambda w: loss(w)) if data is None else (lambda w: loss(w, data))
-    grad_fn = jax.grad(loss)
-    w0 = params
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    constant = tau is not None
-    # Slots: stale-weight ring (constant tau) or per-worker snapshots.
-    n_slots = tau if constant else num_workers
-    n_vbuf = (tau + 1 if constant else num_workers) if momentum == "shifted" else 1
-
-    schedule_key, batch_key = jax.random.split(key)
-    t_all = jnp.arange(steps, dtype=jnp.int32)
-    if constant:
-        workers = t_all  # unused: the ring slot is t mod tau
-    elif schedule == "round_robin":
-        workers = t_all % num_workers
-    else:
-        rounds = -(-steps // num_workers)
-        perms = jax.vmap(lambda k: jax.random.permutation(k, num_workers))(
-            jax.random.split(schedule_key, rounds)
-        )
-        workers = perms.reshape(-1)[:steps].astype(jnp.int32)
-    batch_keys = jax.random.split(batch_key, steps)
-
-    def gradient(w_stale, bkey):
-        if data is None:
-            return grad_fn(w_stale)
-        if batch_size is None:
-            return grad_fn(w_stale, data)
-        n = jax.tree_util.tree_leaves(data)[0].shape[0]
-        idx = jax.random.choice(bkey, n, (batch_size,), replace=False)
-        batch = jax.tree_util.tree_map(lambda x: jnp.take(x, idx, axis=0), data)
-        return grad_fn(w_stale, batch)
-
-    def step(carry, xs):
-        w, slots, pulled, v, t = carry
-        worker, bkey = xs
-        # Read the stale weights the arriving gradient was computed at.
-        if constant:
-            slot = t % tau if tau > 0 else None
-            w_stale = w if tau == 0 else _tree_read(slots, slot)
-            delay = jnp.minimum(t, tau).astype(jnp.int32)
-        else:
-            w_stale = _tree_read(slots, worker)
-            delay = (t - pulled[worker]).astype(jnp.int32)
-        g = gradient(w_stale, bkey)
-        if momentum == "shifted":
-            vslot = t % n_vbuf if constant else worker
-            w_new, v_k = _momentum_update(momentum, w, _tree_read(v, vslot), g, lr, beta)
-            v = _tree_write(v, vslot, v_k)
-        else:
-            w_new, v = _momentum_update(momentum, w, v, g, lr, beta)
-        if constant:
-            if tau > 0:  # w_t goes where w_{t-tau} was: read at step t + tau
-                slots = _tree_write(slots, slot, w)
-        else:  # the pushing worker pulls the new weights
-            slots = _tree_write(slots, worker, w_new)
-            pulled = pulled.at[worker].set(t + 1)
-        return (w_new, slots, pulled, v, t + 1), delay
-
-    slots = _tree_stack(w0, n_slots) if n_slots else None
-    v = _tree_stack(zeros, n_vbuf) if momentum == "shifted" else zeros
-    pulled = jnp.zeros((num_workers or 1,), jnp.int32)
-    carry = (w0, slots, pulled, v, jnp.zeros((), jnp.int32))
-
-    def record(w):
-        return full_loss(w), _distance(w, w0)
-
-    def chunk(carry, xs):
-        carry, delays = jax.lax.scan(step, carry, xs)
-        return carry, (record(carry[0]), delays)
-
-    n_chunks, rem = divmod(steps, record_every)
-    xs = (workers, batch_keys)
-    head = jax.tree_util.tree_map(
-        lambda a: a[: n_chunks * record_every].reshape(n_chunks, record_every, *a.shape[1:]), xs
+    """The whole run in one compiled program (the default path)."""
+    xs, (l0, d0) = _start(
+        params,
+        data,
+        key,
+        loss=loss,
+        tau=tau,
+        num_workers=num_workers,
+        schedule=schedule,
+        steps=steps,
     )
-    l0, d0 = record(w0)
-    losses, dists, delays = [l0[None]], [d0[None]], []
-    if n_chunks:
-        carry, ((lc, dc), dl) = jax.lax.scan(chunk, carry, head)
-        losses.append(lc)
-        dists.append(dc)
-        delays.append(dl.reshape(-1))
-    if rem:
-        tail = jax.tree_util.tree_map(lambda a: a[n_chunks * record_every :], xs)
-        carry, ((lc, dc), dl) = chunk(carry, tail)
-        losses.append(lc[None])
-        dists.append(dc[None])
-        delays.append(dl)
+    carry = _init_state(params, tau=tau, num_workers=num_workers, momentum=momentum)
+    carry, (losses, dists), delays = _segment(
+        carry,
+        params,
+        xs,
+        data,
+        lr,
+        beta,
+        loss=loss,
+        tau=tau,
+        num_workers=num_workers,
+        momentum=momentum,
+        batch_size=batch_size,
+        record_every=record_every,
+    )
     return (
-        jnp.concatenate(losses),
-        jnp.concatenate(dists),
-        carry[0],
-        jnp.concatenate(delays),
+        jnp.concatenate([l0[None], losses]),
+        jnp.concatenate([d0[None], dists]),
+        carry.w,
+        delays,
     )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("loss", "tau", "num_workers", "momentum", "schedule", "steps")
+)
+def _simulate_start(params, data, key, *, loss, tau, num_workers, momentum, schedule, steps):
+    """The tracked path's first program: initial state, per-step inputs, w_0 record."""
+    xs, rec0 = _start(
+        params,
+        data,
+        key,
+        loss=loss,
+        tau=tau,
+        num_workers=num_workers,
+        schedule=schedule,
+        steps=steps,
+    )
+    return _init_state(params, tau=tau, num_workers=num_workers, momentum=momentum), xs, rec0
+
+
+_simulate_segment = jax.jit(
+    _segment,
+    static_argnames=("loss", "tau", "num_workers", "momentum", "batch_size", "record_every"),
+)
 
 
 def growth_rate(values, *, window: int | None = None) -> float:
