@@ -11,7 +11,8 @@ One public namespace, re-exported from small modules (one concept each):
   (sharpness along training, warm-started), `compilation_cache` (opt-in: compiled
   programs kept on disk across processes);
 - trained networks: `models` (Flax adapters), `accessibility` (the verdict),
-  `simulate` (asynchronous SGD), `examples` (digits), `plotting`.
+  `simulate` (asynchronous SGD), `training` (training from initialization under
+  simulated asynchrony), `examples` (digits), `plotting`.
 """
 
 from stability.accessibility import Accessibility, is_accessible, verdict_from_spectrum
@@ -39,6 +40,7 @@ from stability.plotting import plot_stability_region, plot_thresholds, plot_traj
 from stability.rules import CharacteristicPolynomial, characteristic_polynomial
 from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
 from stability.tracking import SharpnessRecord, SharpnessTracker
+from stability.training import TrainingRun, batch_indices, train_async
 from stability.tuning import (
     MomentumCandidate,
     MomentumRecommendation,
@@ -86,6 +88,9 @@ __all__ = [
     "AsyncTrajectory",
     "growth_rate",
     "stationary_tilt",
+    "train_async",
+    "TrainingRun",
+    "batch_indices",
     "load_digits",
     "train_to_minimum",
     "plot_stability_region",
