@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from stability_oracles import bisect_threshold, poly, rho
 
 from stability.cli import main
 
@@ -33,12 +34,31 @@ def test_table_json_matches_closed_forms(capsys):
         assert rows[(tau, 0.0)]["shifted"] == pytest.approx(gd, rel=1e-9)
 
 
-def test_table_text_has_a_row_per_tau_and_beta(capsys):
-    argv = "table --tau 0 1 2 4 8 16 32 --beta 0 0.9 --momentum shifted".split()
+def q_max_oracle(tau, beta, rule):
+    """Largest stable q by bisection on numpy eigenvalues of THEORY.md's polynomial."""
+    return bisect_threshold(lambda q: poly(tau, beta, q, rule))
+
+
+def test_table_text_prints_the_thresholds(capsys):
+    taus = (0, 1, 2, 4, 8, 16, 32)
+    argv = "table --tau 0 1 2 4 8 16 32 --beta 0 0.9 --momentum shifted nesterov".split()
     code, out, _ = _run(capsys, *argv)
     assert code == 0
-    rows = [line for line in out.splitlines() if line[:5].strip().isdigit()]
-    assert len(rows) == 14
+    rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert [(int(r[0]), float(r[1])) for r in rows] == [(t, b) for b in (0.0, 0.9) for t in taus]
+    for tau_s, beta_s, shifted, nesterov in rows:
+        tau, beta = int(tau_s), float(beta_s)
+        # 8 decimals printed: the threshold lies within half a unit of the last place,
+        # i.e. numpy's eigenvalues of THEORY.md's polynomial are inside the unit
+        # circle just below the printed value and outside just above it.
+        for printed, rule in ((shifted, "shifted"), (nesterov, "nesterov")):
+            q = float(printed)
+            assert rho(poly(tau, beta, q - 6e-9, rule)) < 1 < rho(poly(tau, beta, q + 6e-9, rule))
+        if beta == 0.0:  # plain delayed SGD: 2 sin(pi / (2 (2 tau + 1))) (THEORY.md 3)
+            assert float(shifted) == pytest.approx(2 * math.sin(math.pi / (4 * tau + 2)), abs=6e-9)
+    by_key = {(int(r[0]), float(r[1])): r for r in rows}
+    assert float(by_key[(1, 0.9)][2]) == pytest.approx(1 - 0.9**2, abs=6e-9)  # shifted tau=1
+    assert float(by_key[(0, 0.9)][3]) == pytest.approx(3.8 / 2.8, abs=6e-9)  # nesterov tau=0
 
 
 @pytest.mark.parametrize(
@@ -82,6 +102,21 @@ def user_project(tmp_path_factory):
 
         def mse(outputs, labels):
             return examples.mean_squared_error(outputs, labels)
+
+        FACTORY_CALLS = []
+
+        def batch_iterator():  # an iterator factory: one fresh pass per call
+            FACTORY_CALLS.append(1)
+            yield from batches()
+
+        def broken_factory():
+            raise RuntimeError("cannot build the model")
+
+        def exploding_loss(params, batch):  # a loss(params, batch) model that fails
+            raise RuntimeError("the model exploded")
+
+        def make_exploding():
+            return exploding_loss
     """)
     )
     return root, minimum
@@ -114,6 +149,90 @@ def test_check_on_a_user_model_and_checkpoint(user_project, capsys, monkeypatch)
     assert report["max_stable_sharpness"] == pytest.approx(
         2 * math.sin(math.pi / 10) / 1e-4, rel=1e-9
     )
+
+
+def _user_check(root, *extra, data="usermodel:batches", model="usermodel:make_model"):
+    """argv of `stability check` on the user project (checkpoint, MSE, tau 2)."""
+    argv = ["check", "--model", model, "--data", data, "--tau", "2"]
+    argv += ["--params", str(root / "ckpt.npz")]
+    if model == "usermodel:make_model":
+        argv += ["--loss", "usermodel:mse"]
+    return [*argv, *extra]
+
+
+def test_check_with_an_iterator_factory_reads_every_batch_on_every_pass(
+    user_project, capsys, monkeypatch
+):
+    # --data names a generator function: each call is one fresh pass over the data.
+    root, minimum = user_project
+    monkeypatch.syspath_prepend(str(root))
+    import usermodel
+
+    usermodel.FACTORY_CALLS.clear()
+    code, out, _ = _run(
+        capsys, *_user_check(root, "--lr", "1e-4", "--json", data="usermodel:batch_iterator")
+    )
+    assert code == 0
+    from_iterator = json.loads(out)
+    # The Hessian is the mean over all 64 examples, one product per pass over the
+    # factory's two batches (40 + 24 examples, weighted by size): the same as one
+    # in-memory batch holding every example.
+    assert len(usermodel.FACTORY_CALLS) >= from_iterator["num_hvps"] >= 2
+    import stability as st
+
+    loss_fn, params = st.loss_from_model(usermodel.make_model(), minimum.params, loss=usermodel.mse)
+    x, y = usermodel.examples.load_digits(64, dtype=np.float64)
+    direct = st.is_accessible(loss_fn, params, 2, 1e-4, data=(x, y), progress=False)
+    assert from_iterator["num_hvps"] == direct.num_hvps
+    assert from_iterator["sharpness"] == pytest.approx(direct.sharpness, rel=1e-10)
+    assert from_iterator["verdict"] is direct.verdict is True
+
+
+def test_check_exits_3_when_the_verdict_is_undecided(user_project, capsys, monkeypatch):
+    # Two products: the top Ritz value is far below the limit but not converged, and
+    # the random-start bound needs more products: neither stable nor unstable.
+    root, _ = user_project
+    monkeypatch.syspath_prepend(str(root))
+    code, out, err = _run(capsys, *_user_check(root, "--lr", "1e-4", "--max-hvps", "2", "--json"))
+    assert code == 3 and err == ""
+    report = json.loads(out)
+    assert report["verdict"] is None and report["certified_by"] is None
+    assert report["num_hvps"] == 2 and report["sharpness_upper_bound"] == "inf"
+    assert report["sharpness"] + report["sharpness_error"] < report["max_stable_sharpness"]
+    assert "has not converged after 2 Hessian-vector products" in report["reason"]
+    code, out, _ = _run(capsys, *_user_check(root, "--lr", "1e-4", "--max-hvps", "2", "--quiet"))
+    assert code == 3 and out.startswith("Accessibility: UNDECIDED\n")
+
+
+@pytest.mark.parametrize(
+    "model, data, message",
+    [
+        ("usermodel:broken_factory", "usermodel:batches", "RuntimeError: cannot build the model"),
+        ("usermodel:make_exploding", "usermodel:batches", "RuntimeError: the model exploded"),
+    ],
+)
+def test_check_exits_1_when_the_users_model_raises(
+    user_project, capsys, monkeypatch, model, data, message
+):
+    root, _ = user_project
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delenv("STABILITY_DEBUG", raising=False)
+    argv = _user_check(root, "--lr", "0.1", "--quiet", model=model, data=data)
+    code, out, err = _run(capsys, *argv)
+    assert code == 1 and out == "", err
+    assert err == f"stability check: error: {message} (set STABILITY_DEBUG=1 for the traceback)\n"
+    # STABILITY_DEBUG: the user's exception itself propagates, with its traceback
+    monkeypatch.setenv("STABILITY_DEBUG", "1")
+    with pytest.raises(RuntimeError, match=message.split(": ", 1)[1]):
+        main(argv)
+
+
+def test_stability_debug_leaves_input_errors_one_line(user_project, capsys, monkeypatch):
+    root, _ = user_project
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("STABILITY_DEBUG", "1")
+    code, _, err = _run(capsys, *_user_check(root, "--lr", "-0.1"))
+    assert code == 2 and err == "stability check: error: lr must be > 0; got -0.1\n"
 
 
 def _check_argv(params_path):
@@ -153,14 +272,20 @@ def test_check_missing_checkpoint_exits_with_one_line_no_traceback(user_project,
 
 
 @pytest.mark.parametrize(
-    "override, needle",
+    "override, message",
     [
-        ({"--lr": "-0.1"}, "lr"),
-        ({"--model": "nosuchmodule:make"}, "nosuchmodule"),
-        ({"--model": "usermodel:nothing"}, "nothing"),
+        ({"--lr": "-0.1"}, "lr must be > 0; got -0.1"),
+        ({"--tau": "-3"}, "tau must be a non-negative integer; got -3"),
+        ({"--beta": "1.0"}, "beta must be in [0, 1); got 1.0"),
+        ({"--momentum": "adam"}, "momentum must be one of"),
+        ({"--model": "nosuchmodule:make"}, "--model: cannot import module 'nosuchmodule'"),
+        ({"--model": "usermodel:nil"}, "--model: module 'usermodel' has no attribute 'nil'"),
+        ({"--data": "usermodel"}, "--data must look like PKG.MODULE:NAME; got 'usermodel'"),
+        ({"--loss": "usermodel:nope"}, "--loss: module 'usermodel' has no attribute 'nope'"),
+        ({"--call-kwargs": "[1]"}, "--call-kwargs must be a JSON object; got '[1]'"),
     ],
 )
-def test_check_bad_input_is_one_line(user_project, capsys, monkeypatch, override, needle):
+def test_check_bad_input_is_one_line(user_project, capsys, monkeypatch, override, message):
     root, _ = user_project
     monkeypatch.syspath_prepend(str(root))
     args = {
@@ -173,9 +298,12 @@ def test_check_bad_input_is_one_line(user_project, capsys, monkeypatch, override
     }
     args.update(override)
     argv = ["check"] + [x for kv in args.items() for x in kv]
-    code, _, err = _run(capsys, *argv)
-    assert code == 2
-    assert needle in err and len(err.strip().splitlines()) == 1
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    # one line: the command, then the argument and the value that was wrong
+    assert err.startswith("stability check: error: ") and err.endswith("\n")
+    assert len(err.splitlines()) == 1
+    assert message in err, err
 
 
 def test_check_params_that_do_not_match_the_model(user_project, capsys, monkeypatch, tmp_path):
@@ -191,16 +319,65 @@ def test_check_params_that_do_not_match_the_model(user_project, capsys, monkeypa
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_demo_quick_runs_and_writes_a_png(tmp_path, capsys):
+def _section(out, title, columns):
+    """The table rows (``columns`` fields, the first an integer) of the demo's
+    section whose heading contains ``title``."""
+    block = out.split(title, 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in block.splitlines()[1:]]
+    return [r for r in rows if len(r) == columns and r[0].isdigit()]
+
+
+def test_demo_quick_prints_what_the_oracles_predict_and_writes_the_figure(tmp_path, capsys):
+    import struct
+
     code, out, _ = _run(capsys, "demo", "--quick", "--out", str(tmp_path))
     assert code == 0
-    png = tmp_path / "demo.png"
-    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Verdicts" in out and "Simulated" in out
-    # The simulations must agree with the verdicts (0.8x stays, 1.25x leaves).
-    line = next(line for line in out.splitlines() if line.startswith("verdict and simulation"))
-    agreed, total = [int(w) for w in line.split() if w.isdigit()]
-    assert agreed == total
+    # The figure: a PNG of the 13 x 9.5 inch figure at 110 dpi (IHDR: width, height).
+    data = (tmp_path / "demo.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (1430, 1045)
+
+    configs = {"sgd": ("gd", 0.0), "heavy_ball": ("heavy_ball", 0.9)}
+    configs |= {"nesterov": ("nesterov", 0.9), "shifted": ("shifted", 0.9)}
+    q_max = {
+        (tau, label): q_max_oracle(tau, beta, rule)
+        for tau in (0, 1, 4, 16)
+        for label, (rule, beta) in configs.items()
+    }
+    # 1. The threshold table (6 decimals).
+    table = _section(out, "Max stable q", 5)
+    assert [int(r[0]) for r in table] == [0, 1, 4, 16]
+    for row in table:
+        for label, printed in zip(configs, row[1:], strict=True):
+            assert abs(float(printed) - q_max[(int(row[0]), label)]) <= 6e-7, (row, label)
+    # 2. The verdicts at lr0 = 0.9 x the tau = 0 limit of plain SGD: lr0 * sharpness
+    # = 1.8 whatever the sharpness, so each rule's fraction of its limit is
+    # 1.8 (1 - beta) / q_max and the lrs are multiples of lr0.
+    lr0 = float(out.split("Verdicts at effective lr ", 1)[1].split()[0])
+    verdicts = _section(out, "== Verdicts", 6)
+    assert len(verdicts) == 16
+    for tau_s, label, word, percent, max_lr, paper_lr in verdicts:
+        tau, (_, beta) = int(tau_s), configs[label]
+        fraction = 1.8 * (1 - beta) / q_max[(tau, label)]
+        assert float(percent.rstrip("%")) == pytest.approx(100 * fraction, abs=0.051)
+        assert word == ("yes" if fraction < 1 else "no"), (tau, label, fraction)
+        assert float(max_lr) == pytest.approx(lr0 * q_max[(tau, label)] / 1.8, rel=5e-5)
+        ratio = q_max[(tau, label)] / q_max[(0, label)]  # the paper's rule
+        assert float(paper_lr) == pytest.approx(lr0 * (1 - beta) * ratio, rel=5e-5)
+    # 3. The simulations at 0.8x and 1.25x the max stable lr: the predicted radius is
+    # that of q = factor * q_max; the first run stays, the second leaves at about it.
+    sims = _section(out, "== Simulated", 11)
+    assert len(sims) == 4
+    for tau_s, label, factor, *_, verdict, stayed, rho_pred, growth in sims:
+        tau, (rule, beta) = int(tau_s), configs[label]
+        want = rho(poly(tau, beta, float(factor) * q_max[(tau, label)], rule))
+        assert float(rho_pred) == pytest.approx(want, abs=6e-7)
+        if float(factor) < 1:
+            assert (verdict, stayed, growth) == ("yes", "True", "-")
+        else:
+            assert (verdict, stayed) == ("no", "False")
+            assert math.log(float(growth)) == pytest.approx(math.log(want), rel=0.1)
+    assert "verdict and simulation agree in 4 of 4 runs" in out
 
 
 def test_check_loads_an_nnx_checkpoint_into_the_module(tmp_path, capsys, monkeypatch):
