@@ -35,13 +35,19 @@ Devices
     Data-parallel over ``devices`` (default: ``jax.devices()``): each batch is split
     over a 1-D mesh axis, parameters replicated; batch sizes that are not a multiple
     of the device count are exact (the remainder runs replicated, see
-    :mod:`stability.hvp`). Multi-host: call ``jax.distributed.initialize()`` on every
-    process first, then call ``hessian_spectrum`` on every process with the SAME
-    params and seed and that process's own share of the data (per-process batch
-    sizes a multiple of ``jax.local_device_count()``, the same number of batches on
-    every process); ``jax.devices()`` then spans all hosts and the mean runs over the
-    global batch. (Multi-host is implemented with
-    ``jax.make_array_from_process_local_data`` but has only been tested on one host.)
+    :mod:`stability.hvp`). Several processes (``jax.distributed``, e.g. one per host):
+    call ``jax.distributed.initialize()`` on every process first, then
+    ``hessian_spectrum`` on every process with the SAME params, seed and arguments
+    and that process's own share of the data: any number of examples, any number of
+    batches. Each process runs the product over its share on its own devices
+    (``jax.local_devices()``), and each product (and the example count, once) is
+    summed over processes with one all-gather, so every process holds the same
+    Krylov vectors and takes the same decisions; the Lanczos loop runs on the host.
+    A process whose data fails a check shares that first: every process raises
+    (the others a ``RuntimeError`` naming it) rather than waiting in a collective.
+    A process that dies without raising is detected by ``jax.distributed``'s
+    heartbeat (``heartbeat_timeout_seconds``). Tested with 2 processes x 2 CPU
+    devices and gloo collectives (``tests/test_multiprocess.py``).
 
 Memory
     Nothing of size ``n^2``. Lanczos with ``reorthogonalize=True`` keeps the Krylov
@@ -471,6 +477,55 @@ class _Placed(NamedTuple):
     n: int
 
 
+def _multi_process() -> bool:
+    return jax.process_count() > 1
+
+
+def _agree(local):
+    """``local()`` on every process of a multi-process run, with its failures shared:
+    each process reports (one all-gather) whether ``local`` raised, so a process
+    whose own data is bad raises its error and every other process raises one that
+    names it, instead of waiting for a collective the failing process never joins.
+    One process: just ``local()``."""
+    if not _multi_process():
+        return local()
+    from jax.experimental import multihost_utils
+
+    try:
+        out, err = local(), None
+    except Exception as e:  # shared below, then re-raised
+        out, err = None, e
+    msg = b"" if err is None else f"{type(err).__name__}: {err}".encode()[:_MESSAGE_BYTES]
+    buf = np.zeros(_MESSAGE_BYTES + 1, np.uint8)
+    buf[0] = err is not None
+    buf[1 : 1 + len(msg)] = np.frombuffer(msg, np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(buf))
+    if err is not None:
+        raise err
+    failed = np.flatnonzero(every[:, 0]).tolist()
+    if failed:
+        first = bytes(every[failed[0], 1:]).rstrip(b"\0").decode(errors="replace")
+        raise RuntimeError(
+            f"process {failed[0]} of {jax.process_count()} failed (all failing: {failed}), "
+            f"so this one stops too; its error: {first}"
+        )
+    return out
+
+
+def _process_sum(x):
+    """``x`` summed over the processes (an all-gather, then a sum in the gathered
+    order, identical on every process); ``x`` itself with one process."""
+    if not _multi_process():
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(axis=0)
+
+
+# Bytes of a failing process's error message shared with the others.
+_MESSAGE_BYTES = 400
+
+
 class _OneBatch:
     """``v -> (sum_i H_i v, 1 / N)`` over one placed batch of ``N`` examples: one
     compiled program per product; the loss value (a free by-product) is checked
@@ -478,14 +533,24 @@ class _OneBatch:
 
     def __init__(self, loss, mask, params, placed, dtype):
         self.loss, self.mask, self.params, self.placed = loss, mask, params, placed
-        self.scale = np.asarray(1.0 / placed.n, dtype)
+        self.n = int(_process_sum(placed.n))  # all processes' examples
+        self.scale = np.asarray(1.0 / self.n, dtype)
         self.loss_value = None
 
     def sum(self, v):
-        main, rem, n = self.placed
-        hv, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, v, None)
+        main, rem, _ = self.placed
+        if _multi_process():  # this process's sum, then the sum over processes
+
+            def local():
+                hv, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, v, None)
+                return np.asarray(hv), float(val)
+
+            hv, val = _agree(local)
+            hv, val = _process_sum(hv), float(_process_sum(val))
+        else:
+            hv, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, v, None)
         if self.loss_value is None:
-            self.loss_value = float(val) / n
+            self.loss_value = float(val) / self.n
             _check_loss_value(self.loss_value)
         return hv, self.scale
 
@@ -501,7 +566,31 @@ class _Pass:
         self.checked = False
 
     def sum(self, vecs):
-        """``(sum_i H_i v, 1 / N)`` for ``vecs`` (n,) or (b, n)."""
+        """``(sum_i H_i v, 1 / N)`` for ``vecs`` (n,) or (b, n); with several
+        processes, over every process's batches (one sum over processes per pass)."""
+        if not _multi_process():
+            acc, total, lsum = self._local(vecs)
+        else:
+            acc, total, lsum = _agree(lambda: self._local(vecs, to_host=True))
+            acc = _process_sum(acc)
+            total = int(_process_sum(total))
+            lsum = None if lsum is None else [_process_sum(sum(float(x) for x in lsum))]
+        if total == 0:
+            raise ValueError("data must not be empty; a pass over it yielded no examples")
+        if self.n_examples is None:
+            self.n_examples = total
+            self.loss_value = sum(float(x) for x in lsum) / total
+            _check_loss_value(self.loss_value)
+        elif total != self.n_examples:
+            raise ValueError(
+                f"data must yield the same examples on every pass; got {total} examples after "
+                f"{self.n_examples} on the first pass"
+            )
+        return acc, np.asarray(1.0 / total, vecs.dtype)
+
+    def _local(self, vecs, to_host=False):
+        """This process's ``(sum over its examples of H_i v, examples, loss sums or
+        None after the first pass)``."""
         acc = _put(np.zeros(vecs.shape, vecs.dtype), self.mesh)  # no compiled zeros
         total, lsum = 0, []
         for batch in self.factory():
@@ -518,18 +607,9 @@ class _Pass:
             total += nb
             if self.n_examples is None:
                 lsum.append(val)
-        if total == 0:
-            raise ValueError("data must not be empty; a pass over it yielded no examples")
-        if self.n_examples is None:
-            self.n_examples = total
-            self.loss_value = sum(float(x) for x in lsum) / total
-            _check_loss_value(self.loss_value)
-        elif total != self.n_examples:
-            raise ValueError(
-                f"data must yield the same examples on every pass; got {total} examples after "
-                f"{self.n_examples} on the first pass"
-            )
-        return acc, np.asarray(1.0 / total, vecs.dtype)
+        if self.n_examples is not None:
+            lsum = None
+        return (np.asarray(acc) if to_host else acc), total, lsum
 
     def __call__(self, vecs):
         acc, scale = self.sum(vecs)
@@ -819,6 +899,18 @@ def hessian_spectrum(
         # The stopping rule runs in Python, so the loop runs on the host, whose
         # products take a batch: a one-example dummy batch that the loss ignores.
         loss, kind, payload = _ignore_batch(loss), "single", np.zeros((1,), np.int8)
+    multi = _multi_process() and kind != "none"
+    if multi:
+        # Several processes (jax.distributed): each computes on its own devices over
+        # its own data, and every product is summed over processes on the host.
+        if loop == "device":
+            raise ValueError("loop='device' runs on one process; with several processes "
+                             "use loop='auto' or 'host'")  # fmt: skip
+        local = set(jax.local_devices())
+        if devices is not None and not set(devices) <= local:
+            raise ValueError("devices must be this process's own (jax.local_devices()) "
+                             "when several processes run")  # fmt: skip
+        devices = jax.local_devices() if devices is None else devices
     mesh = _hvp.make_mesh(devices) if kind != "none" else None
     params_d = _hvp.replicate(params, mesh)
     dtype = np.dtype(_hvp.flat_dtype(params, mask))
@@ -829,10 +921,14 @@ def hessian_spectrum(
                        want_smallest=want_smallest, random_start=start is None)  # fmt: skip
 
     if kind == "single":
-        if _hvp.batch_size(payload) == 0:
-            raise ValueError("data must not be empty; got a batch of 0 examples")
-        _check_loss_shape(loss, params, payload)
-        main, rem, n_ex = _hvp.place_batch(payload, mesh)
+
+        def place():
+            if _hvp.batch_size(payload) == 0:
+                raise ValueError("data must not be empty; got a batch of 0 examples")
+            _check_loss_shape(loss, params, payload)
+            return _hvp.place_batch(payload, mesh)
+
+        main, rem, n_ex = _agree(place)
     elif kind == "none":
         _check_loss_shape(loss, params, None)
         main = rem = None
@@ -843,8 +939,8 @@ def hessian_spectrum(
         # CNN took 87 s in one while loop, 7.7 s host-driven); on CPU the host is the
         # device, so the host loop costs no transfer.
         on_device = jax.default_backend() != "cpu"
-    if stop_when is not None and kind == "single":
-        on_device = False  # the stopping rule is Python: drive the loop from the host
+    if (stop_when is not None or multi) and kind == "single":
+        on_device = False  # the stopping rule / the sum over processes run on the host
     placed = None
     if kind == "single" and not on_device:
         placed = _Placed(main, rem, n_ex)

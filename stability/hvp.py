@@ -155,26 +155,15 @@ def make_mesh(devices=None) -> Mesh | None:
 
 def place_batch(batch, mesh: Mesh | None):
     """Put a batch on the devices: ``(main, rem, n)`` with ``main`` sharded over the
-    mesh axis and ``rem`` replicated. Multi-process: each process passes its own
-    examples, whose count must be a multiple of its local device count; the
-    global batch is their concatenation."""
+    mesh axis and ``rem`` replicated (the mesh holds this process's devices; with
+    several processes each one places its own examples and the products are summed
+    over processes by :func:`stability.hessian_spectrum`)."""
     n_local = batch_size(batch)
     if mesh is None:
         return jax.device_put(batch), None, n_local
     ndev = mesh.devices.size
     sharded = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
-    if jax.process_count() > 1:
-        nloc = jax.local_device_count()
-        if n_local % nloc:
-            raise ValueError(
-                f"with {jax.process_count()} processes each process's batch size must be a "
-                f"multiple of its {nloc} local devices; got {n_local}"
-            )
-        main = jax.tree_util.tree_map(
-            lambda x: jax.make_array_from_process_local_data(sharded, np.asarray(x)), batch
-        )
-        return main, None, n_local * jax.process_count()
     main, rem = split_batch(batch, ndev)
     main = None if main is None else jax.device_put(main, sharded)
     rem = None if rem is None else jax.device_put(rem, replicated)
