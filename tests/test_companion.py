@@ -66,17 +66,42 @@ def test_spectral_radius_at_threshold_is_one():
             assert r == pytest.approx(1.0, abs=1e-9)
 
 
-def test_broadcast_jit_vmap():
+def hand_companion(c):
+    """Companion matrix of the polynomial c (descending): first row -c[1:] / c[0],
+    ones on the subdiagonal, built entry by entry."""
+    m = len(c) - 1
+    out = np.zeros((m, m))
+    for j in range(m):
+        out[0, j] = -c[j + 1] / c[0]
+    for i in range(1, m):
+        out[i, i - 1] = 1.0
+    return out
+
+
+def test_broadcast_jit_vmap_against_numpy_eigenvalues():
+    tau, lr = 4, 0.3
     sharp = np.linspace(0.1, 2.0, 5)[:, None]
     beta = np.array([0.0, 0.5, 0.9])
-    r = st.spectral_radius(sharp, 0.3, 4, beta, momentum="shifted")
+    want = {
+        rule: np.array([[rho(poly(tau, b, lr * s, rule)) for b in beta] for s in sharp[:, 0]])
+        for rule in ("shifted", "heavy_ball")
+    }
+    r = st.spectral_radius(sharp, lr, tau, beta, momentum="shifted")
     assert r.shape == (5, 3)
+    np.testing.assert_allclose(np.asarray(r), want["shifted"], rtol=1e-10)
     f = jax.jit(st.spectral_radius, static_argnames=("tau", "momentum"))
-    np.testing.assert_allclose(f(sharp, 0.3, tau=4, beta=beta, momentum="shifted"), r)
-    v = jax.vmap(lambda s: st.spectral_radius(s, 0.3, 4, 0.5))(jnp.asarray(sharp[:, 0]))
-    np.testing.assert_allclose(v, r[:, 1] * 0 + st.spectral_radius(sharp[:, 0], 0.3, 4, 0.5))
-    c = st.companion_matrix(sharp, 0.3, 4, beta)
-    assert c.shape == (5, 3, 6, 6)
+    jitted = f(sharp, lr, tau=tau, beta=beta, momentum="shifted")
+    np.testing.assert_allclose(np.asarray(jitted), want["shifted"], rtol=1e-10)
+    v = jax.vmap(lambda s: st.spectral_radius(s, lr, tau, 0.5))(jnp.asarray(sharp[:, 0]))
+    np.testing.assert_allclose(np.asarray(v), want["heavy_ball"][:, 1], rtol=1e-10)
+    c = np.asarray(st.companion_matrix(sharp, lr, tau, beta))
+    assert c.shape == (5, 3, tau + 2, tau + 2)
+    for i, s in enumerate(sharp[:, 0]):
+        for j, b in enumerate(beta):
+            hand = hand_companion(poly(tau, b, lr * s, "heavy_ball"))
+            np.testing.assert_allclose(c[i, j], hand, rtol=1e-14, atol=1e-15)
+            radius = np.max(np.abs(np.linalg.eigvals(c[i, j])))
+            assert radius == pytest.approx(want["heavy_ball"][i, j], rel=1e-9)
 
 
 def test_traced_tau_is_refused_with_a_clear_error():

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from profiles import examples
 
-from stability.simulate import AsyncTrajectory, growth_rate, simulate_async
+from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
 
 RULES = ["heavy_ball", "nesterov", "shifted"]
 
@@ -369,20 +369,111 @@ def test_minibatch_full_size_equals_full_batch_and_depends_on_seed():
     assert not np.allclose(np.asarray(a.loss), np.asarray(c.loss))
 
 
-def test_minibatch_gradient_is_on_the_sampled_examples():
-    # Per-example losses 0.5 (w - c_i)^2: with batch size 1 each step pulls
-    # w toward one of the c_i, so w stays in their convex hull and the run
-    # differs from the full-batch run that goes straight to the mean.
-    c = jnp.array([-1.0, 0.0, 5.0])
+def _scalar_path(traj, w0, c):
+    """The iterates w_0..w_T of a 1-parameter run, from its distance and loss records.
+
+    ``distance = |w_t - w0|`` fixes w_t up to the side of w0; the full-data loss
+    ``mean(0.5 (w - c)^2)`` recorded beside it picks the side."""
+    d = np.asarray(traj.distance)
+    below, above = w0 - d, w0 + d
+
+    def full_loss(w):
+        return 0.5 * np.mean(np.square(w[:, None] - c), axis=1)
+
+    loss = np.asarray(traj.loss)
+    w = np.where(np.abs(full_loss(below) - loss) <= np.abs(full_loss(above) - loss), below, above)
+    np.testing.assert_allclose(full_loss(w), loss, rtol=1e-12)
+    return w
+
+
+def test_minibatch_gradient_is_the_mean_over_distinct_sampled_examples():
+    # Per-example losses 0.5 (w - c_i)^2: a mini-batch B gives the gradient
+    # w_stale - mean(c_B), so every step reveals the mean of the examples drawn,
+    # m_t = w_stale + (w_{t+1} - w_t) / lr. Batches of 1 must give one c_i each,
+    # uniformly; batches of 2 distinct examples the mean of a pair (never one
+    # c_i twice); the full batch always the mean 4/3 (the full-batch run fails both).
+    c = np.array([-1.0, 0.0, 5.0])
+    w0, lr, tau, steps = 100.0, 0.5, 2, 240
 
     def loss(w, batch):
         return jnp.mean(0.5 * jnp.square(w[0] - batch))
 
-    traj = simulate_async(loss, jnp.array([0.0]), c, lr=0.5, tau=0, batch_size=1, steps=200)
-    w = float(np.asarray(traj.params)[0])
-    assert -1.0 <= w <= 5.0
-    full = simulate_async(loss, jnp.array([0.0]), c, lr=0.5, tau=0, steps=200)
-    assert float(np.asarray(full.params)[0]) == pytest.approx(4.0 / 3.0, rel=1e-12)
+    def revealed_means(batch_size, seed=0):
+        traj = simulate_async(
+            loss, jnp.array([w0]), jnp.asarray(c), lr=lr, tau=tau,
+            batch_size=batch_size, steps=steps, seed=seed,
+        )  # fmt: skip
+        w = _scalar_path(traj, w0, c)
+        np.testing.assert_allclose(np.asarray(traj.params), w[-1:], rtol=1e-12)
+        t = np.arange(steps)
+        stale = w[t - np.minimum(t, tau)]
+        return stale + (w[1:] - w[:-1]) / lr
+
+    def nearest(m, values):
+        values = np.asarray(values)
+        i = np.argmin(np.abs(m[:, None] - values), axis=1)
+        np.testing.assert_allclose(m, values[i], atol=1e-9)
+        return i
+
+    singles = nearest(revealed_means(1), c)
+    counts = np.bincount(singles, minlength=3)
+    # uniform draws: each count within 5 binomial standard deviations of steps / 3
+    assert np.all(np.abs(counts - steps / 3) < 5 * math.sqrt(steps * 2 / 9)), counts
+    pairs = nearest(revealed_means(2), [-0.5, 2.0, 2.5])  # (c_i + c_j) / 2, i != j
+    assert set(pairs) == {0, 1, 2}
+    assert not np.array_equal(revealed_means(1, seed=1), revealed_means(1))
+    nearest(revealed_means(None), [c.mean()])  # the oracle's full-batch case
+
+
+def test_stationary_tilt_is_the_closed_form_on_a_least_squares_loss():
+    # loss(p, (x, y)) = 0.5 mean((x w + b - y)^2): gradient (x^T r / n, mean r) with
+    # r = x w + b - y. The tilt subtracts <g*, p - p*>, g* the gradient at p*.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)), rng.normal(size=12)
+    star = {"w": rng.normal(size=3), "b": np.array(0.7)}
+
+    def loss(p, batch):
+        xb, yb = batch
+        return 0.5 * jnp.mean(jnp.square(xb @ p["w"] + p["b"] - yb))
+
+    def grad_np(p):
+        r = x @ p["w"] + p["b"] - y
+        return {"w": x.T @ r / len(y), "b": np.mean(r)}
+
+    def loss_np(p):
+        return 0.5 * np.mean(np.square(x @ p["w"] + p["b"] - y))
+
+    g_star = grad_np(star)
+    assert np.linalg.norm(g_star["w"]) > 0.1  # p* is far from the minimum
+    tilted = stationary_tilt(loss, star, (x, y))
+    for seed in range(3):
+        r = np.random.default_rng(seed + 1)
+        p = {"w": star["w"] + r.normal(size=3), "b": star["b"] + r.normal()}
+        inner = g_star["w"] @ (p["w"] - star["w"]) + g_star["b"] * (p["b"] - star["b"])
+        assert float(tilted(p, (x, y))) == pytest.approx(loss_np(p) - inner, rel=1e-13)
+        got = jax.grad(tilted)(p, (x, y))
+        want = grad_np(p)
+        np.testing.assert_allclose(np.asarray(got["w"]), want["w"] - g_star["w"], atol=1e-14)
+        assert float(got["b"]) == pytest.approx(want["b"] - g_star["b"], abs=1e-14)
+    # exactly stationary at p*: a simulation started there does not move (the
+    # untilted loss has the gradient g* there, so it would)
+    at_star = jax.grad(tilted)(star, (x, y))
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(at_star)) < 1e-15
+    traj = simulate_async(tilted, star, (x, y), lr=0.1, tau=2, steps=20)
+    assert float(np.max(np.asarray(traj.distance))) < 1e-14
+
+
+def test_stationary_tilt_without_data():
+    # loss(w) = sum(cosh(w)): gradient sinh(w*), and the tilt only adds a linear term
+    star = jnp.array([0.3, -1.2])
+    tilted = stationary_tilt(lambda w: jnp.sum(jnp.cosh(w)), star)
+    w = jnp.array([1.0, 0.5])
+    want = np.sum(np.cosh(w)) - np.sinh(star) @ (w - star)
+    assert float(tilted(w)) == pytest.approx(float(want), rel=1e-14)
+    np.testing.assert_allclose(np.asarray(jax.grad(tilted)(star)), 0.0, atol=1e-15)
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(tilted)(w)), np.sinh(w) - np.sinh(star), rtol=1e-14
+    )
 
 
 @settings(max_examples=examples(8))
@@ -404,12 +495,23 @@ def test_record_every_thins_the_full_record(steps, every, tau):
     assert full.loss.shape == (steps + 1,)
 
 
-def test_float32_params_stay_float32():
-    w0 = jnp.array([1.0, -1.0], dtype=jnp.float32)
-    f = lambda w: 0.5 * jnp.sum(jnp.square(w))  # noqa: E731
-    traj = simulate_async(f, w0, lr=0.1, tau=2, beta=0.5, momentum="shifted", steps=10)
+def test_float32_params_stay_float32_and_follow_the_replay():
+    w0 = np.array([1.0, -1.0])
+    a = np.array([1.0, 3.0])
+    f = lambda w: 0.5 * jnp.sum(jnp.asarray(a, jnp.float32) * jnp.square(w))  # noqa: E731
+    lr, beta, steps = 0.1, 0.5, 60
+    traj = simulate_async(
+        f, jnp.asarray(w0, jnp.float32), lr=lr, tau=2, beta=beta, momentum="shifted", steps=steps
+    )
     assert traj.params.dtype == jnp.float32
+    assert traj.loss.dtype == jnp.float32 and traj.distance.dtype == jnp.float32
     assert not traj.diverged
+    # the same run in float64 numpy, step by step: equal to float32 rounding
+    loss, dist, final = numpy_replay(a, w0, lr, beta, "shifted", np.minimum(np.arange(steps), 2))
+    np.testing.assert_allclose(np.asarray(traj.params), final, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(traj.loss), loss, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(traj.distance), dist, rtol=1e-5, atol=1e-6)
+    assert loss[-1] < 0.1 * loss[0]  # a run that moves (not a trivial replay)
 
 
 def test_divergence_is_flagged():
