@@ -56,7 +56,10 @@ Memory
     least 16 rows) first and doubles it when a run needs more rows (the step
     program then compiles once more); the device loop allocates all rows.
     ``reorthogonalize=False`` keeps three vectors (eigenvectors then cost a second
-    pass that replays the recurrence); ``method="power"`` keeps ``k + 1``.
+    pass that replays the recurrence); ``method="power"`` keeps ``k + 1``. A full
+    basis that would not fit in ``memory_budget`` (default: half the memory available
+    where it lives) is refused before the first product, with a warning, and the run
+    goes basis-free.
 
 Accuracy
     The Ritz residual ``r_i = ||H y_i - theta_i y_i||`` bounds ``|theta_i - lambda|``
@@ -74,6 +77,8 @@ Accuracy
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Iterable
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
@@ -638,6 +643,49 @@ def _progress_bar(total, progress):
     return tqdm(total=total, desc="Hessian-vector products", leave=False)
 
 
+def default_memory_budget() -> int:
+    """Half the memory available now where a Krylov basis lives: the default
+    device's free memory (``memory_stats``: ``bytes_limit - bytes_in_use``) on
+    GPU/TPU, the host's available physical memory (``/proc/meminfo``
+    ``MemAvailable``, else ``sysconf``) on CPU. Bytes."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: no limit
+
+
+def _basis_fits(n, dtype, max_hvps, budget) -> bool:
+    """Whether a full basis of ``max_hvps + 1`` rows fits in ``budget`` bytes (default
+    :func:`default_memory_budget`); warns and returns False when it does not."""
+    if budget is None:
+        budget = default_memory_budget()
+    else:
+        check_positive("memory_budget", budget)
+    need = (max_hvps + 1) * n * np.dtype(dtype).itemsize
+    if need <= budget:
+        return True
+    warnings.warn(
+        f"the Krylov basis of {max_hvps + 1} x {n:,} numbers ({need / 2**30:.2f} GiB) "
+        f"exceeds memory_budget ({budget / 2**30:.2f} GiB): running without a basis "
+        f"(reorthogonalize=False: three vectors). Lower max_hvps or raise memory_budget to "
+        f"keep it.",
+        stacklevel=3,
+    )
+    return False
+
+
 def _basis_rows(n, dtype, max_hvps, reorthogonalize):
     """``(first, full)``: rows of the first basis allocation and the most a run can
     need. ``full`` is ``max_hvps + 1`` rounded up to the block size; ``first`` is
@@ -816,6 +864,7 @@ def hessian_spectrum(
     loop: str = "auto",
     stop_when: Callable[[HessianSpectrum], bool] | None = None,
     start=None,
+    memory_budget: int | None = None,
 ) -> HessianSpectrum:
     """The ``k`` largest and the smallest eigenvalue of the Hessian of the mean loss.
 
@@ -864,6 +913,13 @@ def hessian_spectrum(
         that overtook the previous top is found as its gap grows; the gap-free
         :meth:`HessianSpectrum.bounds` are not claimed for a warm start
         (``random_start=False``).
+      memory_budget: bytes the Krylov basis may take (``(max_hvps + 1) x n``
+        numbers with ``reorthogonalize=True``). Default: half the memory available
+        where the basis lives when the call starts (:func:`default_memory_budget`).
+        A basis that would exceed it is refused BEFORE the first product: with a
+        warning, the run switches to the basis-free recurrence
+        (``reorthogonalize=False``: three vectors; eigenvectors by a second pass),
+        so a long run never runs out of memory halfway.
 
     Returns:
       :class:`HessianSpectrum`.
@@ -894,6 +950,8 @@ def hessian_spectrum(
         raise ValueError(
             f"max_hvps must be >= {k + want_smallest} for power iteration; got {max_hvps}"
         )
+    if method == "lanczos" and reorthogonalize:
+        reorthogonalize = _basis_fits(n, _hvp.flat_dtype(params, mask), max_hvps, memory_budget)
     kind, payload = _classify_data(data)
     if kind == "none" and stop_when is not None:
         # The stopping rule runs in Python, so the loop runs on the host, whose
