@@ -122,9 +122,35 @@ def test_nnx_loss_is_the_eval_mode_call_and_leaves_the_model_alone():
         hand = ce(reference(x), y)
     assert float(loss_fn(params, (x, y))) == pytest.approx(hand, rel=1e-14)
     assert float(jax.jit(loss_fn)(params, (x, y))) == pytest.approx(hand, rel=1e-12)
-    # only Param variables are differentiated: the gradient tree is the Params
+    # Only Param variables are differentiated. Oracle: the gradient of the
+    # hand-written eval-mode loss with respect to the reference module's Params;
+    # the batch statistics (and anything else) get exactly zero.
     grads = jax.grad(loss_fn)(params, (x, y))
-    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    graphdef, trained, rest = nnx.split(reference, nnx.Param, ...)
+
+    def hand_loss(p):
+        logits = nnx.merge(graphdef, p, rest)(x)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+    with standard():
+        hand_grads = nnx.to_pure_dict(jax.grad(hand_loss)(trained))
+    got = nnx.to_pure_dict(grads)
+    for layer in ("l1", "bn", "l2"):
+        for name, want in hand_grads[layer].items():
+            np.testing.assert_allclose(got[layer][name], want, rtol=1e-12, atol=1e-15)
+    for name in ("mean", "var"):
+        np.testing.assert_array_equal(got["bn"][name], 0.0)
+    # and the hand gradient is the derivative: a central difference along a direction
+    direction = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape)), trained)
+    h = 1e-5
+    with standard():
+        up = hand_loss(jax.tree.map(lambda p, d: p + h * d, trained, direction))
+        down = hand_loss(jax.tree.map(lambda p, d: p - h * d, trained, direction))
+    slope = sum(
+        float(jnp.vdot(g, d))
+        for g, d in zip(jax.tree.leaves(hand_grads), jax.tree.leaves(direction), strict=True)
+    )
+    assert slope == pytest.approx(float(up - down) / (2 * h), rel=1e-6)
 
 
 def test_nnx_given_params_are_used():
