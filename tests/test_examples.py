@@ -97,9 +97,6 @@ def gd_radius(q, tau):
     return float(np.max(np.abs(np.roots(c))))
 
 
-@pytest.mark.skipif(
-    not hasattr(stability, "max_stable_sharpness"), reason="stability core not available"
-)
 def test_delayed_sgd_stays_below_and_leaves_above_the_threshold(minimum):
     tau = 4
     flat, unravel = ravel_pytree(minimum.params)
