@@ -89,6 +89,7 @@ import numpy as np
 
 from . import hvp as _hvp
 from . import lanczos as _lz
+from .backend import host_is_device
 from .validation import check_int, check_positive
 
 __all__ = ["HessianSpectrum", "hessian_spectrum"]
@@ -714,7 +715,7 @@ def _step_on_host(mesh) -> bool:
     back costs no copy). On GPU/TPU the basis stays on the device and the step is
     the compiled :func:`_lanczos_step` (one transfer of two scalars per step)."""
     devices = mesh.devices.flat if mesh is not None else jax.devices()[:1]
-    return all(d.platform == "cpu" for d in devices)
+    return host_is_device() and all(d.platform == "cpu" for d in devices)
 
 
 def _numpy_step(basis, v, v_prev, hv, scale, beta_prev, j):
@@ -996,7 +997,7 @@ def hessian_spectrum(
         # product called from the host (measured: 11 products of a 0.47M-parameter
         # CNN took 87 s in one while loop, 7.7 s host-driven); on CPU the host is the
         # device, so the host loop costs no transfer.
-        on_device = jax.default_backend() != "cpu"
+        on_device = not host_is_device()
     if (stop_when is not None or multi) and kind == "single":
         on_device = False  # the stopping rule / the sum over processes run on the host
     placed = None

@@ -56,6 +56,8 @@ import numpy as np
 from jax import lax
 from jax.scipy.linalg import eigh_tridiagonal
 
+from stability.backend import host_is_device
+
 __all__ = [
     "LanczosState",
     "PowerState",
@@ -443,7 +445,7 @@ def _tridiag_eig(diag, off, active, j, wanted):
     """
     m = diag.shape[0]
     dtype = diag.dtype
-    if jax.default_backend() == "cpu":
+    if host_is_device():
         shapes = (
             jax.ShapeDtypeStruct((m,), dtype),
             jax.ShapeDtypeStruct((wanted.shape[0], m), dtype),
