@@ -88,6 +88,7 @@ def user_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("userpkg")
     minimum = examples.train_to_minimum(n=64, hidden=8, dtype=jnp.float64)
     save_npz(root / "ckpt.npz", minimum.params)
+    save_npz(root / "concave.npz", {"w": np.full(3, 0.5)})
     (root / "usermodel.py").write_text(
         textwrap.dedent("""
         import jax.numpy as jnp
@@ -117,6 +118,15 @@ def user_project(tmp_path_factory):
 
         def make_exploding():
             return exploding_loss
+
+        def concave_loss(params, batch):  # Hessian -2 I: a maximum, not a minimum
+            return -jnp.sum(jnp.square(params["w"])) * jnp.mean(batch)
+
+        def make_concave():
+            return concave_loss
+
+        def ones():
+            return [jnp.ones(4)]
     """)
     )
     return root, minimum
@@ -225,6 +235,35 @@ def test_check_exits_1_when_the_users_model_raises(
     monkeypatch.setenv("STABILITY_DEBUG", "1")
     with pytest.raises(RuntimeError, match=message.split(": ", 1)[1]):
         main(argv)
+
+
+def test_check_json_of_a_maximum_writes_infinite_and_negative_numbers(
+    user_project, capsys, monkeypatch
+):
+    # Every Hessian eigenvalue is -2: the sharp side is trivially stable, but it is
+    # no minimum (with --require-minimum the verdict is False), the max stable lr
+    # is unbounded (JSON has no inf: the string "inf") and each direction grows by
+    # the radius of delayed SGD at q = -2 lr.
+    root, _ = user_project
+    monkeypatch.syspath_prepend(str(root))
+    argv = ["check", "--model", "usermodel:make_concave", "--params", str(root / "concave.npz")]
+    argv += ["--data", "usermodel:ones", "--tau", "2", "--lr", "0.1", "--json"]
+    for extra, verdict in (([], True), (["--require-minimum"], False)):
+        code, out, err = _run(capsys, *argv, *extra)
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["verdict"] is verdict and report["is_minimum"] is False
+        assert report["sharpness"] == pytest.approx(-2.0, rel=1e-12)
+        assert report["smallest_eigenvalue"] == pytest.approx(-2.0, rel=1e-12)
+        assert report["max_stable_lr"] == "inf"
+        assert report["fraction_of_limit"] == pytest.approx(
+            -2.0 * 0.1 / (2 * math.sin(math.pi / 10))
+        )
+        grows = rho(poly(2, 0.0, -0.2, "gd"))
+        assert grows > 1
+        assert report["spectral_radius"] == pytest.approx(grows, rel=1e-9)
+        assert report["smallest_growth"] == pytest.approx(grows, rel=1e-9)
+    assert report["certified_by"] == "ritz_value" and "not a minimum" in report["reason"]
 
 
 def test_stability_debug_leaves_input_errors_one_line(user_project, capsys, monkeypatch):
