@@ -515,8 +515,26 @@ def test_float32_params_stay_float32_and_follow_the_replay():
 
 
 def test_divergence_is_flagged():
+    # q = 50 is far above every threshold: |w| grows ~50x per step until it overflows
     traj = run_quadratic([1.0], [1.0], lr=50.0, tau=3, steps=400)
     assert traj.diverged
+    loss = np.asarray(traj.loss)
+    assert np.isfinite(loss[0]) and not np.all(np.isfinite(loss))
+    # the same program at a stable lr: finite throughout and not flagged
+    calm = run_quadratic([1.0], [1.0], lr=0.1, tau=3, steps=400)
+    assert not calm.diverged and np.all(np.isfinite(np.asarray(calm.loss)))
+    assert np.asarray(calm.loss)[-1] < 1e-6 * np.asarray(calm.loss)[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: growth_rate divides by the first window's RMS; a record starting at 0 "
+    "(AsyncTrajectory.distance always does) with window=1 raises ZeroDivisionError, "
+    "not a ValueError naming `values`",
+)
+def test_growth_rate_of_a_record_starting_at_zero_is_a_named_error():
+    with pytest.raises(ValueError, match="values"):
+        growth_rate(np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0]), window=1)
 
 
 @pytest.mark.parametrize(
