@@ -55,22 +55,23 @@ def test_stability_region_is_the_spectral_radius_under_the_exact_edge(ax):
     assert (mesh.norm.vmin, mesh.norm.vmax) == pytest.approx((want.min(), want.max()))
 
 
-def test_stability_region_of_the_demo_panel_and_a_given_q_range(ax):
-    # the demo's panel: shifted momentum at tau = 8, here on three betas, q up to 0.2
-    betas = np.array([0.0, 0.5, 0.9])
+def test_stability_region_with_a_given_q_range(ax):
+    # nesterov, tau = 1, q up to 0.9: the edge solves beta^2 q^2 + (1 - beta^2) q
+    # = 1 - beta (THEORY.md 3); checked here against eigenvalue bisection
+    betas = np.array([0.0, 0.4, 0.7, 0.95])
     res = 5
-    plotting.plot_stability_region(
-        8, momentum="shifted", betas=betas, q_max=0.2, resolution=res, ax=ax
-    )
+    kw = dict(momentum="nesterov", betas=betas, q_max=0.9, resolution=res)
+    plotting.plot_stability_region(1, **kw, ax=ax)
     _, edge = _line(ax, "q_max (boundary locus)")
-    oracle = [bisect_threshold(lambda q, b=b: poly(8, b, q, "shifted")) for b in betas]
+    oracle = [bisect_threshold(lambda q, b=b: poly(1, b, q, "nesterov")) for b in betas]
     np.testing.assert_allclose(edge, oracle, rtol=1e-10)
-    qs = np.linspace(0.2 / res, 0.2, res)
+    qs = np.linspace(0.9 / res, 0.9, res)
     assert ax.get_ylim() == pytest.approx((qs[0], qs[-1]), rel=1e-12)
     shown = np.asarray(_mesh(ax).get_array(), float).reshape(res, betas.size)
-    want = [[rho(poly(8, b, q, "shifted")) for b in betas] for q in qs]
+    want = np.array([[rho(poly(1, b, q, "nesterov")) for b in betas] for q in qs])
     np.testing.assert_allclose(shown, want, rtol=1e-9)
-    assert "shifted, tau = 8" in ax.get_title()
+    np.testing.assert_array_equal(want < 1, qs[:, None] < np.array(oracle)[None, :])
+    assert "nesterov, tau = 1" in ax.get_title()
 
 
 @pytest.mark.parametrize("effective", [True, False])
