@@ -13,7 +13,11 @@ Data
     a re-iterable (e.g. a data loader: ``iter(data)`` is called once per pass), or a
     callable returning a fresh iterator of batches. Batches are weighted by their
     size, so unequal batches give the Hessian of the mean over all examples. Each
-    Hessian-vector product is a full pass over the data.
+    Hessian-vector product is a full pass over the data. A loss whose value couples
+    the examples of a batch (batch statistics in training mode) must carry
+    ``loss.couples_examples = True`` (``loss_from_model(..., train=True)`` sets it):
+    its batches are then never split over the devices into a sharded part and a
+    replicated remainder (a batch that does not divide runs whole, replicated).
 
 Execution
     One batch (or ``data=None``) on GPU/TPU: the whole Lanczos loop runs inside one
@@ -483,6 +487,13 @@ class _Placed(NamedTuple):
     n: int
 
 
+def _couples_examples(loss) -> bool:
+    """Whether the loss couples the examples of a batch (``loss.couples_examples``,
+    set by :func:`stability.loss_from_model` in training mode: batch statistics), so
+    that a batch must not be split into a sharded part and a remainder."""
+    return bool(getattr(loss, "couples_examples", False))
+
+
 def _multi_process() -> bool:
     return jax.process_count() > 1
 
@@ -606,7 +617,9 @@ class _Pass:
                 if not self.checked:
                     _check_loss_shape(self.loss, self.params, batch)
                     self.checked = True
-                main, rem, nb = _hvp.place_batch(batch, self.mesh)
+                main, rem, nb = _hvp.place_batch(
+                    batch, self.mesh, whole=_couples_examples(self.loss)
+                )
             if nb == 0:
                 continue
             acc, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, vecs, acc)
@@ -985,7 +998,7 @@ def hessian_spectrum(
             if _hvp.batch_size(payload) == 0:
                 raise ValueError("data must not be empty; got a batch of 0 examples")
             _check_loss_shape(loss, params, payload)
-            return _hvp.place_batch(payload, mesh)
+            return _hvp.place_batch(payload, mesh, whole=_couples_examples(loss))
 
         main, rem, n_ex = _agree(place)
     elif kind == "none":

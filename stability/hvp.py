@@ -153,17 +153,22 @@ def make_mesh(devices=None) -> Mesh | None:
     return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
-def place_batch(batch, mesh: Mesh | None):
+def place_batch(batch, mesh: Mesh | None, *, whole: bool = False):
     """Put a batch on the devices: ``(main, rem, n)`` with ``main`` sharded over the
     mesh axis and ``rem`` replicated (the mesh holds this process's devices; with
     several processes each one places its own examples and the products are summed
-    over processes by :func:`stability.hessian_spectrum`)."""
+    over processes by :func:`stability.hessian_spectrum`). ``whole=True`` (a loss
+    that couples the examples of a batch, e.g. batch statistics in training mode):
+    never split the batch in two; a batch that does not divide over the devices is
+    placed whole, replicated."""
     n_local = batch_size(batch)
     if mesh is None:
         return jax.device_put(batch), None, n_local
     ndev = mesh.devices.size
     sharded = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
+    if whole and n_local % ndev:
+        return None, jax.device_put(batch, replicated), n_local
     main, rem = split_batch(batch, ndev)
     main = None if main is None else jax.device_put(main, sharded)
     rem = None if rem is None else jax.device_put(rem, replicated)

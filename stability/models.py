@@ -472,6 +472,9 @@ def loss_from_model(
         raise InputTypeError(
             f"model must be a Flax linen/nnx Module or a callable loss; got {type(model).__name__}"
         )
+    if train:
+        # Batch statistics couple the examples: hessian_spectrum must not split a batch.
+        loss_fn.couples_examples = True
     if probe is not None:
         _check_on_data(loss_fn, params, probe, batch_keys)
     return loss_fn, params
