@@ -1,4 +1,4 @@
-"""The ``stability`` command line: ``demo``, ``table`` and ``check``.
+"""The ``stability`` command line: ``demo``, ``table``, ``check`` and ``experiment``.
 
 Errors in the user's input (a bad value, a missing file, a model that does not
 import) end the command with exit status 2 and a one-line message on stderr,
@@ -44,6 +44,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="one or more of heavy_ball, nesterov, shifted",
     )
     table.add_argument("--json", action="store_true", help="machine-readable output")
+
+    experiment = sub.add_parser(
+        "experiment",
+        help="the delayed edge of stability (eos) or the paper's claims (paper) on digits",
+    )
+    experiment.add_argument("name", choices=["eos", "paper"], help="which experiment")
+    experiment.add_argument(
+        "--full", action="store_true", help="the larger sizes (default: the quick ones)"
+    )
+    experiment.add_argument(
+        "--size", choices=["tiny", "quick", "full"], help="explicit size (tiny: the tests')"
+    )
+    experiment.add_argument(
+        "--out", default="stability-experiments", help="folder for the JSON, table and PNGs"
+    )
+    experiment.add_argument("--quiet", action="store_true", help="no progress bars")
 
     check = sub.add_parser("check", help="judge your own model and checkpoint")
     check.add_argument("--model", required=True, help="PKG.MODULE:FACTORY returning the model")
@@ -214,10 +230,33 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_experiment(args) -> int:
+    import time
+
+    from stability import experiments
+
+    if args.full and args.size not in (None, "full"):
+        raise UsageError(f"--full contradicts --size {args.size}")
+    size = args.size or ("full" if args.full else "quick")
+    start = time.perf_counter()
+    run = experiments.edge_of_stability if args.name == "eos" else experiments.paper_claims
+    result = run(size, progress=not args.quiet)
+    paths = experiments.write_outputs(result, args.out)
+    print(result.table())
+    print(f"\nwrote {paths['json']}, {paths['markdown']}, " + ", ".join(paths["figures"]))
+    print(f"stability experiment {args.name} ({size}): {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    handlers = {"table": _cmd_table, "check": _cmd_check, "demo": _cmd_demo}
+    handlers = {
+        "table": _cmd_table,
+        "check": _cmd_check,
+        "demo": _cmd_demo,
+        "experiment": _cmd_experiment,
+    }
     try:
         return handlers[args.command](args)
     except (UsageError, ValueError, TypeError, FileNotFoundError, KeyError) as err:
