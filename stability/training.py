@@ -233,7 +233,7 @@ def train_async(
 
     key = jax.random.key(seed)
     schedule_key, order_key = jax.random.split(key)
-    workers = _sim._worker_order(
+    workers = _worker_order(
         schedule_key, steps, tau=tau, num_workers=num_workers, schedule=schedule
     )
     if batch_size is None:
@@ -295,6 +295,11 @@ def train_async(
         steps_per_epoch=steps_per_epoch,
         seconds=time.perf_counter() - start,
     )
+
+
+_worker_order = jax.jit(
+    _sim._worker_order, static_argnames=("steps", "tau", "num_workers", "schedule")
+)
 
 
 @functools.cache
