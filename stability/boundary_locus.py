@@ -4,7 +4,7 @@ Every rule's characteristic polynomial is ``P(z) = A(z) + q B(z)`` (``q = lr *
 sharpness``, ``stability.rules``). A root is on the unit circle at ``z =
 e^{i theta}`` exactly when ``q = -A(e^{i theta}) / B(e^{i theta})`` is real, so the
 largest stable q is the smallest positive real value of that curve over
-``theta in [0, pi]`` (THEORY.md section 4). For small q > 0 all roots of the
+``theta in [0, pi]`` (docs/theory.md section 6). For small q > 0 all roots of the
 named rules are inside the unit circle (q = 0: roots 0, beta and 1, and the root
 at 1 moves inwards), so the stable set is ``0 < q < q_max`` (tested as a
 property: it is an interval).

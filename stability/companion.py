@@ -7,7 +7,7 @@ linear recurrence with characteristic polynomial ``P(z) = A(z) + q B(z)``,
 momentum rules) the update is ``x_{t+1} = C x_t`` with C the companion matrix of
 P: first row ``-p_1, ..., -p_m`` (P monic, descending coefficients), ones on the
 subdiagonal. Its eigenvalues are the roots of P, so the minimum is linearly
-stable along that eigenvalue iff ``spectral_radius < 1`` (THEORY.md section 2).
+stable along that eigenvalue iff ``spectral_radius < 1`` (docs/theory.md section 4).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def _perturb(params, vector, eps):
 
 
 def _steps_for(rho: float, eps: float, lo: int, hi: int) -> int:
-    """Steps for growth by 1/eps at rate rho (THEORY.md section 8), clipped."""
+    """Steps for growth by 1/eps at rate rho (docs/theory.md section 14), clipped."""
     if rho <= 1.0:
         return lo
     return int(min(hi, max(lo, math.ceil(1.5 * math.log(1.0 / eps) / math.log(rho)))))

@@ -42,7 +42,7 @@ from the companion-matrix eigenvalues instead.
 
 Reference: the argument principle and Newton's method, e.g. P. Henrici, *Applied
 and Computational Complex Analysis*, vol. 1 (1974), sections 4.10 and 6.10; the
-sparse form of P is THEORY.md section 2.
+sparse form of P is docs/theory.md section 3.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The stability verdict is about a minimum (gradient 0). Cross-entropy on
 separable data has none, the trained point keeps drifting along a valley
-(THEORY.md section 8), so the example uses squared error on one-hot targets
+(docs/theory.md section 14), so the example uses squared error on one-hot targets
 and trains with L-BFGS until the network fits its data: a point where the
 gradient vanishes to round-off in float64. A cross-entropy + weight decay
 variant (a strictly positive-definite regulariser makes a true minimum) is
@@ -160,7 +160,7 @@ def train_to_minimum(
     if loss == "cross_entropy" and weight_decay == 0:
         raise ValueError(
             "loss='cross_entropy' has no finite minimum on separable data without weight decay "
-            "(THEORY.md section 8); pass weight_decay > 0"
+            "(docs/theory.md section 14); pass weight_decay > 0"
         )
     dtype = dtype or jnp.result_type(float)
     if gtol is None:

@@ -6,7 +6,7 @@ linear recurrence whose characteristic polynomial is affine in q:
     P(z) = A(z) + q B(z),        A monic.
 
 With ``g_s = a w_s`` the gradient at ``w_s`` and ``v`` the momentum buffer
-(THEORY.md section 2):
+(docs/theory.md section 3):
 
 - gd:         w+ = w - lr g_{t-tau};
               P = z^tau (z - 1) + q

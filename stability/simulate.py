@@ -1,7 +1,7 @@
 """Simulated asynchronous SGD, as a parameter server sees it.
 
 At step t the server applies a gradient computed at stale weights
-w_{t - tau_t} (THEORY.md sections 1-2). Update rules (v = momentum buffer,
+w_{t - tau_t} (docs/theory.md sections 1-3). Update rules (v = momentum buffer,
 g = the stale gradient that arrives at step t):
 
 =============  ===========================================================
@@ -600,7 +600,7 @@ def stationary_tilt(loss: Callable, params, data=None) -> Callable:
     zero at ``params``. A numerically found minimum keeps a residual gradient
     (an L-BFGS point ~1e-6), which makes a long simulation drift along flat
     directions; simulating the tilted loss isolates the linear dynamics around
-    the minimum that a stability verdict is about (THEORY.md section 8).
+    the minimum that a stability verdict is about (docs/theory.md section 14).
 
     Args:
       loss: ``loss(params, batch)`` (or ``loss(params)`` when ``data`` is None).

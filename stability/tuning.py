@@ -1,6 +1,6 @@
 """Hyperparameter rules that preserve the set of accessible minima.
 
-Giladi et al., "At Stability's Edge", ICLR 2020 (THEORY.md section 5): a minimum
+Giladi et al., "At Stability's Edge", ICLR 2020 (docs/theory.md section 9): a minimum
 of sharpness a is accessible iff ``lr * a < q_max(tau, beta)``. Keeping the set
 of accessible minima when the delay changes means keeping ``q_max / lr`` fixed;
 choosing momentum means maximising ``q_max / lr`` at a fixed effective learning
@@ -84,7 +84,7 @@ def recommend_momentum(
     ``DEFAULT_BETAS``, which includes 0) the learning rate is ``effective_lr *
     (1 - beta)`` (effective rate ``lr / (1 - beta)`` held fixed) and the largest
     accessible sharpness is ``q_max(tau, beta) / lr``. Returns the maximiser;
-    within a relative 1e-12 the smaller beta wins. THEORY.md section 3: at large
+    within a relative 1e-12 the smaller beta wins. docs/theory.md section 7: at large
     tau heavy_ball and nesterov never beat beta = 0, while shifted does.
 
     ``tau``: a scalar integer delay or a ``DelayDistribution``.

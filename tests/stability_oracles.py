@@ -1,6 +1,6 @@
 """Independent oracles for the stability-core tests.
 
-Written from the update rules in THEORY.md (not from the library's code):
+Written from the update rules in docs/theory.md (not from the library's code):
 polynomials built with ``np.polymul``, roots from ``np.linalg.eigvals`` of the
 companion matrix polished by Newton on P, direct simulation of the recurrences;
 the rules' state-space matrices; and, for 1 - beta down to 1e-6 and tau up to 1e6,
@@ -23,7 +23,7 @@ def zpow(k):
 
 
 def poly(tau, beta, q, rule):
-    """P(z) (descending) of a rule with a fixed delay, straight from THEORY.md's table."""
+    """P(z) (descending) of a rule with a fixed delay, straight from docs/theory.md's table."""
     if rule == "gd":
         return np.polyadd(np.polymul(zpow(tau), [1.0, -1.0]), [q])
     if rule == "heavy_ball":
@@ -39,7 +39,7 @@ def poly(tau, beta, q, rule):
 
 
 def dist_poly(p, beta, q, rule):
-    """First-moment polynomial for delay probabilities p (THEORY.md section 6 style)."""
+    """First-moment polynomial for delay probabilities p (docs/theory.md section 10 style)."""
     p = np.asarray(p, float)
     k = len(p) - 1
     d = p  # D(z) = sum_k p_k z^(K-k)
@@ -129,7 +129,7 @@ def simulate(rule, tau, beta, q, steps, w0=1.0):
 
 # ----------------------------------------------------------------------------
 # High-precision oracles (mpmath). Nothing here calls the library: the polynomials
-# are written out from THEORY.md's update rules (and checked against the state-space
+# are written out from docs/theory.md's update rules (and checked against the state-space
 # recurrence by the tests), stability is decided by the Schur-Cohn test, and the
 # locus is evaluated from the polynomials themselves.
 

@@ -33,7 +33,7 @@ def _spectrum(top, err=1e-9, ok=True, low=0.0, low_err=1e-9, low_ok=True, **extr
 
 def test_certified_yes_and_no_around_the_gd_closed_form():
     tau, lr = 4, 0.1
-    limit = 2 * math.sin(math.pi / (2 * (2 * tau + 1))) / lr  # THEORY.md section 3
+    limit = 2 * math.sin(math.pi / (2 * (2 * tau + 1))) / lr  # docs/theory.md section 7
     yes = st.is_accessible(None, None, tau, lr, spectrum=_spectrum(0.99 * limit))
     no = st.is_accessible(None, None, tau, lr, spectrum=_spectrum(1.01 * limit, ok=False))
     assert yes.verdict is True and bool(yes) and yes.certified_by == "residual"

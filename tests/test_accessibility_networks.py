@@ -4,7 +4,7 @@ A tanh MLP (linen, and its nnx twin holding the same weights) is trained on
 the bundled digits to a true minimum (squared error, L-BFGS, float64).
 `is_accessible` estimates the sharpness with Lanczos and gives the max stable
 lr; `simulate_async` then starts from the minimum plus 1e-6 along the top
-Hessian eigenvector (THEORY.md section 8: the unstable direction must be
+Hessian eigenvector (docs/theory.md section 14: the unstable direction must be
 excited) and runs delayed SGD at 0.9x and 1.1x that lr. Below, the iterate
 must stay in a small ball; above, the loss must grow by orders of magnitude,
 at the per-step rate the spectral radius predicts.

@@ -341,7 +341,7 @@ def test_large_delay_against_high_precision_locus(rule):
 
 
 def test_heavy_ball_locus_oracle_matches_the_theory_note():
-    # THEORY.md's heavy_ball crossing: (tau - 1/2) theta + atan2(sin theta, cos theta - beta)
+    # docs/theory.md's heavy_ball crossing: (tau - 1/2) theta + atan2(sin theta, cos theta - beta)
     # = pi/2, q = 2 sin(theta/2) sqrt(1 - 2 beta cos theta + beta^2), solved at 50 digits.
     for tau, beta in ((2, 0.9), (300, 1 - 1e-6), (10**6, 1 - 1e-4)):
         q, theta, _ = mp_locus_threshold(tau, beta, "heavy_ball", dps=50)

@@ -24,7 +24,7 @@ def test_table_json_matches_closed_forms(capsys):
     code, out, _ = _run(capsys, *argv)
     assert code == 0
     rows = {(r["tau"], r["beta"]): r for r in json.loads(out)}
-    # THEORY.md section 3: shifted tau=1 is 1 - beta^2, heavy ball tau=1 is 1 - beta,
+    # docs/theory.md section 7: shifted tau=1 is 1 - beta^2, heavy ball tau=1 is 1 - beta,
     # tau=0 both 2 (1 + beta); beta = 0 is plain delayed SGD 2 sin(pi / (2 (2 tau + 1))).
     assert rows[(1, 0.9)]["shifted"] == pytest.approx(1 - 0.81, rel=1e-9)
     assert rows[(1, 0.9)]["heavy_ball"] == pytest.approx(0.1, rel=1e-9)
@@ -35,7 +35,7 @@ def test_table_json_matches_closed_forms(capsys):
 
 
 def q_max_oracle(tau, beta, rule):
-    """Largest stable q by bisection on numpy eigenvalues of THEORY.md's polynomial."""
+    """Largest stable q by bisection on numpy eigenvalues of docs/theory.md's polynomial."""
     return bisect_threshold(lambda q: poly(tau, beta, q, rule))
 
 
@@ -49,12 +49,12 @@ def test_table_text_prints_the_thresholds(capsys):
     for tau_s, beta_s, shifted, nesterov in rows:
         tau, beta = int(tau_s), float(beta_s)
         # 8 decimals printed: the threshold lies within half a unit of the last place,
-        # i.e. numpy's eigenvalues of THEORY.md's polynomial are inside the unit
+        # i.e. numpy's eigenvalues of docs/theory.md's polynomial are inside the unit
         # circle just below the printed value and outside just above it.
         for printed, rule in ((shifted, "shifted"), (nesterov, "nesterov")):
             q = float(printed)
             assert rho(poly(tau, beta, q - 6e-9, rule)) < 1 < rho(poly(tau, beta, q + 6e-9, rule))
-        if beta == 0.0:  # plain delayed SGD: 2 sin(pi / (2 (2 tau + 1))) (THEORY.md 3)
+        if beta == 0.0:  # plain delayed SGD: 2 sin(pi / (2 (2 tau + 1))) (docs/theory.md section 7)
             assert float(shifted) == pytest.approx(2 * math.sin(math.pi / (4 * tau + 2)), abs=6e-9)
     by_key = {(int(r[0]), float(r[1])): r for r in rows}
     assert float(by_key[(1, 0.9)][2]) == pytest.approx(1 - 0.9**2, abs=6e-9)  # shifted tau=1

@@ -1,6 +1,6 @@
 """The digits example: data, a true minimum, and delayed SGD at the edge.
 
-The last test is the end-to-end check of THEORY.md section 8: at a real
+The last test is the end-to-end check of docs/theory.md section 14: at a real
 minimum of the digits MLP, delayed SGD with tau = 4 stays at 0.9x the
 maximal stable learning rate and leaves at 1.1x, growing at the predicted
 spectral radius.
@@ -91,7 +91,7 @@ def test_train_to_minimum_arguments(minimum):
 
 
 def gd_radius(q, tau):
-    """Largest root modulus of z^(tau+1) - z^tau + q (THEORY.md table)."""
+    """Largest root modulus of z^(tau+1) - z^tau + q (docs/theory.md table)."""
     c = np.zeros(tau + 2)
     c[0], c[1], c[-1] = 1.0, -1.0, q
     return float(np.max(np.abs(np.roots(c))))
@@ -106,11 +106,11 @@ def test_delayed_sgd_stays_below_and_leaves_above_the_threshold(minimum):
     vals, vecs = scipy.sparse.linalg.eigsh(np.asarray(hess), k=1, which="LA", tol=1e-12)
     sharpness, top = float(vals[0]), vecs[:, 0]
     assert 1.0 < sharpness < 100.0
-    lr_max = 2 * math.sin(math.pi / (2 * (2 * tau + 1))) / sharpness  # THEORY.md 3
+    lr_max = 2 * math.sin(math.pi / (2 * (2 * tau + 1))) / sharpness  # docs/theory.md section 7
     assert float(stability.max_stable_sharpness(lr_max, tau, 0.0)) == pytest.approx(
         sharpness, rel=1e-9
     )
-    # start at the minimum plus 1e-6 along the top eigenvector (THEORY.md 8)
+    # start at the minimum plus 1e-6 along the top eigenvector (docs/theory.md section 14)
     start = unravel(flat + 1e-6 * jnp.asarray(top))
     steps = 1500
     for factor in (0.9, 1.1):

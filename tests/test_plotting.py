@@ -1,5 +1,5 @@
 """The figures' data, read back from the matplotlib artists (Agg backend), against
-closed forms (THEORY.md section 3) and numpy eigenvalues of THEORY.md's polynomials."""
+closed forms (docs/theory.md section 7) and numpy eigenvalues of docs/theory.md's polynomials."""
 
 import math
 
@@ -57,7 +57,7 @@ def test_stability_region_is_the_spectral_radius_under_the_exact_edge(ax):
 
 def test_stability_region_with_a_given_q_range(ax):
     # nesterov, tau = 1, q up to 0.9: the edge solves beta^2 q^2 + (1 - beta^2) q
-    # = 1 - beta (THEORY.md 3); checked here against eigenvalue bisection
+    # = 1 - beta (docs/theory.md section 7); checked here against eigenvalue bisection
     betas = np.array([0.0, 0.4, 0.7, 0.95])
     res = 5
     kw = dict(momentum="nesterov", betas=betas, q_max=0.9, resolution=res)
@@ -83,7 +83,7 @@ def test_thresholds_are_the_closed_forms_and_eigenvalue_thresholds(ax, effective
     np.testing.assert_array_equal(x, [0.5, 1, 2, 4])  # tau = 0 drawn at 0.5 on the log axis
     np.testing.assert_allclose(sgd, [2 * math.sin(math.pi / (4 * t + 2)) for t in taus], rtol=1e-12)
     scale = 1 / (1 - beta) if effective else 1.0
-    closed = {  # THEORY.md section 3, beta = 0.5
+    closed = {  # docs/theory.md section 7, beta = 0.5
         "heavy_ball": {0: 3.0, 1: 0.5},
         "shifted": {0: 3.0, 1: 0.75},
         "nesterov": {0: 3.0 / 2.0},

@@ -1,4 +1,4 @@
-"""Characteristic polynomials against numpy polynomials written from THEORY.md."""
+"""Characteristic polynomials against numpy polynomials written from docs/theory.md."""
 
 import numpy as np
 import pytest

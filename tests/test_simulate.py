@@ -1,7 +1,7 @@
 """simulate_async against independent oracles.
 
-Oracles: a plain-numpy replay of the update rules of THEORY.md (history
-lists, no ring buffers), the closed-form thresholds of THEORY.md section 3,
+Oracles: a plain-numpy replay of the update rules of docs/theory.md (history
+lists, no ring buffers), the closed-form thresholds of docs/theory.md section 7,
 and numpy eigenvalues of a state-transition matrix built here from the
 update rule (not from the library's characteristic polynomials).
 """
@@ -40,7 +40,7 @@ def pow2(n):
 
 
 def numpy_replay(a, w0, lr, beta, rule, delays):
-    """The THEORY.md rules on 0.5 sum a w^2, with explicit history lists.
+    """The docs/theory.md rules on 0.5 sum a w^2, with explicit history lists.
 
     ``delays[t]`` is the staleness of the gradient applied at step t. For
     "shifted" the delays must be constant tau: v_{t+1} = beta v_{t-tau} + g.
@@ -96,7 +96,7 @@ def companion_radius(q, tau, beta, rule):
 
 
 def closed_form_threshold(tau, beta, rule):
-    """THEORY.md section 3."""
+    """docs/theory.md section 7."""
     if beta == 0.0:
         return 2 * math.sin(math.pi / (2 * (2 * tau + 1)))
     if rule == "heavy_ball":

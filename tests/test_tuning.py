@@ -83,7 +83,7 @@ def test_bad_input(call, match):
 # eigenvalues of the update rules' state-space matrix; Schur-Cohn in exact arithmetic
 # for 1 - beta down to 1e-6), never from stability.boundary_locus.
 
-TAU0_CLOSED_FORM = {  # q_max at tau = 0 (THEORY.md section 3)
+TAU0_CLOSED_FORM = {  # q_max at tau = 0 (docs/theory.md section 7)
     "heavy_ball": lambda b: 2 * (1 + b),
     "shifted": lambda b: 2 * (1 + b),
     "nesterov": lambda b: (2 + 2 * b) / (1 + 2 * b),
@@ -164,6 +164,6 @@ def test_recommend_momentum_is_the_best_on_a_brute_force_grid():
     assert len(rec.table) == 3 * len(betas)
     for row in rec.table:
         assert row.max_stable_sharpness == pytest.approx(oracle[row.momentum, row.beta], rel=1e-7)
-    # heavy_ball alone: beta = 0 is the oracle's best too (THEORY.md: momentum never helps)
+    # heavy_ball alone: beta = 0 is the oracle's best too (docs/theory.md: momentum never helps)
     hb = recommend_momentum(tau, eff, momenta="heavy_ball")
     assert hb.beta == max(betas, key=lambda b: oracle["heavy_ball", b]) == 0.0
