@@ -57,22 +57,25 @@ def _documented_parameters(function) -> list[str]:
     return names
 
 
-def problems(docs_dir: str | Path) -> list[str]:
-    """Every reason the API reference is incomplete or stale (empty: none)."""
+def problems(docs_dir: str | Path, package: str = PACKAGE, search_paths=None) -> list[str]:
+    """Every reason the API reference of ``package`` is incomplete or stale (empty:
+    none). ``search_paths``: where griffe looks for the package (default: sys.path)."""
     import griffe
 
-    package = griffe.load(PACKAGE, resolve_aliases=True, resolve_external=False)
-    exported = [str(name) for name in package.exports or ()]
+    root = griffe.load(
+        package, search_paths=search_paths, resolve_aliases=True, resolve_external=False
+    )
+    exported = [str(name) for name in root.exports or ()]
     if not exported:
-        return [f"{PACKAGE}.__all__ is empty or could not be read"]
+        return [f"{package}.__all__ is empty or could not be read"]
     out = []
     pages = sorted((Path(docs_dir) / API_DIR).glob("*.md"))
     entries = {m for page in pages for m in _ENTRY.findall(page.read_text(encoding="utf-8"))}
     for name in exported:
-        public = f"{PACKAGE}.{name}"
+        public = f"{package}.{name}"
         if public not in entries:
             out.append(f"{public} is public but has no '::: {public}' on an API page")
-        obj = package[name]
+        obj = root[name]
         obj = obj.final_target if obj.is_alias else obj
         if not obj.docstring or not obj.docstring.value.strip():
             out.append(f"{public} has no docstring")
@@ -88,11 +91,12 @@ def problems(docs_dir: str | Path) -> list[str]:
             for param in _documented_parameters(function):
                 if param and param not in signature:
                     out.append(f"{label}: the docstring documents '{param}', not a parameter")
-    for entry in sorted(entries):
+    prefix = f"{package}."
+    for entry in sorted(e for e in entries if e.startswith(prefix)):
         try:
-            package[entry.removeprefix(f"{PACKAGE}.")] if entry.startswith(PACKAGE) else None
+            root[entry.removeprefix(prefix)]
         except KeyError:
-            out.append(f"'::: {entry}' names nothing in {PACKAGE}")
+            out.append(f"'::: {entry}' names nothing in {package}")
     return out
 
 
