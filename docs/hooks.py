@@ -101,7 +101,10 @@ def problems(docs_dir: str | Path, package: str = PACKAGE, search_paths=None) ->
 
 
 def on_pre_build(config, **kwargs):
-    for problem in problems(config["docs_dir"]):
+    import sys
+
+    root = str(Path(config["config_file_path"]).resolve().parent)  # this checkout first
+    for problem in problems(config["docs_dir"], search_paths=[root, *sys.path]):
         log.warning("API reference: %s", problem)
 
 
