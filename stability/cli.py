@@ -251,6 +251,10 @@ def _cmd_experiment(args) -> int:
 def main(argv=None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    # `--model mypkg.models:make` names the user's own modules, as `python -m` would
+    # find them: the current directory comes first on the import path.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     handlers = {
         "table": _cmd_table,
         "check": _cmd_check,

@@ -74,6 +74,7 @@ class CharacteristicPolynomial(NamedTuple):
 
     @property
     def degree(self) -> int:
+        """The degree of ``P`` (number of roots; the companion matrix's order)."""
         return self.a.shape[-1] - 1
 
     def coefficients(self, q):

@@ -84,7 +84,7 @@ def recommend_momentum(
     ``DEFAULT_BETAS``, which includes 0) the learning rate is ``effective_lr *
     (1 - beta)`` (effective rate ``lr / (1 - beta)`` held fixed) and the largest
     accessible sharpness is ``q_max(tau, beta) / lr``. Returns the maximiser;
-    within a relative 1e-12 the smaller beta wins. docs/theory.md section 7: at large
+    within a relative 1e-12 the smaller beta wins. docs/theory.md section 8: at large
     tau heavy_ball and nesterov never beat beta = 0, while shifted does.
 
     ``tau``: a scalar integer delay or a ``DelayDistribution``.
