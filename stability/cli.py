@@ -154,8 +154,8 @@ def _load_data(spec: str):
     obj = _resolve(spec, "--data")
     if callable(obj):
         produced = obj()
-        if isinstance(produced, (tuple, dict)):
-            return produced  # a single batch
+        if isinstance(produced, (tuple, dict)) or hasattr(produced, "shape"):
+            return produced  # a single batch (a tuple, a dict or one array)
         if isinstance(produced, list):
             return produced
         return obj  # re-callable for a fresh iterator per pass

@@ -590,6 +590,12 @@ def growth_rate(values, *, window: int | None = None) -> float:
         raise ValueError(f"window must be <= half the length {x.size}; got {window}")
     first = math.sqrt(float(np.mean(x[:window] ** 2)))
     last = math.sqrt(float(np.mean(x[-window:] ** 2)))
+    if not (first > 0 and np.isfinite(first) and np.isfinite(last)):
+        raise ValueError(
+            f"values must have a finite, nonzero RMS over the first window of {window} "
+            f"(a distance record starts at 0: use a window > 1 or drop the first value); got "
+            f"RMS {first:g} over {x[:window].tolist()[:8]}"
+        )
     return (last / first) ** (1.0 / (x.size - window))
 
 

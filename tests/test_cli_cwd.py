@@ -43,3 +43,20 @@ def test_check_imports_the_users_package_from_the_working_directory(tmp_path):
 
     out = json.loads(res.stdout)
     assert abs(out["sharpness"] - 4.0) <= 1e-5  # the Hessian is diag(1, 4)
+
+
+def test_a_data_factory_returning_one_array_is_one_batch():
+    import types
+
+    import jax.numpy as jnp
+
+    from stability.cli import _load_data
+
+    mod = types.ModuleType("one_array_data")
+    mod.data = lambda: jnp.ones((5, 2))
+    sys.modules["one_array_data"] = mod
+    try:
+        out = _load_data("one_array_data:data")
+    finally:
+        del sys.modules["one_array_data"]
+    assert out.shape == (5, 2)  # the array itself, not rows of it

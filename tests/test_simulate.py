@@ -526,12 +526,6 @@ def test_divergence_is_flagged():
     assert np.asarray(calm.loss)[-1] < 1e-6 * np.asarray(calm.loss)[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: growth_rate divides by the first window's RMS; a record starting at 0 "
-    "(AsyncTrajectory.distance always does) with window=1 raises ZeroDivisionError, "
-    "not a ValueError naming `values`",
-)
 def test_growth_rate_of_a_record_starting_at_zero_is_a_named_error():
     with pytest.raises(ValueError, match="values"):
         growth_rate(np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0]), window=1)
