@@ -78,8 +78,8 @@ the second moment is the root ``mu`` of ``sigma^2 sum_k t_k^2 mu^(-k) = 1`` abov
 ``rho(P)^2`` (:func:`second_moment_growth`): the Perron root of the lifted
 (Kronecker) recursion ``M+ = K M K^T + sigma^2 (c^T M c) b b^T`` of the delayed
 state's second-moment matrix M (K the noise-free transition, b the noise input, c
-the stale read). The tests check N and mu against the eigenvalues of that
-``(tau + 2)^2``-dimensional matrix, built from the update rules themselves.
+the stale read). The tests check N and mu against the eigenvalues of that lifted
+matrix, built from the update rules themselves and averaged over every mini-batch.
 tau = 0, plain SGD: ``B / P = 1 / (z - 1 + q)``, ``t_k = (1 - q)^(k-1)``,
 ``N = 1 / (q (2 - q))``, and ``sigma^2 N < 1`` is Wu, Ma and E's condition.
 
@@ -91,18 +91,22 @@ noise always binds first: ``q_ms(r) < q_max`` for every ``r > 0``; ``r = 0`` giv
 ``q_max``. The largest stable learning rate is ``q_ms(r) / a``
 (:func:`max_stable_lr_minibatch`).
 
-Computing N. For ``P(z) = sum_j p_j z^(d-j)`` (``p_0 = 1``) and ``B(z) = sum_j
-b_j z^(d-j)`` (``b_0 = 0``), ``y_t + sum_j p_j y_{t-j} = sum_j b_j e_{t-j}`` with unit
-white noise e is an ARMA process whose autocovariances ``c_0..c_d`` solve the
-``(d + 1)``-dimensional Yule-Walker system ``sum_j p_j c_{|k-j|} = sum_{j >= k} b_j
-psi_{j-k}`` (``psi`` the first ``d + 1`` impulse-response terms); ``N = c_0``.
-``d = tau + 2``: ``O(tau^3)`` per point, no eigenvalues, jit and vmap friendly.
+Computing N. Astrom's recursion (Astrom, "Introduction to Stochastic Control
+Theory", 1970, ch. 5: the Schur-Cohn-Jury reduction): with descending coefficients
+``a = P`` (``a_0 = 1``), ``b = B`` of length ``d + 1`` and, for ``k = d, ..., 1``,
+``alpha_k = a_k / a_0``, ``beta_k = b_k / a_0``, then ``a_i <- a_i - alpha_k a_{k-i}``
+and ``b_i <- b_i - beta_k a_{k-i}`` (``i < k``),
+``N = sum_k beta_k b_k + b_0^2 / a_0`` (the values at each step). P is Schur stable
+iff every reduced ``a_0`` stays positive (Jury), so the same pass says whether N is
+finite. ``O(d^2)`` per point, ``d = tau + 2``; no eigenvalues. It runs in numpy for
+concrete inputs and in jax (jit and vmap friendly) for traced ones.
 
 Scope: a constant delay (not a delay distribution: a random delay adds its own
 second-moment terms, not modelled here). For a network (non-commuting ``H_i``) the
 verdict applies the scalar reduction along the top Hessian eigenvector ``v`` with
-``a = v^T H v`` and ``s^2 = v^T Sigma v`` (`stability.nonuniformity`): that is the
-``(v, v)`` entry of Wu, Ma and E's matrix, so its failure also fails their condition.
+``a = v^T H v`` and ``s^2 = v^T Sigma v`` (`stability.nonuniformity`), exact when the
+``H_i`` share that eigenvector; at tau = 0 the condition is then the ``(v, v)`` entry of
+Wu, Ma and E's matrix being below 1, so its failure also fails their condition.
 """
 
 from __future__ import annotations
