@@ -10,6 +10,7 @@ from hypothesis import strategies as hst
 from profiles import examples
 from stability_oracles import (
     bisect_threshold,
+    dist_poly,
     mp_bisect_threshold,
     mp_locus_threshold,
     mp_poly,
@@ -164,6 +165,26 @@ def test_dense_locus_agrees_with_named_rules(rule):
             d = dense_threshold(p.a, p.b)
             assert bool(d.reliable)
             assert float(d.q_max) == pytest.approx(q_max(tau, beta, rule), rel=1e-11)
+
+
+def test_dense_locus_batched_over_beta():
+    # A batch of dense polynomials (a delay distribution with a beta array) gives each
+    # row's own threshold: bracketed by the first-moment polynomial's eigenvalues (1e-9),
+    # with a unit-circle root at the returned angle.
+    dist = st.random_order(3)
+    p = dist.probabilities
+    betas = np.array([0.0, 0.5, 0.9])
+    t = st.stability_threshold(dist, betas, momentum="heavy_ball")
+    assert t.q_max.shape == (3,) and bool(np.all(t.reliable))
+    for i, b in enumerate(betas):
+        q, theta = float(t.q_max[i]), float(t.theta[i])
+        assert rho(dist_poly(p, b, q * (1 - 1e-9), "heavy_ball")) < 1
+        assert rho(dist_poly(p, b, q * (1 + 1e-9), "heavy_ball")) > 1
+        c = dist_poly(p, b, q, "heavy_ball")
+        step = abs(
+            np.polyval(c, np.exp(1j * theta)) / np.polyval(np.polyder(c), np.exp(1j * theta))
+        )
+        assert step < 1e-9, (b, step)
 
 
 def test_max_stable_lr_inverts_sharpness():
