@@ -6,15 +6,21 @@ One public namespace, re-exported from small modules (one concept each):
 - stability core: `rules` (characteristic polynomials), `delays` (delay
   distributions), `companion` (companion matrix, spectral radius),
   `boundary_locus` (exact thresholds), `tuning` (lr for a new delay, momentum
-  advice), `linearize` (optax optimizers as recurrences);
+  advice), `linearize` (optax optimizers as recurrences), `mean_square`
+  (mini-batch noise: mean-square thresholds);
 - Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`, `tracking`
   (sharpness along training, warm-started), `compilation_cache` (opt-in: compiled
-  programs kept on disk across processes);
+  programs kept on disk across processes), `nonuniformity` (per-example Hessian
+  statistics);
 - trained networks: `models` (Flax adapters), `accessibility` (the verdict),
   `simulate` (asynchronous SGD), `training` (training from initialization under
   simulated asynchrony), `examples` (digits), `plotting`.
 """
 
+# Mini-batch noise (issue 13) as modules (st.mean_square.max_stable_lr_minibatch, ...):
+# their names join __all__ with their docs/api entries (tests/test_docs_build.py).
+from stability import mean_square as mean_square
+from stability import nonuniformity as nonuniformity
 from stability.accessibility import Accessibility, is_accessible, verdict_from_spectrum
 from stability.boundary_locus import (
     Threshold,

@@ -38,6 +38,22 @@ rounding error of the products (``HessianSpectrum.rounding_error``). The estimat
 is decision-driven: ``is_accessible`` stops as soon as the verdict is decided (the
 smallest eigenvalue costs no extra products unless ``require_minimum=True``); near the
 limit it runs to ``max_hvps`` and answers None (undecided) if still undecided.
+
+Mini-batches (``batch_size=B``, ``num_examples=n``): the verdict also requires the
+mean-square condition of `stability.mean_square` along the sharp direction: with
+``v`` the top Ritz vector, ``a`` its Ritz value and ``s^2 = v^T Sigma v`` the
+non-uniformity of the per-example Hessians (`stability.nonuniformity`), stable iff
+``lr^2 gamma s^2 N(lr a) < 1`` (evaluated across ``a``'s error bar) besides the
+deterministic condition. Decision-driven: the run stops at a Ritz value above the
+limit (the deterministic condition fails; no non-uniformity is computed), otherwise
+once the deterministic side is decided and the top Ritz value has converged (its
+vector is needed), then one pass of per-example products gives ``s``. A False
+verdict from the noise alone has ``certified_by="mean_square"``; like
+``"residual"`` it presumes the Ritz vector approximates the top eigenvector.
+``binding`` says which condition decides: ``"deterministic"`` when the full-batch
+recursion fails or when the noise lowers the largest stable lr by less than
+``BINDING_TOLERANCE`` (1 %), ``"stochastic"`` when the noise alone makes the
+verdict False or lowers that lr by more.
 """
 
 from __future__ import annotations
@@ -48,9 +64,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stability import boundary_locus, companion, delays
+from stability import boundary_locus, companion, delays, mean_square
 from stability.hessian_spectrum import HessianSpectrum, hessian_spectrum
 from stability.models import loss_from_model
+from stability.nonuniformity import directional_nonuniformity, nonuniformity_spectrum
 from stability.validation import check_beta, check_lr, check_momentum
 
 __all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
@@ -58,6 +75,22 @@ __all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
 # Curvature above -FLAT_TOLERANCE x sharpness counts as flat (zero): such a
 # direction grows by at most 1 + lr * 1e-5 * sharpness per step.
 FLAT_TOLERANCE = 1e-5
+
+# The mini-batch noise "binds" when it lowers the largest stable lr by more than this.
+BINDING_TOLERANCE = 0.01
+
+# The non-uniformity is taken along the top Ritz vector once its residual is at most
+# this fraction of the Ritz gap theta_1 - theta_2 (Davis-Kahan: sine of its angle to
+# the top eigenvector at most this, presuming the Ritz gap): a near-degenerate top
+# pair leaves the sharp direction, and s along it, undetermined until then.
+RESOLVED_FRACTION = 0.01
+
+_MINIBATCH_FIELDS = (
+    "batch_size", "num_examples", "replacement", "variance_factor", "nonuniformity",
+    "noise_gain", "max_nonuniformity", "max_nonuniformity_curvature", "noise_gain_nonuniform",
+    "second_moment_growth", "max_stable_lr_minibatch", "mean_square_verdict", "binding",
+    "data_passes",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +131,28 @@ class Accessibility:
       num_hvps: Hessian-vector products spent (0 for a reused spectrum).
       tau, lr, beta, momentum, require_minimum, failure_probability: as judged.
       spectrum: the `HessianSpectrum` used (reuse it with ``spectrum=``).
+
+    With ``batch_size`` (None otherwise, and left out of `to_dict`):
+      batch_size, num_examples, replacement: the sampling judged.
+      variance_factor: ``gamma`` (`stability.mean_square.variance_factor`).
+      nonuniformity: ``s = sqrt(v^T Sigma v)`` along the top Ritz vector (Hessian
+        units; None when not computed: the deterministic side failed or the top
+        Ritz value did not converge).
+      noise_gain: ``lr^2 gamma s^2 N(lr a)`` at the sharpness (< 1: the second
+        moment is stable; inf when the mean itself is not).
+      max_nonuniformity: ``sqrt(u^T Sigma u)`` along the top Ritz vector ``u`` of
+        Sigma (Wu, Ma and E's non-uniformity ``sqrt(lambda_max(Sigma))``);
+        max_nonuniformity_curvature: ``u^T H u``; noise_gain_nonuniform: the gain
+        along u (None when not computed: the sharp direction already decided).
+      second_moment_growth: per-step factor of the second moment, the larger of the
+        two directions (< 1 decays).
+      max_stable_lr_minibatch: the largest lr at which both directions are stable in
+        mean square (compare ``max_stable_lr``).
+      mean_square_verdict: the noise condition alone, across the sharpness error
+        bar: True (gain < 1 along both), False (>= 1 along one) or None.
+      binding: ``"deterministic"`` or ``"stochastic"`` (module docstring).
+      data_passes: passes of per-example products over the data (0 when the
+        deterministic side decided alone).
     """
 
     verdict: bool | None
@@ -122,6 +177,20 @@ class Accessibility:
     require_minimum: bool = False
     failure_probability: float = 1e-6
     spectrum: HessianSpectrum | None = dataclasses.field(default=None, repr=False)
+    batch_size: int | None = None
+    num_examples: int | None = None
+    replacement: bool | None = None
+    variance_factor: float | None = None
+    nonuniformity: float | None = None
+    noise_gain: float | None = None
+    max_nonuniformity: float | None = None
+    max_nonuniformity_curvature: float | None = None
+    noise_gain_nonuniform: float | None = None
+    second_moment_growth: float | None = None
+    max_stable_lr_minibatch: float | None = None
+    mean_square_verdict: bool | None = None
+    binding: str | None = None
+    data_passes: int | None = None
 
     def __bool__(self) -> bool:
         return self.verdict is True
@@ -141,8 +210,40 @@ class Accessibility:
             f"  max stable lr     {self.max_stable_lr:.6g} at this tau, beta and rule\n"
             f"  hyperparameters   tau={_describe_tau(self.tau)}  lr={self.lr:.6g}  "
             f"beta={self.beta:g}  momentum={self.momentum}\n"
-            f"  cost              {self.num_hvps} Hessian-vector products"
+            f"  cost              {self.num_hvps} Hessian-vector products" + self._minibatch_lines()
         )
+
+    def _minibatch_lines(self) -> str:
+        if self.batch_size is None:
+            return ""
+        sampling = "with" if self.replacement else "without"
+        n = "?" if self.num_examples is None else self.num_examples
+        gamma = self.variance_factor
+        gamma = "" if gamma is None else f" (variance factor {gamma:.4g})"
+        lines = [f"  mini-batch        B={self.batch_size} of n={n}, {sampling} replacement{gamma}"]
+        if self.nonuniformity is None:
+            lines.append("  non-uniformity    not computed (the verdict did not need it, or the "
+                         "top Ritz vector is not resolved)")  # fmt: skip
+        else:
+            lines.append(
+                f"  non-uniformity    s={self.nonuniformity:.6g} along the sharp direction: "
+                f"second-moment gain {self.noise_gain:.4g} (< 1 stable)"
+            )
+            if self.max_nonuniformity is not None:
+                lines.append(
+                    f"  max non-unif.     s={self.max_nonuniformity:.6g} along the most "
+                    f"non-uniform direction (curvature {self.max_nonuniformity_curvature:.4g}): "
+                    f"gain {self.noise_gain_nonuniform:.4g}"
+                )
+            grows = "decays" if self.second_moment_growth < 1 else "grows"
+            lines.append(
+                f"  second moment     per-step factor {self.second_moment_growth:.8f} (it "
+                f"{grows}); max stable lr {self.max_stable_lr_minibatch:.6g} with these "
+                "mini-batches"
+            )
+        if self.binding is not None:
+            lines.append(f"  binding           {self.binding} condition")
+        return "\n" + "\n".join(lines)
 
     def _minimum_line(self) -> str:
         low = f"smallest eigenvalue {self.smallest_eigenvalue:.4g} +- {self.smallest_error:.2g}"
@@ -161,6 +262,9 @@ class Accessibility:
         """A JSON-ready dict of the numbers (the spectrum object left out)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("spectrum")
+        if self.batch_size is None:
+            for key in _MINIBATCH_FIELDS:
+                out.pop(key)
         out["tau"] = _describe_tau(self.tau)
         for key, value in out.items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -256,6 +360,46 @@ def _judge(spectrum: HessianSpectrum, limit: float, require_minimum: bool,
     return _Judgement(verdict, minimum, by, why, upper)
 
 
+class _Noise(NamedTuple):
+    verdict: bool | None
+    gain: float
+    growth: float
+    max_lr: float
+    why: str
+
+
+def _judge_noise(a, err, s, where, lr, tau, beta, momentum, sampling) -> _Noise:
+    """The mean-square condition along one direction of curvature ``a +- err`` and
+    non-uniformity ``s`` (module docstring): the gain at ``a``, and the verdict across
+    the error bar (five points; N is not monotone in q)."""
+    if not a > 0:
+        return _Noise(
+            None, math.nan, math.nan, math.nan, f"curvature {a:.4g} {where} is not positive"
+        )
+    kw = dict(momentum=momentum, **sampling)
+    at = mean_square.mean_square_stability(lr, a, s, tau, beta, **kw)
+    bar = np.linspace(max(a - err, 0.5 * a), a + err, 5) if err > 0 else np.asarray([a])
+    gains = np.asarray(mean_square.mean_square_stability(lr, bar, s, tau, beta, **kw).gain)
+    verdict = True if gains.max() < 1 else False if gains.min() >= 1 else None
+    where = f"{where} (curvature {a:.4g}, non-uniformity s = {s:.4g})"
+    if verdict is None:
+        why = f"mini-batch noise undecided: second-moment gain {at.gain:.4g} {where} straddles 1"
+    else:
+        why = f"mini-batch second-moment gain {at.gain:.4g} {'<' if verdict else '>='} 1 {where}"
+    return _Noise(verdict, float(at.gain), float(at.growth), float(at.max_stable_lr), why)
+
+
+def _resolved(spectrum: HessianSpectrum) -> bool:
+    """Whether the top Ritz vector is resolved (``RESOLVED_FRACTION``); with one Ritz
+    value (no gap known) its convergence is presumed to suffice."""
+    if not bool(spectrum.converged[0]):
+        return False
+    if len(spectrum.eigenvalues) < 2 or not np.isfinite(spectrum.eigenvalues[1]):
+        return True
+    gap = float(spectrum.eigenvalues[0] - spectrum.eigenvalues[1])
+    return float(spectrum.errors[0]) <= RESOLVED_FRACTION * gap
+
+
 def _limit(lr, tau, beta, momentum) -> float:
     return float(boundary_locus.max_stable_sharpness(lr, tau, beta, momentum=momentum))
 
@@ -269,6 +413,12 @@ def verdict_from_spectrum(
     momentum: str = "heavy_ball",
     require_minimum: bool = False,
     failure_probability: float = 1e-6,
+    nonuniformity: float | None = None,
+    batch_size: int | None = None,
+    num_examples: int | None = None,
+    replacement: bool = False,
+    max_nonuniformity: float | None = None,
+    max_nonuniformity_curvature: float | None = None,
 ) -> Accessibility:
     """The verdict for a precomputed spectrum (cheap: no Hessian products).
 
@@ -276,8 +426,39 @@ def verdict_from_spectrum(
     `hessian_spectrum` once and this function per setting (or pass
     ``spectrum=`` to `is_accessible`). The same rule as `is_accessible` decides
     (module docstring), so a reused spectrum never certifies more than a fresh call.
+    With ``batch_size`` and ``num_examples`` the mean-square condition is added for
+    the given ``nonuniformity`` (``s`` along the top eigenvector) and, when given,
+    ``max_nonuniformity`` with ``max_nonuniformity_curvature`` (``s`` and ``a`` along
+    the top eigenvector of Sigma), e.g. a previous report's numbers, so batch sizes
+    are swept for free too. Without ``nonuniformity`` the noise is not judged and the
+    verdict is at most undecided unless the deterministic side fails.
     """
     _check_hyperparameters(tau, lr, beta, momentum, failure_probability)
+    _check_minibatch(tau, batch_size, num_examples, replacement, nonuniformity)
+    if (max_nonuniformity is None) != (max_nonuniformity_curvature is None):
+        raise ValueError(
+            "max_nonuniformity and max_nonuniformity_curvature go together; got "
+            f"{max_nonuniformity!r} and {max_nonuniformity_curvature!r}"
+        )
+    if max_nonuniformity is not None:
+        _check_minibatch(tau, batch_size, num_examples, replacement, max_nonuniformity)
+    return _verdict(
+        spectrum, tau, lr, beta=beta, momentum=momentum, require_minimum=require_minimum,
+        failure_probability=failure_probability, nonuniformity=nonuniformity,
+        batch_size=batch_size, num_examples=num_examples, replacement=replacement,
+        max_nonuniformity=max_nonuniformity,
+        max_nonuniformity_curvature=max_nonuniformity_curvature,
+    )  # fmt: skip
+
+
+def _verdict(
+    spectrum, tau, lr, *, beta, momentum, require_minimum, failure_probability,
+    nonuniformity=None, batch_size=None, num_examples=None, replacement=False,
+    max_nonuniformity=None, max_nonuniformity_curvature=None, noisy_converged=True,
+    data_passes=None,
+) -> Accessibility:  # fmt: skip
+    """`verdict_from_spectrum` after its checks, with what `is_accessible` adds: whether
+    the Lanczos run on Sigma converged and the passes spent over the data."""
     if not isinstance(spectrum, HessianSpectrum):
         raise TypeError(f"spectrum must be a HessianSpectrum; got {type(spectrum).__name__}")
     limit = _limit(lr, tau, beta, momentum)
@@ -292,11 +473,21 @@ def verdict_from_spectrum(
         if top > 0
         else math.inf
     )
+    verdict, certified_by, reason = judged.verdict, judged.certified_by, judged.reason
+    extra = {}
+    if batch_size is not None:
+        verdict, certified_by, reason, extra = _with_noise(
+            spectrum, judged, limit, max_lr, lr, tau, beta, momentum,
+            dict(batch_size=batch_size, num_examples=num_examples, replacement=replacement),
+            nonuniformity, max_nonuniformity, max_nonuniformity_curvature,
+            noisy_converged,
+        )  # fmt: skip
+        extra["data_passes"] = data_passes
     return Accessibility(
-        verdict=judged.verdict,
+        verdict=verdict,
         is_minimum=judged.is_minimum,
-        certified_by=judged.certified_by,
-        reason=judged.reason,
+        certified_by=certified_by,
+        reason=reason,
         sharpness=top,
         sharpness_error=float(spectrum.errors[0]),
         sharpness_upper_bound=judged.upper,
@@ -315,7 +506,111 @@ def verdict_from_spectrum(
         require_minimum=bool(require_minimum),
         failure_probability=float(failure_probability),
         spectrum=spectrum,
+        **extra,
     )
+
+
+def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampling,
+                s_sharp, s_noisy, a_noisy, noisy_converged):  # fmt: skip
+    """The combined verdict, reason and mini-batch fields (module docstring)."""
+    verdict, certified_by, reason = judged.verdict, judged.certified_by, judged.reason
+    top = float(spectrum.eigenvalues[0])
+    batch_size, num_examples = int(sampling["batch_size"]), sampling["num_examples"]
+    extra = dict(batch_size=batch_size, replacement=bool(sampling["replacement"]))
+    if num_examples is not None:
+        sampling = dict(sampling, batch_size=batch_size, num_examples=int(num_examples))
+        extra.update(num_examples=int(num_examples),
+                     variance_factor=mean_square.variance_factor(**sampling))  # fmt: skip
+    if verdict is False:
+        extra["binding"] = "deterministic"
+        return verdict, certified_by, reason, extra
+    if num_examples is None:
+        return None, None, reason + "; mini-batch noise not judged (no num_examples)", extra
+    usable = _resolved(spectrum)
+    if s_sharp is None or not usable:
+        gap = (
+            f" vs Ritz gap {float(spectrum.eigenvalues[0] - spectrum.eigenvalues[1]):.2g})"
+            if len(spectrum.eigenvalues) > 1
+            else ", not converged)"
+        )
+        reason += (
+            "; mini-batch noise not judged (the top Ritz vector is not resolved: residual "
+            f"{float(spectrum.errors[0]):.2g}{gap}"
+        )
+        return None, None, reason, extra
+    args = (lr, tau, beta, momentum, sampling)
+    sharp = _judge_noise(top, float(spectrum.errors[0]), float(s_sharp),
+                         "along the sharp direction", *args)  # fmt: skip
+    found = [sharp]
+    extra.update(nonuniformity=float(s_sharp), noise_gain=sharp.gain)
+    if s_noisy is not None:
+        noisy = _judge_noise(float(a_noisy), 0.0, float(s_noisy),
+                             "along the most non-uniform direction", *args)  # fmt: skip
+        if noisy.verdict is True and not noisy_converged:
+            noisy = noisy._replace(verdict=None, why=noisy.why + " (Sigma not converged)")
+        found.append(noisy)
+        extra.update(max_nonuniformity=float(s_noisy),
+                     max_nonuniformity_curvature=float(a_noisy),
+                     noise_gain_nonuniform=noisy.gain)  # fmt: skip
+    extra.update(
+        second_moment_growth=max(n.growth for n in found),
+        max_stable_lr_minibatch=min(n.max_lr for n in found),
+    )
+    failed = [n for n in found if n.verdict is False]
+    if failed:
+        extra.update(mean_square_verdict=False, binding="stochastic")
+        reason = (
+            f"unstable in mean square: {failed[0].why}, although the full-batch recursion is "
+            f"stable (sharpness {_percent(top / limit)} of its limit)"
+        )
+        return False, "mean_square", reason, extra
+    reason += "; " + "; ".join(n.why for n in found)
+    if s_noisy is None:
+        reason += "; the most non-uniform direction not judged"
+    if any(n.verdict is None for n in found) or s_noisy is None:
+        extra["mean_square_verdict"] = None
+        return None, None, reason, extra
+    extra["mean_square_verdict"] = True
+    if verdict is True:
+        lowered = extra["max_stable_lr_minibatch"] < (1 - BINDING_TOLERANCE) * max_lr
+        extra["binding"] = "stochastic" if lowered else "deterministic"
+    return verdict, certified_by, reason, extra
+
+
+def _num_params(params) -> int:
+    """The number of floating-point parameters (the order of the Hessian)."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = jax.tree_util.tree_leaves(params)
+    return sum(int(np.size(x)) for x in leaves if jnp.issubdtype(jnp.result_type(x), jnp.floating))
+
+
+def _check_minibatch(tau, batch_size, num_examples, replacement, nonuniformity=None) -> None:
+    """The mini-batch arguments of `is_accessible` / `verdict_from_spectrum`."""
+    if batch_size is None:
+        for name, value in (("num_examples", num_examples), ("nonuniformity", nonuniformity)):
+            if value is not None:
+                raise ValueError(f"{name} needs batch_size; got {name}={value!r} without it")
+        return
+    if isinstance(tau, delays.DelayDistribution):
+        raise ValueError(
+            "tau must be a constant delay when batch_size is given (the mean-square condition "
+            "is for a fixed delay); got a DelayDistribution"
+        )
+    if num_examples is None:
+        from stability.validation import check_int
+
+        check_int("batch_size", batch_size, 1)
+        if not isinstance(replacement, (bool, np.bool_)):
+            raise TypeError(f"replacement must be True or False; got {replacement!r}")
+    else:
+        mean_square.variance_factor(batch_size, num_examples, replacement=replacement)
+    if nonuniformity is not None and not (
+        isinstance(nonuniformity, (int, float)) and math.isfinite(nonuniformity)
+        and nonuniformity >= 0
+    ):  # fmt: skip
+        raise ValueError(f"nonuniformity must be a finite number >= 0; got {nonuniformity!r}")
 
 
 def _check_hyperparameters(tau, lr, beta, momentum, failure_probability) -> None:
@@ -355,6 +650,9 @@ def is_accessible(
     seed: int = 0,
     progress: bool = True,
     return_vectors: bool = False,
+    batch_size: int | None = None,
+    num_examples: int | None = None,
+    replacement: bool = False,
 ) -> Accessibility:
     """Are the sharp directions of the minimum ``params`` stable with delay tau and lr?
 
@@ -398,43 +696,91 @@ def is_accessible(
       max_hvps, seed, progress: passed to `hessian_spectrum`.
       return_vectors: keep the top eigenvector in ``result.spectrum`` (to
         start a simulation along the unstable direction).
+      batch_size, num_examples, replacement: mini-batches of ``batch_size`` examples
+        drawn from ``num_examples`` (default: the examples in ``data``), without
+        replacement (distinct examples, as `stability.simulate_async` draws them) or
+        with: adds the mean-square condition along the sharp direction (module
+        docstring; `stability.mean_square`). Needs ``data`` and a constant delay;
+        the top eigenvector is kept in ``result.spectrum``.
 
     Returns:
       An `Accessibility` report; ``bool(report)`` is True only for a certified
       stable verdict.
     """
     _check_hyperparameters(tau, lr, beta, momentum, failure_probability)
-    if spectrum is None:
-        limit = _limit(lr, tau, beta, momentum)
-        require = bool(require_minimum)
-
-        def decided(estimate: HessianSpectrum) -> bool:
-            return _judge(estimate, limit, require, failure_probability).verdict is not None
-
+    _check_minibatch(tau, batch_size, num_examples, replacement)
+    minibatch = batch_size is not None
+    if minibatch and data is None:
+        raise ValueError("batch_size needs data (the per-example Hessians); got data=None")
+    if spectrum is None or minibatch:
         # The adapter checks params against the model on the first in-memory batch.
         loss_fn, flat_params = loss_from_model(
             model, params, loss=loss, train=train, data=data, call_kwargs=call_kwargs,
             batch_keys=batch_keys,
         )  # fmt: skip
+    if spectrum is None:
+        limit = _limit(lr, tau, beta, momentum)
+        require = bool(require_minimum)
+
+        def decided(estimate: HessianSpectrum) -> bool:
+            verdict = _judge(estimate, limit, require, failure_probability).verdict
+            if minibatch:  # the noise needs the top vector resolved, unless already unstable
+                return verdict is False or (verdict is True and _resolved(estimate))
+            return verdict is not None
+
         spectrum = hessian_spectrum(
             loss_fn,
             flat_params,
             data,
-            k=1,
+            k=2 if minibatch and _num_params(flat_params) > 1 else 1,
             tol=tol,
             max_hvps=max_hvps,
             seed=seed,
             progress=progress,
-            return_vectors=return_vectors,
+            return_vectors=bool(return_vectors or minibatch),
             converge_smallest=require,
             stop_when=decided,
         )
-    return verdict_from_spectrum(
-        spectrum,
-        tau,
-        lr,
-        beta=beta,
-        momentum=momentum,
-        require_minimum=require_minimum,
-        failure_probability=failure_probability,
-    )
+    s_sharp = s_noisy = a_noisy = None
+    noisy_converged, passes = True, 0
+    if minibatch:
+        limit = _limit(lr, tau, beta, momentum)
+        sharp = _judge(spectrum, limit, bool(require_minimum), failure_probability)
+        if sharp.verdict is not False and _resolved(spectrum):
+            if spectrum.eigenvectors is None:
+                raise ValueError(
+                    "spectrum must hold eigenvectors for batch_size: pass hessian_spectrum(..., "
+                    "return_vectors=True)"
+                )
+            stats = directional_nonuniformity(loss_fn, flat_params, data, spectrum)
+            s_sharp, passes = stats.nonuniformity, 1
+            num_examples = stats.num_examples if num_examples is None else num_examples
+            sampling = dict(batch_size=batch_size, num_examples=num_examples,
+                            replacement=replacement)  # fmt: skip
+            first = _judge_noise(float(spectrum.eigenvalues[0]), float(spectrum.errors[0]),
+                                 s_sharp, "", lr, tau, beta, momentum, sampling)  # fmt: skip
+            if first.verdict is not False:  # decision-driven: Sigma only when still needed
+                sigma = nonuniformity_spectrum(loss_fn, flat_params, data, tol=tol,
+                                               max_products=max_hvps, seed=seed,
+                                               return_vector=True)  # fmt: skip
+                along = directional_nonuniformity(loss_fn, flat_params, data, sigma.eigenvector)
+                s_noisy, a_noisy = along.nonuniformity, along.curvature
+                noisy_converged = sigma.converged
+                passes += 2 * sigma.num_products + 1
+    if not minibatch:
+        return verdict_from_spectrum(
+            spectrum,
+            tau,
+            lr,
+            beta=beta,
+            momentum=momentum,
+            require_minimum=require_minimum,
+            failure_probability=failure_probability,
+        )
+    return _verdict(
+        spectrum, tau, lr, beta=beta, momentum=momentum, require_minimum=require_minimum,
+        failure_probability=failure_probability, nonuniformity=s_sharp, batch_size=batch_size,
+        num_examples=num_examples, replacement=replacement, max_nonuniformity=s_noisy,
+        max_nonuniformity_curvature=a_noisy, noisy_converged=noisy_converged,
+        data_passes=passes,
+    )  # fmt: skip

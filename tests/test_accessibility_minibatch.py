@@ -1,0 +1,257 @@
+"""The verdict with mini-batches: the mean-square condition beside the deterministic one.
+
+On given spectra the numbers have closed forms at tau = 0 (Wu, Ma and E: gain
+``lr^2 gamma s^2 / (q (2 - q))``, growth ``(1 - q)^2 + lr^2 gamma s^2``, largest lr
+``2 a / (a^2 + gamma s^2)``), so every branch of the combined verdict is checked
+exactly. End to end, per-example quadratics with commuting Hessians (where the
+reduction along the sharp direction is exact) give a non-uniformity known by hand,
+and `simulate_async` with that batch size confirms the verdict.
+"""
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stability as st
+from stability.hessian_spectrum import HessianSpectrum
+
+
+def _spectrum(top, err=1e-9, ok=True, **extra):
+    return HessianSpectrum(
+        eigenvalues=np.array([top]),
+        errors=np.array([err]),
+        converged=np.array([ok]),
+        smallest=0.0,
+        smallest_error=1e-9,
+        smallest_converged=True,
+        num_hvps=10,
+        **extra,
+    )
+
+
+A, N = 2.0, 100  # sharpness, examples
+
+
+def _judge(lr, s, batch, err=1e-9, ok=True, replacement=False, top=A, s_u=None, a_u=None):
+    """The verdict at tau = 0; the most non-uniform direction defaults to the sharp one."""
+    return st.verdict_from_spectrum(
+        _spectrum(top, err, ok), 0, lr, nonuniformity=s, batch_size=batch, num_examples=N,
+        replacement=replacement, max_nonuniformity=s if s_u is None else s_u,
+        max_nonuniformity_curvature=top if a_u is None else a_u,
+    )  # fmt: skip
+
+
+def test_sgd_report_matches_wu_ma_and_e():
+    lr, s, batch = 0.5, 3.0, 4  # q = 1: half the deterministic limit
+    gamma = (N - batch) / (batch * (N - 1))
+    noise = lr * lr * gamma * s * s
+    rep = _judge(lr, s, batch)
+    assert rep.variance_factor == pytest.approx(gamma, rel=1e-15)
+    assert rep.noise_gain == pytest.approx(noise / (1.0 * (2 - 1.0)), rel=1e-12)
+    assert rep.second_moment_growth == pytest.approx(0.0 + noise, rel=1e-9)
+    assert rep.max_stable_lr_minibatch == pytest.approx(2 * A / (A * A + gamma * s * s), rel=1e-12)
+    assert rep.nonuniformity == s and (rep.batch_size, rep.num_examples) == (batch, N)
+    assert rep.replacement is False and rep.mean_square_verdict is (noise < 1)
+    # s = 3, B = 4: gamma s^2 = 2.2, noise 0.55 < 1: stable, and the noise binds
+    assert rep.verdict is True and rep.certified_by == "residual"
+    assert rep.binding == "stochastic" and "gain 0.545" in rep.reason
+
+
+def test_noise_alone_makes_the_verdict_false():
+    lr, batch = 0.5, 1
+    s_edge = math.sqrt(1.0 / (lr * lr))  # gamma = 1 at B = 1: gain = lr^2 s^2 / 1
+    yes, no = _judge(lr, 0.99 * s_edge, batch), _judge(lr, 1.01 * s_edge, batch)
+    assert yes.verdict is True and no.verdict is False
+    assert no.certified_by == "mean_square" and no.binding == "stochastic"
+    assert no.mean_square_verdict is False and no.second_moment_growth > 1
+    assert no.fraction_of_limit == pytest.approx(0.5) and no.spectral_radius < 1
+    assert no.reason.startswith("unstable in mean square: mini-batch second-moment gain 1.02")
+    assert not bool(no)
+    # the same s with the full batch (no replacement): no noise at all
+    full = _judge(lr, 1.01 * s_edge, N)
+    assert full.verdict is True and full.noise_gain == 0.0 and full.binding == "deterministic"
+    assert full.max_stable_lr_minibatch == full.max_stable_lr
+    # ... but with replacement B = n keeps gamma = 1 / n
+    full_r = _judge(lr, 1.01 * s_edge, N, replacement=True)
+    assert full_r.variance_factor == 1 / N and full_r.noise_gain > 0
+
+
+def test_a_flatter_but_more_non_uniform_direction_can_bind():
+    lr, batch, s = 0.5, 4, 1.0  # the sharp direction: gain 0.06
+    gamma = (N - batch) / (batch * (N - 1))
+    a_u, s_u = 0.5, 5.0  # q = 0.25 along u: gain lr^2 gamma s_u^2 / (q (2 - q)) = 3.5
+    rep = _judge(lr, s, batch, s_u=s_u, a_u=a_u)
+    assert rep.verdict is False and rep.certified_by == "mean_square"
+    assert rep.binding == "stochastic" and "along the most non-uniform direction" in rep.reason
+    q = lr * a_u
+    assert rep.noise_gain_nonuniform == pytest.approx(lr**2 * gamma * s_u**2 / (q * (2 - q)))
+    assert rep.noise_gain == pytest.approx(lr**2 * gamma * s**2 / (lr * A * (2 - lr * A)))
+    assert rep.max_stable_lr_minibatch == pytest.approx(2 * a_u / (a_u**2 + gamma * s_u**2))
+    assert rep.second_moment_growth == pytest.approx((1 - q) ** 2 + lr**2 * gamma * s_u**2)
+    # without the second direction the verdict cannot be "stable"
+    rep = st.verdict_from_spectrum(_spectrum(A), 0, lr, nonuniformity=s, batch_size=batch,
+                                   num_examples=N)  # fmt: skip
+    assert rep.verdict is None and "most non-uniform direction not judged" in rep.reason
+    with pytest.raises(ValueError, match="max_nonuniformity"):
+        st.verdict_from_spectrum(_spectrum(A), 0, lr, nonuniformity=s, batch_size=batch,
+                                 num_examples=N, max_nonuniformity=1.0)  # fmt: skip
+
+
+def test_deterministic_failure_binds_and_error_bars_straddle():
+    # sharpness above the limit: the deterministic condition decides
+    rep = _judge(1.0, 0.1, 4, top=2.5)
+    assert rep.verdict is False and rep.certified_by == "ritz_value"
+    assert rep.binding == "deterministic" and rep.noise_gain is None  # not needed
+    # tiny noise: stable, and the noise lowers the largest lr by < 1 %
+    rep = _judge(0.5, 0.01, 4)
+    assert rep.verdict is True and rep.binding == "deterministic"
+    assert rep.max_stable_lr_minibatch / rep.max_stable_lr > 0.99
+    # the gain straddles 1 across the sharpness error bar: undecided
+    lr = 0.4  # q = 0.8; gain lr^2 s^2 / (q (2 - q)) = 1 at s^2 = 6
+    rep = _judge(lr, math.sqrt(6.0), 1, err=0.05, s_u=0.1)
+    assert rep.verdict is None and rep.mean_square_verdict is None and rep.binding is None
+    assert "straddles 1" in rep.reason
+    # an unconverged top Ritz value: the noise is not judged
+    rep = _judge(0.5, 0.5, 4, err=1e-2, ok=False)
+    assert rep.verdict is None and "not judged" in rep.reason
+    # a near-degenerate top pair: converged, but the sharp direction is resolved only
+    # once the residual is below 1 % of the Ritz gap
+    pair = HessianSpectrum(
+        eigenvalues=np.array([A, A - 1e-3]), errors=np.array([2e-5, 1e-3]),
+        converged=np.array([True, False]), smallest=0.0, smallest_error=1e-9,
+        smallest_converged=True, num_hvps=10,
+    )  # fmt: skip
+    kw = dict(nonuniformity=0.5, batch_size=4, num_examples=N, max_nonuniformity=0.5,
+              max_nonuniformity_curvature=A)  # fmt: skip
+    rep = st.verdict_from_spectrum(pair, 0, 0.5, **kw)
+    assert rep.verdict is None and "not resolved: residual 2e-05 vs Ritz gap 0.001" in rep.reason
+    pair = pair._replace(errors=np.array([5e-6, 1e-3]))
+    assert st.verdict_from_spectrum(pair, 0, 0.5, **kw).verdict is True
+
+
+def test_report_lines_and_json():
+    rep = _judge(0.5, 3.0, 4)
+    lines = repr(rep).splitlines()
+    assert lines[0] == "Accessibility: ACCESSIBLE"
+    assert lines[-5:] == [
+        "  mini-batch        B=4 of n=100, without replacement (variance factor 0.2424)",
+        "  non-uniformity    s=3 along the sharp direction: second-moment gain 0.5455 (< 1 stable)",
+        "  max non-unif.     s=3 along the most non-uniform direction (curvature 2): gain 0.5455",
+        "  second moment     per-step factor 0.54545455 (it decays); max stable lr 0.647059 "
+        "with these mini-batches",  # 2 a / (a^2 + gamma s^2)
+        "  binding           stochastic condition",
+    ]
+    d = rep.to_dict()
+    assert d["binding"] == "stochastic" and d["batch_size"] == 4 and d["nonuniformity"] == 3.0
+    json.dumps(d, allow_nan=False)
+    plain = st.verdict_from_spectrum(_spectrum(A), 0, 0.5)
+    assert "batch_size" not in plain.to_dict() and "mini-batch" not in repr(plain)
+    # a deterministic failure leaves the noise fields empty (not needed), still JSON
+    no = _judge(1.0, 0.1, 4, top=2.5).to_dict()
+    assert no["noise_gain"] is None and no["binding"] == "deterministic"
+    json.dumps(no, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name, error",
+    [
+        (dict(batch_size=0, num_examples=10, nonuniformity=1.0), "batch_size", ValueError),
+        (dict(batch_size=11, num_examples=10, nonuniformity=1.0), "batch_size", ValueError),
+        (dict(num_examples=10), "num_examples", ValueError),
+        (dict(batch_size=2, num_examples=10, nonuniformity=-1.0), "nonuniformity", ValueError),
+        (dict(batch_size=2, num_examples=10, replacement=1), "replacement", TypeError),
+        (
+            dict(tau=st.delay_distribution([0.5, 0.5]), batch_size=2, num_examples=10),
+            "tau",
+            ValueError,
+        ),  # fmt: skip
+    ],
+)
+def test_bad_minibatch_arguments_name_the_argument(kwargs, name, error):
+    tau = kwargs.pop("tau", 1)
+    with pytest.raises(error, match=name):
+        st.verdict_from_spectrum(_spectrum(1.0), tau, 0.1, **kwargs)
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def _quadratics(params, batch):
+    """Per-example quadratics f_i(w) = sum_j h_ij w_j^2 / 2 (diagonal: commuting)."""
+    return 0.5 * jnp.mean(jnp.sum(batch * jnp.square(params["w"]), axis=-1))
+
+
+def _curvatures():
+    """16 examples, two directions: 0 is the sharp one (a = 1), curved by half of the
+    examples (s = 1); 1 is flat and uniform (a = 0.5, s = 0), so the reduction along
+    the sharp direction is the whole story."""
+    n = 16
+    h = np.zeros((n, 2))
+    h[:8, 0] = 2.0 * np.linspace(0.9, 1.1, 8)
+    h[:, 1] = 0.5
+    return jnp.asarray(h)
+
+
+def _mean_square(lr, batch, seeds, tau=0, beta=0.0, momentum="heavy_ball", steps=300):
+    """E ||w_steps||^2 / ||w_0||^2 along direction 0 over seeds of simulate_async."""
+    h = _curvatures()
+    out = []
+    for seed in range(seeds):
+        run = st.simulate_async(
+            _quadratics, {"w": jnp.asarray([1.0, 0.0])}, h, lr=lr, tau=tau, beta=beta,
+            momentum=momentum, batch_size=batch, steps=steps, seed=seed, record_every=steps,
+        )  # fmt: skip
+        out.append(float(run.loss[-1] / run.loss[0]))  # the loss is a0 w_0^2 / 2 here
+    return np.asarray(out)
+
+
+def test_is_accessible_end_to_end_and_decision_driven():
+    h = np.asarray(_curvatures())
+    w_star = {"w": jnp.zeros(2)}
+    a, s = float(h[:, 0].mean()), float(h[:, 0].std())
+    lr_ms = 2 * a / (a * a + s * s)  # tau = 0, B = 1 of 16 without replacement: gamma = 1
+    kw = dict(data=_curvatures(), progress=False)
+    rep = st.is_accessible(_quadratics, w_star, 0, 0.8 * lr_ms, batch_size=1, **kw)
+    assert rep.sharpness == pytest.approx(a, rel=1e-9) and rep.num_examples == 16
+    assert rep.nonuniformity == pytest.approx(s, rel=1e-9)
+    # Sigma = diag(s^2, 0): its top direction is the sharp one here
+    assert rep.max_nonuniformity == pytest.approx(s, rel=1e-9)
+    assert rep.max_nonuniformity_curvature == pytest.approx(a, rel=1e-9)
+    assert rep.data_passes >= 4  # the sharp direction, two per Sigma product, u
+    assert rep.max_stable_lr_minibatch == pytest.approx(lr_ms, rel=1e-9)
+    assert rep.verdict is True and rep.binding == "stochastic"
+    rep = st.is_accessible(_quadratics, w_star, 0, 1.25 * lr_ms, batch_size=1, **kw)
+    assert rep.verdict is False and rep.certified_by == "mean_square"
+    assert rep.binding == "stochastic" and rep.fraction_of_limit < 0.7
+    rep = st.is_accessible(_quadratics, w_star, 0, 1.25 * lr_ms, batch_size=16, **kw)
+    assert rep.verdict is True and rep.binding == "deterministic" and rep.noise_gain == 0.0
+    # Above the deterministic limit: decided by a Ritz value, no per-example pass.
+    rep = st.is_accessible(_quadratics, w_star, 0, 2.2 / a, batch_size=1, **kw)
+    assert rep.verdict is False and rep.nonuniformity is None and rep.binding == "deterministic"
+    assert rep.num_hvps <= 2 and rep.data_passes == 0
+    with pytest.raises(ValueError, match="data"):
+        st.is_accessible(_quadratics, w_star, 0, 0.1, batch_size=1)
+
+
+def test_simulate_async_with_that_batch_size_confirms_the_verdict():
+    h = np.asarray(_curvatures())
+    a, s = float(h[:, 0].mean()), float(h[:, 0].std())
+    lr_ms = 2 * a / (a * a + s * s)
+    # tau = 0: at 1.25x every run leaves the minimum with B = 1, none with the full batch
+    assert np.all(_mean_square(1.25 * lr_ms, 1, 8) > 1e6)
+    assert np.all(_mean_square(1.25 * lr_ms, 16, 2) < 1e-6)
+    assert np.all(_mean_square(0.8 * lr_ms, 1, 8) < 1e-3)
+    # delay 1, heavy ball 0.5: the second moment grows through a minority of the runs
+    # (most still contract at 1.25x): judge the mean over runs, as the condition does.
+    kw = dict(tau=1, beta=0.5, momentum="heavy_ball")
+    lr_ms = st.mean_square.max_stable_lr_minibatch(a, s, 1, 0.5, batch_size=1, num_examples=16)
+    assert 1.25 * lr_ms < 0.85 * st.max_stable_lr(a, 1, 0.5)
+    for factor, batch, grows in ((1.25, 1, True), (1.25, 16, False), (0.8, 1, False)):
+        rep = st.is_accessible(_quadratics, {"w": jnp.zeros(2)}, 1, factor * lr_ms, beta=0.5,
+                               data=_curvatures(), batch_size=batch, progress=False)  # fmt: skip
+        assert rep.verdict is (not grows), (factor, batch)
+        m = _mean_square(factor * lr_ms, batch, 32 if grows else 4, **kw).mean()
+        assert (m > 1e3) if grows else (m < 1e-3), (factor, batch, m)
