@@ -328,6 +328,14 @@ def test_stop_when_in_every_loop():
     assert r.num_hvps == 9
 
 
+def test_power_iteration_progress_bar_counts_products(capsys):
+    # Several batches: a bar over the products (advanced by k + 1 per iteration).
+    r = run(method="power", k=1, converge_smallest=True, data=[B, B], max_hvps=6,
+            tol=1e-300, progress=True)  # fmt: skip
+    assert r.num_hvps == 6
+    assert "Hessian-vector products" in capsys.readouterr().err
+
+
 def test_stop_when_with_a_loss_of_params_only():
     eigs = np.linspace(-1.0, 2.0, 12)
     d = jnp.asarray(eigs)
