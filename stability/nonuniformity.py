@@ -18,7 +18,10 @@ forming a Hessian:
 - the largest eigenvalue of Sigma (:func:`nonuniformity_spectrum`), Wu, Ma and E's
   non-uniformity ``sqrt(lambda_max(Sigma))``: Lanczos (`stability.lanczos`) on
   ``u -> mean_i H_i (H_i u) - H (H u)``, two passes per product (two products per
-  example, then the mean-loss product of `stability.hvp`).
+  example, then the mean-loss product of `stability.hvp`);
+- the largest eigenvalue of Wu, Ma and E's matrix ``(I - lr H)^2 + lr^2 gamma Sigma``
+  (:func:`wu_ma_e_spectrum`, the same products) and its eigenvector, the direction
+  where their condition fails first.
 
 Per-example products. ``loss(params, batch)`` returns the MEAN loss over its batch
 (the convention of `stability.hessian_spectrum`), so example i's loss is the loss
@@ -62,8 +65,10 @@ from stability.validation import check_int, check_positive
 __all__ = [
     "DirectionalNonuniformity",
     "NonuniformitySpectrum",
+    "WuMaESpectrum",
     "directional_nonuniformity",
     "nonuniformity_spectrum",
+    "wu_ma_e_spectrum",
 ]
 
 DEFAULT_CHUNK = 128  # examples per compiled program (memory: chunk x parameters numbers)
@@ -293,32 +298,20 @@ def directional_nonuniformity(
     )
 
 
-def nonuniformity_spectrum(
-    loss: Callable,
-    params,
-    data,
-    *,
-    tol: float = 1e-3,
-    max_products: int = 40,
-    seed: int = 0,
-    return_vector: bool = False,
-    trainable=None,
-    devices=None,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> NonuniformitySpectrum:
-    """The largest eigenvalue of ``Sigma = mean_i H_i^2 - H^2`` (Wu, Ma and E's
-    non-uniformity is its square root), by Lanczos with full reorthogonalisation.
+class _Top(NamedTuple):
+    value: float
+    error: float
+    scale: float  # max |Ritz value|: the spectral-norm estimate
+    steps: int
+    vector: Any
 
-    Each product ``Sigma u = mean_i H_i (H_i u) - H (H u)`` is two passes over the
-    data: per-example products (two per example) and then the mean-loss product of
-    ``H u`` (`stability.hvp.hvp_sum`). Stops when the top Ritz residual is at most
-    ``tol`` times the top Ritz value, or after ``max_products``. The difference of the
-    two means loses about ``eps ||H||^2 / lambda_max(Sigma)`` in relative accuracy.
 
-    Returns:
-      :class:`NonuniformitySpectrum` (Python numbers; the eigenvector as a pytree
-      like params when ``return_vector``).
-    """
+def _lanczos_top(loss, params, data, coeffs, tol, max_products, seed, return_vector,
+                 trainable, devices, chunk_size) -> _Top:  # fmt: skip
+    """The top eigenvalue of ``c_sq mean_i H_i^2 + c_hh H^2 + c_h H`` (``coeffs``) by
+    Lanczos with full reorthogonalisation: two passes per product (per-example
+    products, two per example; then the mean-loss product of ``H u``). Stops when the
+    top Ritz residual is at most ``tol`` times the spectral-norm estimate."""
     check_positive("tol", tol)
     max_products = check_int("max_products", max_products, 1)
     chunk_size = check_int("chunk_size", chunk_size, 1)
@@ -328,6 +321,7 @@ def nonuniformity_spectrum(
     count = sum(_hvp.batch_size(p) for parts in placed for p in parts if p is not None)
     if count == 0:
         raise ValueError("data must hold at least one example; got none")
+    c_sq, c_hh, c_h = (float(c) for c in coeffs)
 
     def product(u):
         u_dev = _hvp.replicate(jnp.asarray(u), s.mesh)
@@ -336,12 +330,13 @@ def nonuniformity_spectrum(
             for part in (p for p in parts if p is not None):
                 a, b = _square_sum(s.loss, s.mask, s.params, part, u_dev)
                 h2u, hu = h2u + np.asarray(a, np.float64), hu + np.asarray(b, np.float64)
-        hu_dev = _hvp.replicate(jnp.asarray((hu / count).astype(s.dtype)), s.mesh)
+        hu = hu / count
+        hu_dev = _hvp.replicate(jnp.asarray(hu.astype(s.dtype)), s.mesh)
         hhu = 0.0
         for main, rem in placed:
             out, _ = _hvp.hvp_sum(s.loss, s.mask, s.params, main, rem, hu_dev, None)
             hhu = hhu + np.asarray(out, np.float64)
-        return ((h2u - hhu) / count).astype(s.dtype)
+        return (c_sq * h2u / count + c_hh * hhu / count + c_h * hu).astype(s.dtype)
 
     rng = np.random.default_rng(seed)
     v = rng.standard_normal(s.n)
@@ -368,19 +363,116 @@ def nonuniformity_spectrum(
         beta_prev = beta
         v = v_next
         ext = _lz.lanczos_extremes_host(alphas, betas, 1, tol, False, s.dtype)
-        if float(ext.top_error[0]) <= tol * abs(float(ext.top[0])):
+        scale = max(abs(float(ext.top[0])), abs(float(ext.smallest)))
+        if float(ext.top_error[0]) <= tol * scale:
             break
-    top, err = float(ext.top[0]), float(ext.top_error[0])
     vector = None
     if return_vector:
         y = ext.coeffs[0] @ basis[: len(alphas)]
         y = y / np.linalg.norm(y)
         vector = _hvp.flatten_params(params, s.mask).unravel(jnp.asarray(y))
+    return _Top(float(ext.top[0]), float(ext.top_error[0]), scale, len(alphas), vector)
+
+
+def nonuniformity_spectrum(
+    loss: Callable,
+    params,
+    data,
+    *,
+    tol: float = 1e-3,
+    max_products: int = 40,
+    seed: int = 0,
+    return_vector: bool = False,
+    trainable=None,
+    devices=None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> NonuniformitySpectrum:
+    """The largest eigenvalue of ``Sigma = mean_i H_i^2 - H^2`` (Wu, Ma and E's
+    non-uniformity is its square root), by Lanczos with full reorthogonalisation.
+
+    Each product ``Sigma u = mean_i H_i (H_i u) - H (H u)`` is two passes over the
+    data: per-example products (two per example) and then the mean-loss product of
+    ``H u`` (`stability.hvp.hvp_sum`). Stops when the top Ritz residual is at most
+    ``tol`` times the top Ritz value, or after ``max_products``. The difference of the
+    two means loses about ``eps ||H||^2 / lambda_max(Sigma)`` in relative accuracy.
+
+    Returns:
+      :class:`NonuniformitySpectrum` (Python numbers; the eigenvector as a pytree
+      like params when ``return_vector``).
+    """
+    top = _lanczos_top(loss, params, data, (1.0, -1.0, 0.0), tol, max_products, seed,
+                       return_vector, trainable, devices, chunk_size)  # fmt: skip
     return NonuniformitySpectrum(
-        eigenvalue=top,
-        error=err,
-        converged=bool(err <= tol * abs(top)),
-        nonuniformity=math.sqrt(max(top, 0.0)),
-        num_products=len(alphas),
-        eigenvector=vector,
+        eigenvalue=top.value,
+        error=top.error,
+        converged=bool(top.error <= tol * abs(top.value)),
+        nonuniformity=math.sqrt(max(top.value, 0.0)),
+        num_products=top.steps,
+        eigenvector=top.vector,
+    )
+
+
+class WuMaESpectrum(NamedTuple):
+    """The top of Wu, Ma and E's matrix ``(I - lr H)^2 + lr^2 gamma Sigma``.
+
+    excess: the largest Ritz value of ``lr (gamma mean_i H_i^2 + (1 - gamma) H^2) -
+      2 H``, so that ``lambda_max = 1 + lr * excess``; a positive Ritz value proves
+      ``lambda_max > 1`` (their sufficient condition for mean-square stability at tau
+      = 0 fails). Flat directions (``H_i u = 0`` for all i) give exactly 0.
+    error: its residual bound; converged: ``error <= tol * spectral-norm estimate``.
+    lambda_max: ``1 + lr * excess``.
+    num_products: products used (each two passes over the data).
+    eigenvector: the Ritz vector (pytree like params) or None: the direction where
+      the second moment grows fastest in one step (the worst direction at tau = 0).
+    """
+
+    excess: float
+    error: float
+    converged: bool
+    lambda_max: float
+    num_products: int
+    eigenvector: Any = None
+
+
+def wu_ma_e_spectrum(
+    loss: Callable,
+    params,
+    data,
+    *,
+    lr,
+    variance_factor,
+    tol: float = 1e-3,
+    max_products: int = 40,
+    seed: int = 0,
+    return_vector: bool = False,
+    trainable=None,
+    devices=None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> WuMaESpectrum:
+    """The largest eigenvalue of ``(I - lr H)^2 + lr^2 gamma Sigma`` (Wu, Ma and E's
+    mean-square condition for SGD: ``<= 1``), as ``1 + lr * excess``.
+
+    ``excess`` is the top eigenvalue of ``lr (gamma mean_i H_i^2 + (1 - gamma) H^2) -
+    2 H`` (the same matrix minus I, over lr, with ``Sigma = mean_i H_i^2 - H^2``),
+    found by Lanczos on the products of :func:`nonuniformity_spectrum`; ``gamma`` is
+    `stability.mean_square.variance_factor` of the batch size. Its Ritz vector is
+    the direction where the condition fails first; `stability.is_accessible` judges
+    the (delayed) scalar condition along it.
+
+    Returns:
+      :class:`WuMaESpectrum` (Python numbers; the eigenvector when ``return_vector``).
+    """
+    check_positive("lr", lr)
+    if not (isinstance(variance_factor, (int, float)) and 0 <= variance_factor <= 1):
+        raise ValueError(f"variance_factor must be a number in [0, 1]; got {variance_factor!r}")
+    lr, g = float(lr), float(variance_factor)
+    top = _lanczos_top(loss, params, data, (lr * g, lr * (1 - g), -2.0), tol, max_products,
+                       seed, return_vector, trainable, devices, chunk_size)  # fmt: skip
+    return WuMaESpectrum(
+        excess=top.value,
+        error=top.error,
+        converged=bool(top.error <= tol * top.scale),
+        lambda_max=1.0 + lr * top.value,
+        num_products=top.steps,
+        eigenvector=top.vector,
     )

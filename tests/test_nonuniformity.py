@@ -125,3 +125,22 @@ def test_bad_input_names_the_argument():
         directional_nonuniformity(_loss, params, data, params, chunk_size=2.5)
     with pytest.raises(TypeError, match="loss"):
         nonuniformity_spectrum("loss", params, data)
+
+
+def test_wu_ma_e_matrix_matches_dense():
+    params, data = _problem()
+    _, h, sigma, _ = _dense(params, data)
+    lr, gamma = 0.3, 0.4
+    eye = np.eye(h.shape[0])
+    dense = (eye - lr * h) @ (eye - lr * h) + lr * lr * gamma * sigma
+    top = np.linalg.eigvalsh(dense)[-1]
+    got = st.nonuniformity.wu_ma_e_spectrum(
+        _loss, params, data, lr=lr, variance_factor=gamma, tol=1e-10, max_products=30,
+        return_vector=True,
+    )  # fmt: skip
+    assert got.converged and got.lambda_max == pytest.approx(top, rel=1e-9)
+    assert got.excess == pytest.approx((top - 1) / lr, rel=1e-8)
+    vec = np.asarray(ravel_pytree(got.eigenvector)[0])
+    assert vec @ dense @ vec == pytest.approx(top, rel=1e-8)
+    with pytest.raises(ValueError, match="variance_factor"):
+        st.nonuniformity.wu_ma_e_spectrum(_loss, params, data, lr=0.1, variance_factor=2.0)
