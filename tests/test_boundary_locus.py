@@ -187,6 +187,18 @@ def test_dense_locus_batched_over_beta():
         assert step < 1e-9, (b, step)
 
 
+def test_float32_arguments_give_float32_thresholds():
+    # the dtype follows beta (and lr): float32 in, float32 out, equal to float64 to ~eps32
+    tau = np.array([3, 40])
+    t = st.stability_threshold(tau, np.float32(0.9), momentum="shifted")
+    assert t.q_max.dtype == np.float32 and t.theta.dtype == np.float32
+    want = st.stability_threshold(tau, 0.9, momentum="shifted")
+    np.testing.assert_allclose(t.q_max, np.asarray(want.q_max), rtol=1e-5)
+    got = st.max_stable_sharpness(np.float32(0.1), tau, np.float32(0.9), momentum="shifted")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(want.q_max) / 0.1, rtol=1e-5)
+
+
 def test_max_stable_lr_inverts_sharpness():
     lr = st.max_stable_lr(3.0, 5, 0.6, momentum="nesterov")
     assert float(st.max_stable_sharpness(lr, 5, 0.6, momentum="nesterov")) == pytest.approx(3.0)
