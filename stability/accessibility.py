@@ -67,7 +67,11 @@ import numpy as np
 from stability import boundary_locus, companion, delays, mean_square
 from stability.hessian_spectrum import HessianSpectrum, hessian_spectrum
 from stability.models import loss_from_model
-from stability.nonuniformity import directional_nonuniformity, nonuniformity_spectrum
+from stability.nonuniformity import (
+    directional_nonuniformity,
+    nonuniformity_spectrum,
+    wu_ma_e_spectrum,
+)
 from stability.validation import check_beta, check_lr, check_momentum
 
 __all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
@@ -88,6 +92,7 @@ RESOLVED_FRACTION = 0.01
 _MINIBATCH_FIELDS = (
     "batch_size", "num_examples", "replacement", "variance_factor", "nonuniformity",
     "noise_gain", "max_nonuniformity", "max_nonuniformity_curvature", "noise_gain_nonuniform",
+    "wu_ma_e_lambda_max", "worst_curvature", "worst_nonuniformity", "noise_gain_worst",
     "second_moment_growth", "max_stable_lr_minibatch", "mean_square_verdict", "binding",
     "data_passes",
 )  # fmt: skip
@@ -144,6 +149,11 @@ class Accessibility:
         Sigma (Wu, Ma and E's non-uniformity ``sqrt(lambda_max(Sigma))``);
         max_nonuniformity_curvature: ``u^T H u``; noise_gain_nonuniform: the gain
         along u (None when not computed: the sharp direction already decided).
+      wu_ma_e_lambda_max: the top Ritz value of Wu, Ma and E's matrix ``(I - lr H)^2 +
+        lr^2 gamma Sigma`` (`stability.nonuniformity.wu_ma_e_spectrum`; > 1: their
+        condition fails); worst_curvature, worst_nonuniformity, noise_gain_worst:
+        ``a``, ``s`` and the gain along its Ritz vector (None when not needed, or
+        when no direction has a positive excess: then flat).
       second_moment_growth: per-step factor of the second moment, the larger of the
         two directions (< 1 decays).
       max_stable_lr_minibatch: the largest lr at which both directions are stable in
@@ -186,6 +196,10 @@ class Accessibility:
     max_nonuniformity: float | None = None
     max_nonuniformity_curvature: float | None = None
     noise_gain_nonuniform: float | None = None
+    wu_ma_e_lambda_max: float | None = None
+    worst_curvature: float | None = None
+    worst_nonuniformity: float | None = None
+    noise_gain_worst: float | None = None
     second_moment_growth: float | None = None
     max_stable_lr_minibatch: float | None = None
     mean_square_verdict: bool | None = None
@@ -234,6 +248,16 @@ class Accessibility:
                     f"  max non-unif.     s={self.max_nonuniformity:.6g} along the most "
                     f"non-uniform direction (curvature {self.max_nonuniformity_curvature:.4g}): "
                     f"gain {self.noise_gain_nonuniform:.4g}"
+                )
+            if self.wu_ma_e_lambda_max is not None:
+                worst = (
+                    "no direction above 1"
+                    if self.noise_gain_worst is None
+                    else f"its top direction (curvature {self.worst_curvature:.4g}, s="
+                    f"{self.worst_nonuniformity:.6g}): gain {self.noise_gain_worst:.4g}"
+                )
+                lines.append(
+                    f"  Wu-Ma-E matrix    lambda_max {self.wu_ma_e_lambda_max:.8f}; {worst}"
                 )
             grows = "decays" if self.second_moment_growth < 1 else "grows"
             lines.append(
@@ -419,6 +443,9 @@ def verdict_from_spectrum(
     replacement: bool = False,
     max_nonuniformity: float | None = None,
     max_nonuniformity_curvature: float | None = None,
+    wu_ma_e_lambda_max: float | None = None,
+    worst_curvature: float | None = None,
+    worst_nonuniformity: float | None = None,
 ) -> Accessibility:
     """The verdict for a precomputed spectrum (cheap: no Hessian products).
 
@@ -429,9 +456,13 @@ def verdict_from_spectrum(
     With ``batch_size`` and ``num_examples`` the mean-square condition is added for
     the given ``nonuniformity`` (``s`` along the top eigenvector) and, when given,
     ``max_nonuniformity`` with ``max_nonuniformity_curvature`` (``s`` and ``a`` along
-    the top eigenvector of Sigma), e.g. a previous report's numbers, so batch sizes
-    are swept for free too. Without ``nonuniformity`` the noise is not judged and the
-    verdict is at most undecided unless the deterministic side fails.
+    the top eigenvector of Sigma) and ``wu_ma_e_lambda_max`` with ``worst_curvature``
+    and ``worst_nonuniformity`` (the top of Wu, Ma and E's matrix and ``a``, ``s``
+    along its eigenvector; without the latter two: no direction above 1), e.g. a
+    previous report's numbers (each depends on lr and the batch size only through
+    the condition, except the Wu-Ma-E direction, which is found for one lr and
+    gamma). Without all three the verdict is at most undecided unless the
+    deterministic side fails.
     """
     _check_hyperparameters(tau, lr, beta, momentum, failure_probability)
     _check_minibatch(tau, batch_size, num_examples, replacement, nonuniformity)
@@ -442,12 +473,22 @@ def verdict_from_spectrum(
         )
     if max_nonuniformity is not None:
         _check_minibatch(tau, batch_size, num_examples, replacement, max_nonuniformity)
+    if (worst_curvature is None) != (worst_nonuniformity is None) or (
+        worst_curvature is not None and wu_ma_e_lambda_max is None
+    ):
+        raise ValueError(
+            "worst_curvature and worst_nonuniformity go together, with wu_ma_e_lambda_max; got "
+            f"{worst_curvature!r}, {worst_nonuniformity!r}, {wu_ma_e_lambda_max!r}"
+        )
+    worst = None
+    if wu_ma_e_lambda_max is not None:
+        worst = (wu_ma_e_lambda_max, True, worst_curvature, worst_nonuniformity)
     return _verdict(
         spectrum, tau, lr, beta=beta, momentum=momentum, require_minimum=require_minimum,
         failure_probability=failure_probability, nonuniformity=nonuniformity,
         batch_size=batch_size, num_examples=num_examples, replacement=replacement,
         max_nonuniformity=max_nonuniformity,
-        max_nonuniformity_curvature=max_nonuniformity_curvature,
+        max_nonuniformity_curvature=max_nonuniformity_curvature, worst=worst,
     )  # fmt: skip
 
 
@@ -455,7 +496,7 @@ def _verdict(
     spectrum, tau, lr, *, beta, momentum, require_minimum, failure_probability,
     nonuniformity=None, batch_size=None, num_examples=None, replacement=False,
     max_nonuniformity=None, max_nonuniformity_curvature=None, noisy_converged=True,
-    data_passes=None,
+    data_passes=None, worst=None,
 ) -> Accessibility:  # fmt: skip
     """`verdict_from_spectrum` after its checks, with what `is_accessible` adds: whether
     the Lanczos run on Sigma converged and the passes spent over the data."""
@@ -480,7 +521,7 @@ def _verdict(
             spectrum, judged, limit, max_lr, lr, tau, beta, momentum,
             dict(batch_size=batch_size, num_examples=num_examples, replacement=replacement),
             nonuniformity, max_nonuniformity, max_nonuniformity_curvature,
-            noisy_converged,
+            noisy_converged, worst,
         )  # fmt: skip
         extra["data_passes"] = data_passes
     return Accessibility(
@@ -511,7 +552,7 @@ def _verdict(
 
 
 def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampling,
-                s_sharp, s_noisy, a_noisy, noisy_converged):  # fmt: skip
+                s_sharp, s_noisy, a_noisy, noisy_converged, worst=None):  # fmt: skip
     """The combined verdict, reason and mini-batch fields (module docstring)."""
     verdict, certified_by, reason = judged.verdict, judged.certified_by, judged.reason
     top = float(spectrum.eigenvalues[0])
@@ -552,10 +593,27 @@ def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampli
         extra.update(max_nonuniformity=float(s_noisy),
                      max_nonuniformity_curvature=float(a_noisy),
                      noise_gain_nonuniform=noisy.gain)  # fmt: skip
+    if worst is not None:  # (lambda_max, converged, a, s): the Wu-Ma-E direction
+        lam, converged, a_w, s_w = worst
+        extra["wu_ma_e_lambda_max"] = float(lam)
+        if a_w is None:  # no positive excess: the top of the matrix is 1 (flat directions)
+            flat = "Wu, Ma and E's matrix has no direction above 1"
+            found.append(_Noise(True if converged else None, 0.0, 0.0, math.inf,
+                                flat if converged else flat + " (not converged)"))  # fmt: skip
+        else:
+            w = _judge_noise(float(a_w), 0.0, float(s_w),
+                             "along the top direction of Wu, Ma and E's matrix", *args)  # fmt: skip
+            if w.verdict is True and not converged:
+                w = w._replace(verdict=None, why=w.why + " (not converged)")
+            found.append(w)
+            extra.update(worst_curvature=float(a_w), worst_nonuniformity=float(s_w),
+                         noise_gain_worst=w.gain)  # fmt: skip
     extra.update(
         second_moment_growth=max(n.growth for n in found),
         max_stable_lr_minibatch=min(n.max_lr for n in found),
     )
+    if worst is None and s_noisy is not None:
+        found.append(_Noise(None, 0.0, 0.0, math.inf, "Wu, Ma and E's matrix not judged"))
     failed = [n for n in found if n.verdict is False]
     if failed:
         extra.update(mean_square_verdict=False, binding="stochastic")
@@ -741,7 +799,7 @@ def is_accessible(
             converge_smallest=require,
             stop_when=decided,
         )
-    s_sharp = s_noisy = a_noisy = None
+    s_sharp = s_noisy = a_noisy = worst = None
     noisy_converged, passes = True, 0
     if minibatch:
         limit = _limit(lr, tau, beta, momentum)
@@ -767,6 +825,21 @@ def is_accessible(
                 s_noisy, a_noisy = along.nonuniformity, along.curvature
                 noisy_converged = sigma.converged
                 passes += 2 * sigma.num_products + 1
+                second = _judge_noise(a_noisy, 0.0, s_noisy, "", lr, tau, beta, momentum,
+                                      sampling)  # fmt: skip
+                if second.verdict is not False:  # the top of Wu, Ma and E's matrix
+                    gamma = mean_square.variance_factor(**sampling)
+                    wme = wu_ma_e_spectrum(loss_fn, flat_params, data, lr=lr,
+                                           variance_factor=gamma, tol=tol, max_products=max_hvps,
+                                           seed=seed, return_vector=True)  # fmt: skip
+                    passes += 2 * wme.num_products
+                    floor = 1e-8 * abs(float(spectrum.eigenvalues[0]))
+                    worst = (wme.lambda_max, wme.converged, None, None)
+                    if wme.excess > max(wme.error, floor):  # a direction above 1
+                        at = directional_nonuniformity(loss_fn, flat_params, data,
+                                                       wme.eigenvector)  # fmt: skip
+                        worst = (wme.lambda_max, wme.converged, at.curvature, at.nonuniformity)
+                        passes += 1
     if not minibatch:
         return verdict_from_spectrum(
             spectrum,
@@ -782,5 +855,5 @@ def is_accessible(
         failure_probability=failure_probability, nonuniformity=s_sharp, batch_size=batch_size,
         num_examples=num_examples, replacement=replacement, max_nonuniformity=s_noisy,
         max_nonuniformity_curvature=a_noisy, noisy_converged=noisy_converged,
-        data_passes=passes,
+        data_passes=passes, worst=worst,
     )  # fmt: skip

@@ -35,12 +35,18 @@ def _spectrum(top, err=1e-9, ok=True, **extra):
 A, N = 2.0, 100  # sharpness, examples
 
 
-def _judge(lr, s, batch, err=1e-9, ok=True, replacement=False, top=A, s_u=None, a_u=None):
-    """The verdict at tau = 0; the most non-uniform direction defaults to the sharp one."""
+def _judge(lr, s, batch, err=1e-9, ok=True, replacement=False, top=A, s_u=None, a_u=None,
+           s_w=None):  # fmt: skip
+    """The verdict at tau = 0; the most non-uniform direction and the top of Wu, Ma and
+    E's matrix default to the sharp one (commuting Hessians with one noisy direction)."""
+    gamma = st.mean_square.variance_factor(batch, N, replacement=replacement)
+    s_w = s if s_w is None else s_w
+    lam = (1 - lr * top) ** 2 + lr * lr * gamma * s_w * s_w
     return st.verdict_from_spectrum(
         _spectrum(top, err, ok), 0, lr, nonuniformity=s, batch_size=batch, num_examples=N,
         replacement=replacement, max_nonuniformity=s if s_u is None else s_u,
         max_nonuniformity_curvature=top if a_u is None else a_u,
+        wu_ma_e_lambda_max=lam, worst_curvature=top, worst_nonuniformity=s_w,
     )  # fmt: skip
 
 
@@ -100,6 +106,31 @@ def test_a_flatter_but_more_non_uniform_direction_can_bind():
                                  num_examples=N, max_nonuniformity=1.0)  # fmt: skip
 
 
+def test_the_top_direction_of_wu_ma_and_e_matrix_can_bind():
+    # The sharp and the most non-uniform directions pass; the top of Wu, Ma and E's
+    # matrix is a third direction (flat, noisy: a = 0.3, s = 4.3, as on the digits).
+    lr, batch = 0.2, 4
+    gamma = (N - batch) / (batch * (N - 1))
+    kw = dict(nonuniformity=1.0, batch_size=batch, num_examples=N, max_nonuniformity=2.0,
+              max_nonuniformity_curvature=1.5)  # fmt: skip
+    a_w, s_w = 0.3, 4.3
+    lam = (1 - lr * a_w) ** 2 + lr * lr * gamma * s_w**2  # its quadratic form along w
+    rep = st.verdict_from_spectrum(_spectrum(A), 0, lr, wu_ma_e_lambda_max=lam,
+                                   worst_curvature=a_w, worst_nonuniformity=s_w, **kw)  # fmt: skip
+    q = lr * a_w
+    assert rep.noise_gain_worst == pytest.approx(lr**2 * gamma * s_w**2 / (q * (2 - q)))
+    assert rep.noise_gain_worst > 1 > max(rep.noise_gain, rep.noise_gain_nonuniform)
+    assert rep.verdict is False and rep.certified_by == "mean_square"
+    assert "along the top direction of Wu, Ma and E's matrix" in rep.reason
+    assert rep.second_moment_growth == pytest.approx(lam)  # tau = 0: the same number
+    # no direction above 1 (only flat ones): stable in their sense
+    rep = st.verdict_from_spectrum(_spectrum(A), 0, lr, wu_ma_e_lambda_max=1.0, **kw)
+    assert rep.verdict is True and rep.noise_gain_worst is None
+    assert "no direction above 1" in repr(rep)
+    with pytest.raises(ValueError, match="worst_curvature"):
+        st.verdict_from_spectrum(_spectrum(A), 0, lr, worst_curvature=0.3, **kw)
+
+
 def test_deterministic_failure_binds_and_error_bars_straddle():
     # sharpness above the limit: the deterministic condition decides
     rep = _judge(1.0, 0.1, 4, top=2.5)
@@ -111,7 +142,7 @@ def test_deterministic_failure_binds_and_error_bars_straddle():
     assert rep.max_stable_lr_minibatch / rep.max_stable_lr > 0.99
     # the gain straddles 1 across the sharpness error bar: undecided
     lr = 0.4  # q = 0.8; gain lr^2 s^2 / (q (2 - q)) = 1 at s^2 = 6
-    rep = _judge(lr, math.sqrt(6.0), 1, err=0.05, s_u=0.1)
+    rep = _judge(lr, math.sqrt(6.0), 1, err=0.05, s_u=0.1, s_w=0.1)
     assert rep.verdict is None and rep.mean_square_verdict is None and rep.binding is None
     assert "straddles 1" in rep.reason
     # an unconverged top Ritz value: the noise is not judged
@@ -125,7 +156,7 @@ def test_deterministic_failure_binds_and_error_bars_straddle():
         smallest_converged=True, num_hvps=10,
     )  # fmt: skip
     kw = dict(nonuniformity=0.5, batch_size=4, num_examples=N, max_nonuniformity=0.5,
-              max_nonuniformity_curvature=A)  # fmt: skip
+              max_nonuniformity_curvature=A, wu_ma_e_lambda_max=1.0)  # fmt: skip
     rep = st.verdict_from_spectrum(pair, 0, 0.5, **kw)
     assert rep.verdict is None and "not resolved: residual 2e-05 vs Ritz gap 0.001" in rep.reason
     pair = pair._replace(errors=np.array([5e-6, 1e-3]))
@@ -136,10 +167,12 @@ def test_report_lines_and_json():
     rep = _judge(0.5, 3.0, 4)
     lines = repr(rep).splitlines()
     assert lines[0] == "Accessibility: ACCESSIBLE"
-    assert lines[-5:] == [
+    assert lines[-6:] == [
         "  mini-batch        B=4 of n=100, without replacement (variance factor 0.2424)",
         "  non-uniformity    s=3 along the sharp direction: second-moment gain 0.5455 (< 1 stable)",
         "  max non-unif.     s=3 along the most non-uniform direction (curvature 2): gain 0.5455",
+        "  Wu-Ma-E matrix    lambda_max 0.54545455; its top direction (curvature 2, s=3): gain "
+        "0.5455",
         "  second moment     per-step factor 0.54545455 (it decays); max stable lr 0.647059 "
         "with these mini-batches",  # 2 a / (a^2 + gamma s^2)
         "  binding           stochastic condition",
