@@ -102,11 +102,19 @@ finite. ``O(d^2)`` per point, ``d = tau + 2``; no eigenvalues. It runs in numpy 
 concrete inputs and in jax (jit and vmap friendly) for traced ones.
 
 Scope: a constant delay (not a delay distribution: a random delay adds its own
-second-moment terms, not modelled here). For a network (non-commuting ``H_i``) the
-verdict applies the scalar reduction along the top Hessian eigenvector ``v`` with
-``a = v^T H v`` and ``s^2 = v^T Sigma v`` (`stability.nonuniformity`), exact when the
-``H_i`` share that eigenvector; at tau = 0 the condition is then the ``(v, v)`` entry of
-Wu, Ma and E's matrix being below 1, so its failure also fails their condition.
+second-moment terms, not modelled here). For a network the ``H_i`` do not commute:
+the verdict (`stability.is_accessible` with ``batch_size``) applies the scalar
+condition along candidate directions ``v`` with ``a = v^T H v`` and ``s^2 = v^T
+Sigma v`` (`stability.nonuniformity`): the top eigenvector of H, the top eigenvector
+of Sigma and the top eigenvector of Wu, Ma and E's matrix. Along a common
+eigenvector it is exact; at tau = 0 the scalar condition along v is the ``(v, v)``
+entry of Wu, Ma and E's matrix being below 1.
+
+Mean square is not almost sure: near the threshold the second moment grows through
+rare runs while most runs still contract (at 1.25x the threshold with delay 1 and
+heavy ball 0.5, about 4 runs in 5 of the end-to-end example of
+tests/test_accessibility_minibatch.py contract; at tau = 0 every run grows), so a
+simulation confirms a mean-square verdict through the mean over runs.
 """
 
 from __future__ import annotations
