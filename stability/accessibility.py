@@ -84,9 +84,10 @@ FLAT_TOLERANCE = 1e-5
 BINDING_TOLERANCE = 0.01
 
 # The non-uniformity is taken along the top Ritz vector once its residual is at most
-# this fraction of the Ritz gap theta_1 - theta_2 (Davis-Kahan: sine of its angle to
-# the top eigenvector at most this, presuming the Ritz gap): a near-degenerate top
-# pair leaves the sharp direction, and s along it, undetermined until then.
+# this fraction of the gap theta_1 - (theta_2 + r_2) (Davis-Kahan: sine of its angle to
+# the top eigenvector at most this, presuming theta_2 + r_2 bounds lambda_2): a
+# near-degenerate top pair leaves the sharp direction, and s along it, undetermined
+# until both are resolved.
 RESOLVED_FRACTION = 0.01
 
 _MINIBATCH_FIELDS = (
@@ -420,8 +421,10 @@ def _resolved(spectrum: HessianSpectrum) -> bool:
         return False
     if len(spectrum.eigenvalues) < 2 or not np.isfinite(spectrum.eigenvalues[1]):
         return True
-    gap = float(spectrum.eigenvalues[0] - spectrum.eigenvalues[1])
-    return float(spectrum.errors[0]) <= RESOLVED_FRACTION * gap
+    # theta_2 + its residual: an upper bound on lambda_2 (presumed, like the residual
+    # certificate), so the gap below is not the Ritz gap of an unresolved cluster
+    gap = float(spectrum.eigenvalues[0] - spectrum.eigenvalues[1] - spectrum.errors[1])
+    return float(spectrum.errors[0]) <= RESOLVED_FRACTION * max(gap, 0.0)
 
 
 def _limit(lr, tau, beta, momentum) -> float:
@@ -570,7 +573,9 @@ def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampli
     usable = _resolved(spectrum)
     if s_sharp is None or not usable:
         gap = (
-            f" vs Ritz gap {float(spectrum.eigenvalues[0] - spectrum.eigenvalues[1]):.2g})"
+            " vs gap "
+            f"{float(spectrum.eigenvalues[0] - spectrum.eigenvalues[1] - spectrum.errors[1]):.2g}"
+            " (the Ritz gap less the second residual))"
             if len(spectrum.eigenvalues) > 1
             else ", not converged)"
         )
