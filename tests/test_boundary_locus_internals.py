@@ -3,13 +3,16 @@
 The thresholds themselves are checked against independent oracles in
 test_boundary_locus.py; a wrong derivative or a wrong initial guess would still
 converge there (bracketed Newton, 60 iterations), only slower. These tests pin the
-contracts the docstring states: dF/dtheta is the derivative of F, and F(theta) =
-(1 - beta) - K theta^2 + O(theta^4) with K from _quadratic_coefficient.
+contracts the docstring states: dF/dtheta is the derivative of F, F(theta) =
+(1 - beta) - K theta^2 + O(theta^4) with K from _quadratic_coefficient, and the 4
+unrolled Newton steps from that initial guess already converge.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from stability_oracles import np_locus_threshold
 
 from stability import boundary_locus as bl
 
@@ -65,3 +68,24 @@ def test_quadratic_coefficient_is_the_taylor_coefficient_of_f(rule):
     k_est = (f0 - _f(theta, tau, beta, rule)[0]) / theta**2
     k = np.asarray(bl._quadratic_coefficient(jnp.asarray(tau), jnp.asarray(beta), rule))
     np.testing.assert_allclose(k, k_est, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_four_unrolled_newton_steps_suffice(rule, monkeypatch):
+    # The docstring's claim: from the quadratic initial guess, the 4 unrolled steps reach
+    # full precision (tau up to 1e6, 1 - beta down to 1e-6); the while loop after them
+    # only confirms it. With the loop cut to those 4 steps every point must already be
+    # converged (reliable) and exact; a worse initial guess or derivative fails this
+    # while the full loop would still hide it.
+    monkeypatch.setattr(bl, "_MAX_NEWTON", bl._UNROLLED_NEWTON)
+    # a new function object: jit's trace cache is keyed on it, so this traces afresh
+    # (with the patched constant) instead of reusing another test's trace
+    solve = jax.jit(lambda t, b: bl._named_threshold.__wrapped__(t, b, rule))
+    rng = np.random.default_rng(3)
+    n = 1000
+    tau = np.concatenate([rng.integers(2, 1001, n), rng.integers(2, 10**6, n)])
+    beta = np.concatenate([rng.uniform(0, 0.99, n), 1 - 10 ** rng.uniform(-6, 0, n)])
+    t = solve(jnp.asarray(tau, jnp.float64), jnp.asarray(beta))
+    assert bool(np.all(np.asarray(t.reliable)))
+    want, _, _ = np_locus_threshold(tau, beta, rule)
+    np.testing.assert_allclose(np.asarray(t.q_max), want, rtol=2e-14)
