@@ -167,24 +167,30 @@ def test_dense_locus_agrees_with_named_rules(rule):
             assert float(d.q_max) == pytest.approx(q_max(tau, beta, rule), rel=1e-11)
 
 
-def test_dense_locus_batched_over_beta():
-    # A batch of dense polynomials (a delay distribution with a beta array) gives each
-    # row's own threshold: bracketed by the first-moment polynomial's eigenvalues (1e-9),
-    # with a unit-circle root at the returned angle.
-    dist = st.random_order(3)
-    p = dist.probabilities
-    betas = np.array([0.0, 0.5, 0.9])
-    t = st.stability_threshold(dist, betas, momentum="heavy_ball")
+def _heavy_ball_dense(p, beta):
+    """A(z) = z^K (z-1)(z-beta), B(z) = z D(z), D = sum_k p_k z^(K-k) (numpy, descending)."""
+    k = len(p) - 1
+    a = np.polymul(np.polymul([1.0, -1.0], [1.0, -beta]), np.eye(1, k + 1)[0])
+    b = np.concatenate([[0.0], np.polymul([1.0, 0.0], p)])
+    return a, b
+
+
+def test_dense_locus_batched():
+    # dense_threshold over a batch of polynomials (first-moment heavy ball, three betas)
+    # gives each row's own threshold: bracketed by the eigenvalues to 1e-9, with a
+    # unit-circle root at the returned angle.
+    p = np.array([0.1, 0.2, 0.3, 0.2, 0.2])
+    betas = (0.0, 0.5, 0.9)
+    a, b = (np.stack(x) for x in zip(*(_heavy_ball_dense(p, be) for be in betas), strict=True))
+    t = dense_threshold(jnp.asarray(a), jnp.asarray(b))
     assert t.q_max.shape == (3,) and bool(np.all(t.reliable))
-    for i, b in enumerate(betas):
+    for i, be in enumerate(betas):
         q, theta = float(t.q_max[i]), float(t.theta[i])
-        assert rho(dist_poly(p, b, q * (1 - 1e-9), "heavy_ball")) < 1
-        assert rho(dist_poly(p, b, q * (1 + 1e-9), "heavy_ball")) > 1
-        c = dist_poly(p, b, q, "heavy_ball")
-        step = abs(
-            np.polyval(c, np.exp(1j * theta)) / np.polyval(np.polyder(c), np.exp(1j * theta))
-        )
-        assert step < 1e-9, (b, step)
+        assert rho(dist_poly(p, be, q * (1 - 1e-9), "heavy_ball")) < 1
+        assert rho(dist_poly(p, be, q * (1 + 1e-9), "heavy_ball")) > 1
+        c = dist_poly(p, be, q, "heavy_ball")
+        z = np.exp(1j * theta)
+        assert abs(np.polyval(c, z) / np.polyval(np.polyder(c), z)) < 1e-9, be
 
 
 def test_float32_arguments_give_float32_thresholds():
@@ -197,6 +203,12 @@ def test_float32_arguments_give_float32_thresholds():
     got = st.max_stable_sharpness(np.float32(0.1), tau, np.float32(0.9), momentum="shifted")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, np.asarray(want.q_max) / 0.1, rtol=1e-5)
+    # the dense locus too
+    a, b = _heavy_ball_dense(np.array([0.1, 0.2, 0.3, 0.2, 0.2]), 0.5)
+    d32 = dense_threshold(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    d64 = dense_threshold(jnp.asarray(a), jnp.asarray(b))
+    assert d32.q_max.dtype == np.float32 and bool(d32.reliable)
+    assert float(d32.q_max) == pytest.approx(float(d64.q_max), rel=1e-5)
 
 
 def test_max_stable_lr_inverts_sharpness():
