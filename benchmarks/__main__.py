@@ -45,11 +45,9 @@ BENCHMARKS = {
         ["--sizes", "1e4", "1e5", "1e6"],
         "RESULTS-large-model.md",
     ),  # fmt: skip
+    "delays": ("delays.py", [], [], "RESULTS-delays.md"),
 }
-OPTIONAL = {
-    # benchmarks whose script may not exist in every checkout
-    "delays": ("delays.py", [], ["--quick"], "RESULTS-delays.md"),
-}
+OPTIONAL = {}  # benchmarks whose script may not exist in every checkout
 
 
 def _environment() -> dict:

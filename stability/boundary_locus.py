@@ -51,7 +51,11 @@ Closed forms reproduced: gd ``2 sin(pi / (2(2 tau + 1)))`` (Levin and May 1976);
 heavy_ball ``2(1+beta)`` (tau=0), ``1-beta`` (tau=1); shifted ``2(1+beta)``,
 ``1-beta^2``; nesterov ``(2+2beta)/(1+2beta)`` (tau=0).
 
-Dense polynomials (delay distributions, linearised optax optimisers):
+Delay distributions (support 0..K, up to 10^4 and beyond): ``stability.delay_locus``,
+the same locus written with ``S(theta) = sum_k p_k e^{-i k theta}`` (one FFT for a
+grid, direct sums elsewhere) and certified by branch and bound, O(K log K).
+
+Dense polynomials (linearised optax optimisers, ``dense_threshold``):
 ``H = Im(-A conj(B))`` is sampled on ``theta_j = pi j / M`` with M >= 16 deg P
 (resolving every sign change unless two crossings are closer than pi / M), plus
 points on the scale 1 - |r| around the angle of every root r of A within 0.1 of
@@ -68,16 +72,23 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from stability import delay_locus
 from stability.companion import companion_from_coefficients
 from stability.delays import DelayDistribution
 from stability.rules import (
-    characteristic_polynomial,
     check_delay,
     float_dtype,
     python_scalars_out,
 )
-from stability.validation import check_beta, check_lr, check_momentum, check_positive
+from stability.validation import (
+    check_beta,
+    check_lr,
+    check_momentum,
+    check_positive,
+    is_concrete,
+)
 
 _MAX_NEWTON = 60
 _UNROLLED_NEWTON = 4
@@ -258,7 +269,8 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
 
     Args:
       tau: delay, integer or integer array (broadcasts with beta), or a
-        ``DelayDistribution`` (first-moment model; dense boundary locus).
+        ``DelayDistribution`` (first-moment model; ``stability.delay_locus``:
+        certified to relative 1e-10, O(K log K) for support 0..K).
       beta: momentum in [0, 1) (array allowed).
       momentum: "heavy_ball", "nesterov" or "shifted" (beta = 0: plain delayed SGD).
 
@@ -268,12 +280,29 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
     """
     dtype = _prepare(tau, beta, momentum)
     if isinstance(tau, DelayDistribution):
-        poly = characteristic_polynomial(tau, beta, momentum=momentum)
-        return dense_threshold(poly.a, poly.b)
+        return _distribution_threshold(tau, beta, momentum)
     tau_f = jnp.asarray(tau).astype(dtype)
     beta = jnp.asarray(beta, dtype)
     tau_f, beta = jnp.broadcast_arrays(tau_f, beta)
     return _named_threshold(tau_f, beta, momentum)
+
+
+def _distribution_threshold(dist: DelayDistribution, beta, momentum: str) -> Threshold:
+    """A delay distribution's thresholds, one per beta (``stability.delay_locus``, numpy
+    on the host); a traced beta goes through ``jax.pure_callback`` (no derivatives)."""
+    p = np.asarray(dist.probabilities, dtype=np.float64)
+    dtype = np.dtype(float_dtype(beta, dist.probabilities))
+
+    def host(b):
+        q, theta, ok = delay_locus.thresholds(p, np.asarray(b, np.float64), momentum)
+        return q.astype(dtype), theta.astype(dtype), ok
+
+    if is_concrete(beta):
+        return Threshold(*(jnp.asarray(x) for x in host(beta)))
+    beta = jnp.asarray(beta, dtype)
+    shapes = (jax.ShapeDtypeStruct(beta.shape, dtype),) * 2
+    shapes += (jax.ShapeDtypeStruct(beta.shape, np.bool_),)
+    return Threshold(*jax.pure_callback(host, shapes, beta, vmap_method="broadcast_all"))
 
 
 @python_scalars_out

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stability import delay_locus
 from stability.delays import DelayDistribution
 from stability.dominant_root import certified_spectral_radius, sparse_characteristic
 from stability.rules import (
@@ -27,7 +28,13 @@ from stability.rules import (
     python_scalars_out,
     static_delay,
 )
-from stability.validation import check_beta, check_finite, check_lr, check_momentum
+from stability.validation import (
+    check_beta,
+    check_finite,
+    check_lr,
+    check_momentum,
+    is_concrete,
+)
 
 
 def companion_from_coefficients(coefficients):
@@ -132,11 +139,18 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     counts (argument principle), O(log tau) per point with no eigenvalues
     (``stability.dominant_root``; certified to relative 1e-10, in practice exact
     to rounding). Points that cannot be certified (near-multiple dominant roots,
-    sharpness 0) and all other cases (tau < 2, delay distributions, float32) use
+    sharpness 0) and all other cases (tau < 2, float32) use
     the eigenvalues of the companion matrix (``jnp.linalg.eigvals``, backward
     stable, O(m^3) per point), the fast path's few uncertified points on the host
     through ``jax.pure_callback``. Differentiable (``jax.grad``/``jvp``): derivatives
     come from the companion eigenvalues.
+
+    A delay distribution with support 0..K: ``stability.delay_locus`` (numpy on the
+    host, O(K log K) per point, no eigenvalues): Newton's method on the dominant root,
+    certified by argument-principle root counts to relative 1e-9; companion
+    eigenvalues for K <= 30, and for uncertified points up to K = 1000; NaN for an
+    uncertified point beyond (a root within rounding of the count circle and nearly
+    as large as the dominant one). Traced arguments go through ``jax.pure_callback``.
 
     Known limitation: on XLA:CPU with the input *sharded* over several simulated
     CPU devices, large grids (256 x 256) deadlocked in the callback's collective
@@ -148,6 +162,8 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     check_beta(beta, "beta")
     check_finite("sharpness", sharpness)
     check_lr(lr, "lr")
+    if isinstance(tau, DelayDistribution):
+        return _distribution_spectral_radius(sharpness, lr, tau, beta, momentum)
     if (
         all(_python_number(x) for x in (sharpness, lr, beta))
         and not isinstance(tau, DelayDistribution)
@@ -166,6 +182,41 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     sharpness, lr, beta = (jnp.asarray(x, dtype) for x in (sharpness, lr, beta))
     q, beta = jnp.broadcast_arrays(lr * sharpness, beta)
     return _spectral_radius_fast(q, beta, tau, momentum)
+
+
+def _distribution_spectral_radius(sharpness, lr, dist, beta, momentum):
+    """A delay distribution's spectral radii (``stability.delay_locus``, numpy on the
+    host): concrete arguments directly, traced ones through ``jax.pure_callback``, with
+    derivatives from the companion eigenvalues (as for fixed delays)."""
+    dtype = float_dtype(sharpness, lr, beta)
+    np_dtype = np.dtype(dtype)
+    p = np.asarray(dist.probabilities, dtype=np.float64)
+
+    def host(q, b):
+        q, b = np.asarray(q, np.float64), np.asarray(b, np.float64)
+        return delay_locus.spectral_radii(p, q, b, momentum).astype(np_dtype)
+
+    if all(is_concrete(x) for x in (sharpness, lr, beta)):
+        q = np.asarray(lr, np.float64) * np.asarray(sharpness, np.float64)
+        return jnp.asarray(host(q, beta))
+    sharpness, lr, beta = (jnp.asarray(x, dtype) for x in (sharpness, lr, beta))
+    q, beta = jnp.broadcast_arrays(lr * sharpness, beta)
+
+    @jax.custom_jvp
+    def radius(q, b):
+        out = jax.ShapeDtypeStruct(q.shape, dtype)
+        return jax.pure_callback(host, out, q, b, vmap_method="broadcast_all")
+
+    @radius.defjvp
+    def _radius_jvp(primals, tangents):
+        def by_eigenvalues(q, b):
+            poly = characteristic_polynomial(dist, b, momentum=momentum)
+            return spectral_radius_from_coefficients(poly.coefficients(q))
+
+        _, tangent = jax.jvp(by_eigenvalues, primals, tangents)
+        return radius(*primals), tangent
+
+    return radius(q, beta)
 
 
 # Python scalars and 2 <= tau <= HOST_DELAY: numpy companion eigenvalues, float64
