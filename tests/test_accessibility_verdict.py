@@ -171,6 +171,15 @@ def test_minimum_from_the_random_start_lower_bound():
     assert 0 < lower < 0.5 and s.bounds(p)[1] == pytest.approx(lower, rel=1e-12)
     assert judge(s, lr=0.01).is_minimum is True
     assert judge(s._replace(lanczos_steps=8), lr=0.01).is_minimum is None
+    # A lower bound slightly below zero, within -1e-5 x sharpness, establishes it too;
+    # just beyond, it does not.
+    for target, expected in ((-0.5e-5, True), (-1.5e-5, None)):
+        low = 5e-5
+        for _ in range(20):  # solve low - slack(low) = target
+            low += target - ks_upper_lower(1.0, low, n, steps, p)[1]
+        t = s._replace(smallest=low)
+        assert t.bounds(p)[1] == pytest.approx(target, rel=1e-9)
+        assert judge(t, lr=0.01).is_minimum is expected
 
 
 NOT_ESTABLISHED = dict(low=-5e-6, low_err=1e-5, low_ok=False)
@@ -328,6 +337,11 @@ def test_bad_arguments_of_verdict_from_spectrum(kwargs, error, match):
         st.verdict_from_spectrum(spec(1.0), tau, lr, **kw)
     with pytest.raises(error, match=match):
         st.is_accessible(lambda p: p, None, tau, lr, spectrum=spec(1.0), **kw)
+
+
+def test_a_spectrum_of_another_type_is_named():
+    with pytest.raises(TypeError, match="spectrum must be a HessianSpectrum; got tuple"):
+        st.verdict_from_spectrum((1.0, 2.0), 1, 0.1)
 
 
 def test_extreme_failure_probabilities_are_accepted():

@@ -264,13 +264,20 @@ def test_power_flags_switch_exactly_at_tol():
     assert not bool(ext.smallest_converged) and not bool(ext.done)
     ext = power_extremes(s, 1 / 4)  # threshold 1.0
     assert bool(ext.smallest_converged) and bool(ext.done)
-    # Without the smallest: never flagged, and done needs the top only.
+    # Without the smallest: never flagged (a boolean flag), and done needs the top only.
     ext = power_extremes(s, 1 / 8, want_smallest=False)
     assert not bool(ext.smallest_converged) and bool(ext.done)
+    assert np.asarray(ext.smallest_converged).dtype == bool
+    assert np.asarray(ext.smallest_converged).shape == ()
+    # The norm estimate is the top Ritz value's when it is the larger: top[0], not top[1].
+    ext = power_extremes(power_state([5.0, 1.0], [0.5, 0.25], -2.0, 1.0), 1 / 10)
+    assert np.asarray(ext.top_converged).tolist() == [True, True]
+    assert bool(ext.smallest_converged) is False  # 1.0 > 0.5
     # Before the smallest is known (NaN), the norm estimate is |top[0]|.
-    ext = power_extremes(power_state([2.0], [0.5], np.nan, np.inf), 1 / 4)
-    assert bool(ext.top_converged[0]) and not bool(ext.done)
-    assert np.asarray(ext.top).tolist() == [2.0] and np.asarray(ext.top_error).tolist() == [0.5]
+    ext = power_extremes(power_state([2.0, 0.5], [0.5, 0.25], np.nan, np.inf), 1 / 4)
+    assert np.asarray(ext.top_converged).tolist() == [True, True] and not bool(ext.done)
+    assert np.asarray(ext.top).tolist() == [2.0, 0.5]
+    assert np.asarray(ext.top_error).tolist() == [0.5, 0.25]
 
 
 def test_power_iteration_smallest_eigenvalue_against_eigh():
