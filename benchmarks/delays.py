@@ -45,10 +45,10 @@ from test_delay_distributions_at_scale import (  # noqa: E402
 )
 
 import stability as st  # noqa: E402
-from stability import delay_locus  # noqa: E402
-from stability.boundary_locus import dense_threshold  # noqa: E402
-from stability.companion import spectral_radius_from_coefficients  # noqa: E402
-from stability.rules import characteristic_polynomial  # noqa: E402
+from stability.theory import delay_locus  # noqa: E402
+from stability.theory.boundary_locus import dense_threshold  # noqa: E402
+from stability.theory.companion import spectral_radius_from_coefficients  # noqa: E402
+from stability.theory.rules import characteristic_polynomial  # noqa: E402
 
 SUPPORTS = (10, 100, 1000, 10000)
 RULES = ("heavy_ball", "nesterov", "shifted")

@@ -85,7 +85,7 @@ sys.path.insert(0, BENCH_DIR)
 import hessian_models as hm  # noqa: E402
 
 from stability import hessian_spectrum  # noqa: E402
-from stability import hvp as H  # noqa: E402
+from stability.curvature import hvp as H  # noqa: E402
 
 TARGET_ERR = 1e-4
 PYH_TOLS = (1e-4, 1e-5, 1e-6, 1e-7)
@@ -98,7 +98,7 @@ def users_call(loss, p, batch):
 
 def hvp_vs_grad(loss, p, batch, repeat=15):
     """Warm time (s) of one HVP (the one-batch product the host loop runs) and of one
-    gradient, through stability.hvp's jitted code: the fastest of ``repeat`` runs
+    gradient, through stability.curvature.hvp's jitted code: the fastest of ``repeat`` runs
     each (noise on a shared CPU only adds time), interleaved so that both see the
     same machine state."""
     mask = H.trainable_mask(p)

@@ -52,7 +52,7 @@ def child(mode: str, hidden: int) -> dict:
     import optax
 
     from stability import hessian_spectrum
-    from stability import hvp as H
+    from stability.curvature import hvp as H
 
     rng = np.random.default_rng(0)
     params = {

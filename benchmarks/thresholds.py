@@ -13,7 +13,7 @@ Measured in one run, float64, jit, on this machine's CPU:
    sharpness in [0, 2], beta in [0, 0.99], heavy_ball) against a per-point numpy
    loop (``np.linalg.eigvals`` of the companion per point); target >= 20x. The
    grid is timed on one device; the fraction of points certified by
-   ``stability.dominant_root`` (the rest use eigenvalues) is printed per rule.
+   ``stability.theory.dominant_root`` (the rest use eigenvalues) is printed per rule.
 
 Each figure is printed with its target and PASS/MISS, with the CPU share the process
 got during the timed call (CPU seconds per wall second; the 2 cores are shared) and, for
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import stability as st  # noqa: E402
-from stability import dominant_root  # noqa: E402
+from stability.theory import dominant_root  # noqa: E402
 
 CPU_SHARE = []  # process CPU seconds per wall second of each best timed call (2 cores, shared)
 

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 jax.config.update("jax_enable_x64", True)
 
 import stability as st  # noqa: E402
-from stability.examples import DigitsMLP  # noqa: E402
-from stability.models import cross_entropy  # noqa: E402
+from stability.networks.examples import DigitsMLP  # noqa: E402
+from stability.networks.models import cross_entropy  # noqa: E402
 
 
 def main():

@@ -1,58 +1,62 @@
 """stability: can asynchronous training with delay tau, learning rate lr and
 momentum beta reach, and stay in, this minimum?
 
-One public namespace, re-exported from small modules (one concept each):
+One public namespace, re-exported from small modules (one concept each). The
+folders follow the data path (model -> loss -> Hessian-vector product -> Lanczos ->
+spectrum -> threshold -> verdict):
 
-- stability core: `rules` (characteristic polynomials), `delays` (delay
-  distributions), `companion` (companion matrix, spectral radius),
-  `boundary_locus` (exact thresholds), `tuning` (lr for a new delay, momentum
-  advice), `linearize` (optax optimizers as recurrences), `mean_square`
-  (mini-batch noise: mean-square thresholds);
-- Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`, `tracking`
-  (sharpness along training, warm-started), `compilation_cache` (opt-in: compiled
-  programs kept on disk across processes), `nonuniformity` (per-example Hessian
-  statistics);
-- trained networks: `models` (Flax adapters), `accessibility` (the verdict),
-  `simulate` (asynchronous SGD), `training` (training from initialization under
-  simulated asynchrony), `examples` (digits), `plotting`.
+- `theory/`, the stability core: `rules` (characteristic polynomials), `delays`
+  (delay distributions), `companion` (companion matrix, spectral radius),
+  `dominant_root` (certified spectral radius for fixed delays), `boundary_locus`
+  (exact thresholds), `delay_locus` (thresholds and radii of delay distributions),
+  `tuning` (lr for a new delay, momentum advice), `linearize` (optax optimizers as
+  recurrences), `mean_square` (mini-batch noise: mean-square thresholds);
+- `curvature/`, the Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`,
+  `tracking` (sharpness along training, warm-started), `nonuniformity` (per-example
+  Hessian statistics), `backend` (which code path runs on which device);
+- `networks/`, trained networks: `models` (Flax adapters), `checkpoints` (Orbax),
+  `examples` (digits);
+- on top: `accessibility` (the verdict), `simulate` (asynchronous SGD around a
+  minimum), `training` (training from initialization under simulated asynchrony);
+  `validation` (argument checks) and `compilation_cache` (opt-in: compiled programs
+  kept on disk across processes) serve all of them;
+- `app/`: `cli`, `demo`, `plotting`, `experiments`.
 """
 
-# Mini-batch noise (issue 13) as modules (st.mean_square.max_stable_lr_minibatch, ...):
-# their names join __all__ with their docs/api entries (tests/test_docs_build.py).
-from stability import mean_square as mean_square
-from stability import nonuniformity as nonuniformity
 from stability.accessibility import Accessibility, is_accessible, verdict_from_spectrum
-from stability.boundary_locus import (
+from stability.app.plotting import plot_stability_region, plot_thresholds, plot_trajectories
+from stability.compilation_cache import enable_compilation_cache
+from stability.curvature import nonuniformity as nonuniformity
+from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
+from stability.curvature.tracking import SharpnessRecord, SharpnessTracker
+from stability.networks.examples import load_digits, train_to_minimum
+from stability.networks.models import loss_from_model, mean_squared_error
+from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
+from stability.theory import mean_square as mean_square
+from stability.theory.boundary_locus import (
     Threshold,
     dense_threshold,
     max_stable_lr,
     max_stable_sharpness,
     stability_threshold,
 )
-from stability.companion import companion_matrix, spectral_radius
-from stability.compilation_cache import enable_compilation_cache
-from stability.delays import (
+from stability.theory.companion import companion_matrix, spectral_radius
+from stability.theory.delays import (
     DelayDistribution,
     delay_distribution,
     fixed_delay,
     random_order,
     round_robin,
 )
-from stability.examples import load_digits, train_to_minimum
-from stability.hessian_spectrum import HessianSpectrum, hessian_spectrum
-from stability.linearize import LinearizedOptimizer, linearize
-from stability.models import loss_from_model, mean_squared_error
-from stability.plotting import plot_stability_region, plot_thresholds, plot_trajectories
-from stability.rules import CharacteristicPolynomial, characteristic_polynomial
-from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
-from stability.tracking import SharpnessRecord, SharpnessTracker
-from stability.training import TrainingRun, batch_indices, train_async
-from stability.tuning import (
+from stability.theory.linearize import LinearizedOptimizer, linearize
+from stability.theory.rules import CharacteristicPolynomial, characteristic_polynomial
+from stability.theory.tuning import (
     MomentumCandidate,
     MomentumRecommendation,
     lr_for_delay,
     recommend_momentum,
 )
+from stability.training import TrainingRun, batch_indices, train_async
 
 __version__ = "0.1.0"
 

@@ -40,9 +40,9 @@ smallest eigenvalue costs no extra products unless ``require_minimum=True``); ne
 limit it runs to ``max_hvps`` and answers None (undecided) if still undecided.
 
 Mini-batches (``batch_size=B``, ``num_examples=n``): the verdict also requires the
-mean-square condition of `stability.mean_square` along the sharp direction: with
+mean-square condition of `stability.theory.mean_square` along the sharp direction: with
 ``v`` the top Ritz vector, ``a`` its Ritz value and ``s^2 = v^T Sigma v`` the
-non-uniformity of the per-example Hessians (`stability.nonuniformity`), stable iff
+non-uniformity of the per-example Hessians (`stability.curvature.nonuniformity`), stable iff
 ``lr^2 gamma s^2 N(lr a) < 1`` (evaluated across ``a``'s error bar) besides the
 deterministic condition. Decision-driven: the run stops at a Ritz value above the
 limit (the deterministic condition fails; no non-uniformity is computed), otherwise
@@ -64,14 +64,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stability import boundary_locus, companion, delays, mean_square
-from stability.hessian_spectrum import HessianSpectrum, hessian_spectrum
-from stability.models import loss_from_model
-from stability.nonuniformity import (
+from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
+from stability.curvature.nonuniformity import (
     directional_nonuniformity,
     nonuniformity_spectrum,
     wu_ma_e_spectrum,
 )
+from stability.networks.models import loss_from_model
+from stability.theory import boundary_locus, companion, delays, mean_square
 from stability.validation import check_beta, check_lr, check_momentum
 
 __all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
@@ -140,7 +140,7 @@ class Accessibility:
 
     With ``batch_size`` (None otherwise, and left out of `to_dict`):
       batch_size, num_examples, replacement: the sampling judged.
-      variance_factor: ``gamma`` (`stability.mean_square.variance_factor`).
+      variance_factor: ``gamma`` (`stability.theory.mean_square.variance_factor`).
       nonuniformity: ``s = sqrt(v^T Sigma v)`` along the top Ritz vector (Hessian
         units; None when not computed: the deterministic side failed or the top
         Ritz value did not converge).
@@ -151,7 +151,7 @@ class Accessibility:
         max_nonuniformity_curvature: ``u^T H u``; noise_gain_nonuniform: the gain
         along u (None when not computed: the sharp direction already decided).
       wu_ma_e_lambda_max: the top Ritz value of Wu, Ma and E's matrix ``(I - lr H)^2 +
-        lr^2 gamma Sigma`` (`stability.nonuniformity.wu_ma_e_spectrum`; > 1: their
+        lr^2 gamma Sigma`` (`stability.curvature.nonuniformity.wu_ma_e_spectrum`; > 1: their
         condition fails); worst_curvature, worst_nonuniformity, noise_gain_worst:
         ``a``, ``s`` and the gain along its Ritz vector (None when not needed, or
         when no direction has a positive excess: then flat).
@@ -763,7 +763,7 @@ def is_accessible(
         drawn from ``num_examples`` (default: the examples in ``data``), without
         replacement (distinct examples, as `stability.simulate_async` draws them) or
         with: adds the mean-square condition along the sharp direction (module
-        docstring; `stability.mean_square`). Needs ``data`` and a constant delay;
+        docstring; `stability.theory.mean_square`). Needs ``data`` and a constant delay;
         the top eigenvector is kept in ``result.spectrum``.
 
     Returns:

@@ -1,4 +1,4 @@
-"""The GPU/TPU code paths, forced on CPU (``stability.backend.accelerator_code_paths``):
+"""The GPU/TPU code paths, forced on CPU (``stability.curvature.backend.accelerator_code_paths``):
 the device-resident Lanczos loop with XLA's tridiagonal eigensolver, and the host
 loop with compiled steps (basis on the devices), over data sharded on 8 devices.
 Oracle: dense ``jax.hessian`` eigenvalues; the CPU paths give the same numbers."""
@@ -11,7 +11,7 @@ import pytest
 
 import stability
 from stability import hessian_spectrum
-from stability.backend import accelerator_code_paths, host_is_device
+from stability.curvature.backend import accelerator_code_paths, host_is_device
 
 
 def _problem(seed=0, n_ex=32):

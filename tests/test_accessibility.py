@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import stability as st
-from stability.hessian_spectrum import HessianSpectrum
+from stability.curvature.hessian_spectrum import HessianSpectrum
 
 
 def _spectrum(top, err=1e-9, ok=True, low=0.0, low_err=1e-9, low_ok=True, **extra):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import stability as st
-from stability.hessian_spectrum import HessianSpectrum
+from stability.curvature.hessian_spectrum import HessianSpectrum
 
 
 def _spectrum(top, err=1e-9, ok=True, **extra):

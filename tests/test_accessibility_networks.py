@@ -19,8 +19,8 @@ import pytest
 from flax import nnx
 
 import stability as st
-from stability import examples
-from stability.models import loss_from_model, mean_squared_error
+from stability.networks import examples
+from stability.networks.models import loss_from_model, mean_squared_error
 from stability.simulate import simulate_async, stationary_tilt
 
 EPS = 1e-6

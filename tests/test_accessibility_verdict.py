@@ -21,7 +21,7 @@ import pytest
 from stability_oracles import bisect_threshold, poly, rho
 
 import stability as st
-from stability.hessian_spectrum import HessianSpectrum
+from stability.curvature.hessian_spectrum import HessianSpectrum
 
 LR = 0.5  # plain SGD at tau = 0: the stable limit is 2 / LR = 4 exactly
 LIMIT = 4.0

@@ -23,8 +23,8 @@ from stability_oracles import (
 )
 
 import stability as st
-from stability.boundary_locus import dense_threshold
-from stability.rules import characteristic_polynomial
+from stability.theory.boundary_locus import dense_threshold
+from stability.theory.rules import characteristic_polynomial
 
 RULES = ("heavy_ball", "nesterov", "shifted")
 BETAS = (0.0, 0.3, 0.9, 0.99)
@@ -249,7 +249,7 @@ def test_random_points_bracket_eigenvalue_crossing(rule, tau, beta):
 
 def test_polynomial_sincos_matches_libm():
     # relative accuracy on [0, pi/4] (small angles), absolute above, up to 3 pi / 4
-    from stability.boundary_locus import _sincos
+    from stability.theory.boundary_locus import _sincos
 
     small = np.concatenate([np.geomspace(1e-300, 1e-3, 500), np.linspace(0, np.pi / 4, 5001)])
     s, c = (np.asarray(v) for v in jax.jit(_sincos)(jnp.asarray(small)))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from stability_oracles import np_locus_threshold
 
-from stability import boundary_locus as bl
+from stability.theory import boundary_locus as bl
 
 RULES = ("heavy_ball", "nesterov", "shifted")
 

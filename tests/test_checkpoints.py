@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from stability.checkpoints import load_params, save_npz
+from stability.networks.checkpoints import load_params, save_npz
 
 
 def _tree():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from stability_oracles import bisect_threshold, poly, rho
 
-from stability.cli import main
+from stability.app.cli import main
 
 
 def _run(capsys, *argv):
@@ -82,8 +82,8 @@ def user_project(tmp_path_factory):
     """A user's package with a linen model factory, a batch function and a checkpoint."""
     import jax.numpy as jnp
 
-    from stability import examples
-    from stability.checkpoints import save_npz
+    from stability.networks import examples
+    from stability.networks.checkpoints import save_npz
 
     root = tmp_path_factory.mktemp("userpkg")
     minimum = examples.train_to_minimum(n=64, hidden=8, dtype=jnp.float64)
@@ -92,7 +92,7 @@ def user_project(tmp_path_factory):
     (root / "usermodel.py").write_text(
         textwrap.dedent("""
         import jax.numpy as jnp
-        from stability import examples
+        from stability.networks import examples
 
         def make_model():
             return examples.DigitsMLP(hidden=8, param_dtype=jnp.float64)
@@ -297,7 +297,7 @@ def test_check_missing_checkpoint_exits_with_one_line_no_traceback(user_project,
         [
             sys.executable,
             "-m",
-            "stability.cli",
+            "stability.app.cli",
             *_check_argv(tmp_path / "missing.npz"),
         ],
         capture_output=True,
@@ -348,7 +348,7 @@ def test_check_bad_input_is_one_line(user_project, capsys, monkeypatch, override
 def test_check_params_that_do_not_match_the_model(user_project, capsys, monkeypatch, tmp_path):
     import numpy as np
 
-    from stability.checkpoints import save_npz
+    from stability.networks.checkpoints import save_npz
 
     root, _ = user_project
     monkeypatch.syspath_prepend(str(root))
@@ -422,13 +422,13 @@ def test_demo_quick_prints_what_the_oracles_predict_and_writes_the_figure(tmp_pa
 def test_check_loads_an_nnx_checkpoint_into_the_module(tmp_path, capsys, monkeypatch):
     from flax import nnx
 
-    from stability.checkpoints import save_npz
+    from stability.networks.checkpoints import save_npz
 
     (tmp_path / "nnxuser.py").write_text(
         textwrap.dedent("""
         import jax.numpy as jnp
         from flax import nnx
-        from stability import examples
+        from stability.networks import examples
 
         def make_model():
             return examples.NnxDigitsMLP(hidden=8, rngs=nnx.Rngs(1), param_dtype=jnp.float64)

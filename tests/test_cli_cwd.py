@@ -50,7 +50,7 @@ def test_a_data_factory_returning_one_array_is_one_batch():
 
     import jax.numpy as jnp
 
-    from stability.cli import _load_data
+    from stability.app.cli import _load_data
 
     mod = types.ModuleType("one_array_data")
     mod.data = lambda: jnp.ones((5, 2))

@@ -131,7 +131,7 @@ def test_python_scalars_take_the_host_path_and_agree_with_the_oracle(rule):
     # Python scalars with 2 <= tau <= HOST_DELAY: numpy companion eigenvalues, no
     # program compiled per delay; beyond it the certified compiled path. Both equal
     # the independent oracle (numpy roots of the rule's polynomial from the table).
-    from stability.companion import HOST_DELAY, _spectral_radius_fast
+    from stability.theory.companion import HOST_DELAY, _spectral_radius_fast
 
     before = _spectral_radius_fast._cache_size()
     for tau in (2, 9, 64, HOST_DELAY):

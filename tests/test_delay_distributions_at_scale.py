@@ -2,7 +2,7 @@
 supports 0..K with K = 10 .. 10,000 against independent references.
 
 Nothing here uses the library's evaluation code. The characteristic polynomials are
-written out from ``stability.rules``' docstring with ``np.polymul`` (full dense
+written out from ``stability.theory.rules``' docstring with ``np.polymul`` (full dense
 coefficients); the references are
 
 - thresholds: the boundary locus ``q = -A/B`` of those polynomials sampled on a grid
@@ -26,10 +26,10 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import stability as st
-from stability import delay_locus
-from stability.boundary_locus import dense_threshold
-from stability.companion import spectral_radius_from_coefficients
-from stability.rules import characteristic_polynomial
+from stability.theory import delay_locus
+from stability.theory.boundary_locus import dense_threshold
+from stability.theory.companion import spectral_radius_from_coefficients
+from stability.theory.rules import characteristic_polynomial
 
 RULES = ("heavy_ball", "nesterov", "shifted")
 
@@ -40,7 +40,7 @@ RULES = ("heavy_ball", "nesterov", "shifted")
 
 def parts(p, beta, rule):
     """(A, B) of P = A + q B for delay probabilities p (descending, equal length), from
-    the docstring of stability.rules: D(z) = sum_k p_k z^(K-k),
+    the docstring of stability.theory.rules: D(z) = sum_k p_k z^(K-k),
     heavy_ball z^K (z-1)(z-beta) + q z D; nesterov z^K (z-1)(z-beta) + q ((1+beta) z - beta) D;
     shifted (z-1)(z^(K+1) - beta D) + q z D."""
     p = np.asarray(p, dtype=float)

@@ -29,7 +29,7 @@ import pytest
 from scipy.optimize import brentq
 
 import stability as st
-from stability.lanczos import random_start_bounds, random_start_epsilon
+from stability.curvature.lanczos import random_start_bounds, random_start_epsilon
 
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 RULES = ("heavy_ball", "nesterov", "shifted")

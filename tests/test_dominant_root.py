@@ -7,7 +7,7 @@ import pytest
 from stability_oracles import poly, rho, roots
 
 import stability as st
-from stability import dominant_root as dr
+from stability.theory import dominant_root as dr
 
 RULES = ("heavy_ball", "nesterov", "shifted")
 

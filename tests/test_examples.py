@@ -16,7 +16,7 @@ import scipy.sparse.linalg
 from jax.flatten_util import ravel_pytree
 
 import stability
-from stability.examples import N_DIGITS, load_digits, train_to_minimum
+from stability.networks.examples import N_DIGITS, load_digits, train_to_minimum
 from stability.simulate import growth_rate, simulate_async
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from stability import experiments
-from stability.cli import main
-from stability.examples import load_digits
+from stability.app import experiments
+from stability.app.cli import main
+from stability.networks.examples import load_digits
 
 
 def gd_q(tau):

@@ -27,8 +27,9 @@ from jax.flatten_util import ravel_pytree
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 import stability as st
-from stability.checkpoints import restore_params, save_npz
-from stability.cli import main
+from stability.app.cli import main
+from stability.networks.checkpoints import restore_params, save_npz
+from stability.networks.examples import NnxDigitsMLP
 
 N_TRAIN, N_JUDGE = 256, 64  # N_JUDGE: a multiple of the 8 test devices (one batch, no remainder)
 
@@ -163,7 +164,7 @@ def test_required_call_time_rngs_and_call_kwargs(nnx_cnn):
     ],
 )
 def test_dict_batches_by_common_names(batch):
-    model = st.examples.NnxDigitsMLP(hidden=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    model = NnxDigitsMLP(hidden=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     x, y = st.load_digits(16)
     loss_fn, params = st.loss_from_model(model, data=batch(x, y))
     assert float(loss_fn(params, batch(x, y))) == pytest.approx(
@@ -172,7 +173,7 @@ def test_dict_batches_by_common_names(batch):
 
 
 def test_dict_batches_with_named_keys():
-    model = st.examples.NnxDigitsMLP(hidden=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    model = NnxDigitsMLP(hidden=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     x, y = st.load_digits(16)
     odd = {"pixels": x, "digit": y}
     with pytest.raises(ValueError, match=r"keys \['digit', 'pixels'\].*batch_keys"):
@@ -212,7 +213,7 @@ def test_each_likely_mistake_gets_one_sentence(nnx_cnn):
     with pytest.raises(ValueError, match=r"another model.*conv2/kernel has shape \(3, 3, 4, 6\)"):
         st.loss_from_model(nnx_cnn, nnx.state(other), data=batch)
     # an MLP given images
-    mlp = st.examples.NnxDigitsMLP(hidden=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    mlp = NnxDigitsMLP(hidden=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     with pytest.raises(ValueError, match=r"64 input features.*reshape\(len\(inputs\), -1\)"):
         st.loss_from_model(mlp, data=batch)
 

@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from stability.hessian_spectrum import HessianSpectrum
-from stability.hessian_spectrum import hessian_spectrum as default_hessian_spectrum
+from stability.curvature.hessian_spectrum import HessianSpectrum
+from stability.curvature.hessian_spectrum import hessian_spectrum as default_hessian_spectrum
 
 # Most tests here check the smallest eigenvalue against dense truth too: they wait
 # for it (the default waits for the k largest only; tested below).
@@ -166,7 +166,9 @@ def test_eigenvectors(mlp64):
 def test_host_loop_grown_basis_and_vectors(mlp64, monkeypatch):
     # A basis far smaller than the run: it doubles (16 -> 32 -> ... rows) and the
     # eigenvalues, residual bounds and Ritz vectors still match the dense oracle.
-    mod = sys.modules["stability.hessian_spectrum"]  # the module (the name is the function)
+    mod = sys.modules[
+        "stability.curvature.hessian_spectrum"
+    ]  # the module (the name is the function)
     monkeypatch.setattr(mod, "BASIS_BYTES", 1)
     p, batch, ev = mlp64
     flat, unravel = ravel_pytree(p)
@@ -214,7 +216,7 @@ def test_host_loop_compiled_steps_equal_numpy_steps(mlp64, monkeypatch):
     # On CPU the host loop steps in numpy; on GPU/TPU it runs the compiled step
     # (basis on the device). Forcing the compiled path here keeps it tested in CI:
     # the same eigenvalues, product count, vectors and breakdown restarts.
-    mod = sys.modules["stability.hessian_spectrum"]
+    mod = sys.modules["stability.curvature.hessian_spectrum"]
     p, batch, ev = mlp64
     d = jnp.asarray([3.0, 3.0, -1.0])
 

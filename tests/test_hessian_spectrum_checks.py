@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stability.hessian_spectrum import HessianSpectrum, hessian_spectrum
+from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
 
 
 def one():

@@ -8,7 +8,8 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from stability import hessian_spectrum, hvp
+from stability import hessian_spectrum
+from stability.curvature import hvp
 
 
 def _loss(p, batch):

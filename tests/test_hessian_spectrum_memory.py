@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stability import hessian_spectrum
-from stability.hessian_spectrum import default_memory_budget
+from stability.curvature.hessian_spectrum import default_memory_budget
 
 
 def _quadratic(n=300, seed=0):

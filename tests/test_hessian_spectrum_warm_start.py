@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stability import hessian_spectrum
-from stability.hessian_spectrum import WARM_START_NOISE
+from stability.curvature.hessian_spectrum import WARM_START_NOISE
 
 TOL = 1e-3  # the tracker's default: three digits
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from stability.hvp import (
+from stability.curvature.hvp import (
     batch_size,
     flatten_params,
     grad_sum,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from profiles import examples
 
-from stability.lanczos import (
+from stability.curvature.lanczos import (
     eigsh_extremes,
     lanczos_extremes,
     lanczos_extremes_host,

@@ -1,4 +1,4 @@
-"""The error bounds and stopping tests of stability.lanczos against independent oracles.
+"""The error bounds and stopping tests of stability.curvature.lanczos against independent oracles.
 
 The oracle for every Ritz value and residual bound is a reference Lanczos run
 written here in plain numpy (full reorthogonalisation) on a small explicit matrix:
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from stability import hessian_spectrum
-from stability.backend import accelerator_code_paths
-from stability.lanczos import (
+from stability.curvature.backend import accelerator_code_paths
+from stability.curvature.lanczos import (
     LanczosState,
     PowerState,
     _tridiag_vectors,
@@ -206,7 +206,7 @@ def test_float32_dtype_is_kept():
 def test_accelerator_tridiagonal_branch_error_bars():
     # On GPU/TPU lanczos_extremes solves the tridiagonal eigenproblem on the device
     # (bisection, then inverse iteration in _tridiag_vectors); the branch is chosen at
-    # trace time, so stability.backend.accelerator_code_paths runs it here. Its error
+    # trace time, so stability.curvature.backend.accelerator_code_paths runs it here. Its error
     # bars against the explicit residuals (test_accelerator_paths.py checks the values
     # end to end).
     alphas, betas, basis = ref_lanczos(A, 10)

@@ -9,7 +9,7 @@ import pytest
 from stability_oracles import dist_poly, mp_locus_threshold, poly, rho
 
 import stability as st
-from stability.linearize import linearize
+from stability.theory.linearize import linearize
 
 
 @pytest.mark.parametrize("tau", [0, 1, 4, 33])

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import stability as st
-from stability import mean_square as ms
+from stability.theory import mean_square as ms
 
 RULES = [
     # (tau, beta, momentum)

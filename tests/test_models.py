@@ -8,8 +8,8 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
-from stability.examples import DigitsMLP, NnxDigitsMLP
-from stability.models import loss_from_model, mean_squared_error
+from stability.networks.examples import DigitsMLP, NnxDigitsMLP
+from stability.networks.models import loss_from_model, mean_squared_error
 
 
 class LinenNet(nn.Module):
@@ -312,8 +312,8 @@ def test_the_same_module_gives_the_same_loss_function():
     import jax.numpy as jnp
     from flax import nnx
 
-    from stability import examples
-    from stability.models import loss_from_model, mean_squared_error
+    from stability.networks import examples
+    from stability.networks.models import loss_from_model, mean_squared_error
 
     linen = examples.DigitsMLP(hidden=4, param_dtype=jnp.float64)
     variables = linen.init(jax.random.key(0), jnp.zeros((1, 64)))

@@ -13,7 +13,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import stability as st
-from stability.nonuniformity import directional_nonuniformity, nonuniformity_spectrum
+from stability.curvature.nonuniformity import directional_nonuniformity, nonuniformity_spectrum
 
 
 def _loss(params, batch):

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
 from stability_oracles import bisect_threshold, poly, rho  # noqa: E402
 
-from stability import plotting  # noqa: E402
+from stability.app import plotting  # noqa: E402
 from stability.simulate import AsyncTrajectory  # noqa: E402
 
 

@@ -5,7 +5,7 @@ import pytest
 from stability_oracles import dist_poly, poly
 
 import stability as st
-from stability.rules import characteristic_polynomial
+from stability.theory.rules import characteristic_polynomial
 
 RULES = ("heavy_ball", "nesterov", "shifted")
 

@@ -89,7 +89,7 @@ def test_records_match_dense_eigenvalues_along_an_optax_run():
 
 
 def test_stable_field_reads_the_residual_certificate():
-    from stability.tracking import _stable
+    from stability.curvature.tracking import _stable
 
     assert _stable(1.0, 0.1, 1.2) is True
     assert _stable(1.0, 0.3, 1.2) is None  # 1.3 > 1.2: not certified

@@ -11,7 +11,7 @@ from stability_oracles import (
 )
 
 import stability as st
-from stability.tuning import DEFAULT_BETAS, lr_for_delay, recommend_momentum
+from stability.theory.tuning import DEFAULT_BETAS, lr_for_delay, recommend_momentum
 
 
 def test_lr_for_delay_plain_sgd_closed_form():
@@ -81,7 +81,7 @@ def test_bad_input(call, match):
 
 # Independent checks: the thresholds below come from the test's own oracles (numpy
 # eigenvalues of the update rules' state-space matrix; Schur-Cohn in exact arithmetic
-# for 1 - beta down to 1e-6), never from stability.boundary_locus.
+# for 1 - beta down to 1e-6), never from stability.theory.boundary_locus.
 
 TAU0_CLOSED_FORM = {  # q_max at tau = 0 (docs/theory.md section 7)
     "heavy_ball": lambda b: 2 * (1 + b),

@@ -11,7 +11,7 @@ drawn independently of the iterate, the expected iterate of delayed SGD obeys
 
 so in every rule's characteristic polynomial the delay factor ``z^-tau`` is
 replaced by ``S(z) = sum_k p_k z^-k`` and the denominators are cleared with
-``z^K`` (see ``stability.rules``). A fixed delay ``tau`` is ``p = e_tau`` and
+``z^K`` (see ``stability.theory.rules``). A fixed delay ``tau`` is ``p = e_tau`` and
 gives back the fixed-delay polynomial. This is stability of the mean only: it
 is necessary, not sufficient, for mean-square stability of the random
 recurrence.

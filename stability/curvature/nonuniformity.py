@@ -4,7 +4,7 @@ Wu, Ma and E (NeurIPS 2018) measure how unevenly the examples curve the loss at 
 minimum by ``Sigma = mean_i H_i^2 - H^2 = mean_i (H_i - H)^2``, with ``H_i`` the
 Hessian of example i's loss and ``H = mean_i H_i`` the Hessian of the mean loss.
 Mini-batch SGD is stable in mean square only if the minimum is flat enough in
-both H and Sigma (`stability.mean_square`). Two quantities are computed here from
+both H and Sigma (`stability.theory.mean_square`). Two quantities are computed here from
 per-example Hessian-vector products (forward-over-reverse, Pearlmutter 1994), never
 forming a Hessian:
 
@@ -16,9 +16,9 @@ forming a Hessian:
   direction (equal to ``s^2`` when the ``H_i`` share the eigenvector ``v``), and the
   eigen-residual ``||H v - a v||``.
 - the largest eigenvalue of Sigma (:func:`nonuniformity_spectrum`), Wu, Ma and E's
-  non-uniformity ``sqrt(lambda_max(Sigma))``: Lanczos (`stability.lanczos`) on
+  non-uniformity ``sqrt(lambda_max(Sigma))``: Lanczos (`stability.curvature.lanczos`) on
   ``u -> mean_i H_i (H_i u) - H (H u)``, two passes per product (two products per
-  example, then the mean-loss product of `stability.hvp`);
+  example, then the mean-loss product of `stability.curvature.hvp`);
 - the largest eigenvalue of Wu, Ma and E's matrix ``(I - lr H)^2 + lr^2 gamma Sigma``
   (:func:`wu_ma_e_spectrum`, the same products) and its eigenvector, the direction
   where their condition fails first.
@@ -34,7 +34,7 @@ LeVeque's pairwise update, so ``s^2`` is not the difference of two large numbers
 
 Data handling is `stability.hessian_spectrum`'s (reused, not copied): ``data`` is
 one batch, a list of batches, a re-iterable or a callable returning a fresh
-iterator; each chunk is split over the devices' mesh by `stability.hvp.place_batch`
+iterator; each chunk is split over the devices' mesh by `stability.curvature.hvp.place_batch`
 (examples sharded, parameters replicated; a remainder that is not a multiple of the
 device count runs replicated, no example dropped or padded). One process only.
 A model evaluated in training mode with batch statistics (batch norm) has no
@@ -52,9 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability import hvp as _hvp
-from stability import lanczos as _lz
-from stability.hessian_spectrum import (
+from stability.curvature import hvp as _hvp
+from stability.curvature import lanczos as _lz
+from stability.curvature.hessian_spectrum import (
     HessianSpectrum,
     _check_loss_shape,
     _check_params,
@@ -169,7 +169,7 @@ def _chunks(data, chunk_size):
 
 def _placed(data, chunk_size, mesh):
     """Each chunk on the devices: ``(main, rem)``, the part sharded over the mesh and
-    the replicated rest (either may be None; `stability.hvp.place_batch`)."""
+    the replicated rest (either may be None; `stability.curvature.hvp.place_batch`)."""
     for chunk in _chunks(data, chunk_size):
         main, rem, _ = _hvp.place_batch(chunk, mesh)
         yield main, rem
@@ -392,7 +392,7 @@ def nonuniformity_spectrum(
 
     Each product ``Sigma u = mean_i H_i (H_i u) - H (H u)`` is two passes over the
     data: per-example products (two per example) and then the mean-loss product of
-    ``H u`` (`stability.hvp.hvp_sum`). Stops when the top Ritz residual is at most
+    ``H u`` (`stability.curvature.hvp.hvp_sum`). Stops when the top Ritz residual is at most
     ``tol`` times the top Ritz value, or after ``max_products``. The difference of the
     two means loses about ``eps ||H||^2 / lambda_max(Sigma)`` in relative accuracy.
 
@@ -455,7 +455,7 @@ def wu_ma_e_spectrum(
     ``excess`` is the top eigenvalue of ``lr (gamma mean_i H_i^2 + (1 - gamma) H^2) -
     2 H`` (the same matrix minus I, over lr, with ``Sigma = mean_i H_i^2 - H^2``),
     found by Lanczos on the products of :func:`nonuniformity_spectrum`; ``gamma`` is
-    `stability.mean_square.variance_factor` of the batch size. Its Ritz vector is
+    `stability.theory.mean_square.variance_factor` of the batch size. Its Ritz vector is
     the direction where the condition fails first; `stability.is_accessible` judges
     the (delayed) scalar condition along it.
 

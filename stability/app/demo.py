@@ -83,8 +83,9 @@ def _steps_for(rho: float, eps: float, lo: int, hi: int) -> int:
 def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print) -> DemoResult:
     """Run the demo, print its report, write ``out_dir/demo.png``."""
     import stability as st
-    from stability import examples, simulate
-    from stability.hessian_spectrum import hessian_spectrum
+    from stability import simulate
+    from stability.curvature.hessian_spectrum import hessian_spectrum
+    from stability.networks import examples
 
     start = time.perf_counter()
     jax.config.update("jax_enable_x64", True)
@@ -240,7 +241,7 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
 
 
 def _figure(out_dir, spectrum, reports, taus, curves, lr0) -> str:
-    from stability import plotting
+    from stability.app import plotting
 
     plt = plotting._pyplot()
     os.makedirs(out_dir, exist_ok=True)

@@ -4,7 +4,8 @@ Computes the ``k`` largest eigenvalues and the smallest eigenvalue of
 ``H = nabla^2 L(w)``, ``L(w) = (1/N) sum_i loss_i(w)`` the mean loss over all
 ``N`` examples, with a residual error bound for each, by Lanczos with full
 reorthogonalisation (default) or power iteration on Hessian-vector products
-(forward-over-reverse, :mod:`stability.hvp`; Lanczos in :mod:`stability.lanczos`).
+(forward-over-reverse, :mod:`stability.curvature.hvp`; Lanczos in
+:mod:`stability.curvature.lanczos`).
 
 Data
     ``data=None``: ``loss(params)``. Otherwise ``loss(params, batch)`` must return the
@@ -39,7 +40,7 @@ Devices
     Data-parallel over ``devices`` (default: ``jax.devices()``): each batch is split
     over a 1-D mesh axis, parameters replicated; batch sizes that are not a multiple
     of the device count are exact (the remainder runs replicated, see
-    :mod:`stability.hvp`). Several processes (``jax.distributed``, e.g. one per host):
+    :mod:`stability.curvature.hvp`). Several processes (``jax.distributed``, e.g. one per host):
     call ``jax.distributed.initialize()`` on every process first, then
     ``hessian_spectrum`` on every process with the SAME params, seed and arguments
     and that process's own share of the data: any number of examples, any number of
@@ -91,10 +92,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import hvp as _hvp
-from . import lanczos as _lz
-from .backend import host_is_device
-from .validation import check_int, check_positive
+from stability.curvature import hvp as _hvp
+from stability.curvature import lanczos as _lz
+from stability.curvature.backend import host_is_device
+from stability.validation import check_int, check_positive
 
 __all__ = ["HessianSpectrum", "hessian_spectrum"]
 
@@ -151,7 +152,7 @@ class HessianSpectrum(NamedTuple):
         """``(upper, lower)``: ``lower <= lambda_min`` and ``lambda_max <= upper`` with
         probability at least ``1 - failure_probability`` over the random start vector,
         whatever the gaps in the spectrum (Kuczynski and Wozniakowski 1992, see
-        :func:`stability.lanczos.random_start_bounds`), widened by ``rounding_error``.
+        :func:`stability.curvature.lanczos.random_start_bounds`), widened by ``rounding_error``.
         ``(inf, -inf)`` until enough Lanczos steps have run, for power iteration, and
         for a warm start (``random_start=False``: the theorem needs a start vector
         uniformly distributed on the sphere)."""
@@ -444,9 +445,9 @@ BASIS_BYTES = 16 * 2**20
 
 @partial(jax.jit, donate_argnames=("basis", "v_prev"))
 def _lanczos_step(basis, v, v_prev, hv, scale, beta_prev, j):
-    """One host-loop Lanczos step on ``w = scale * hv`` (:func:`stability.lanczos.lanczos_step`):
-    the only program besides the product that runs per iteration; ``basis`` is
-    updated in place (donated)."""
+    """One host-loop Lanczos step on ``w = scale * hv``
+    (:func:`stability.curvature.lanczos.lanczos_step`): the only program besides the
+    product that runs per iteration; ``basis`` is updated in place (donated)."""
     return _lz.lanczos_step(basis, v, v_prev, hv * scale, beta_prev, j)
 
 
@@ -732,7 +733,7 @@ def _step_on_host(mesh) -> bool:
 
 
 def _numpy_step(basis, v, v_prev, hv, scale, beta_prev, j):
-    """:func:`_lanczos_step` in numpy (:func:`stability.lanczos.lanczos_step_host`)."""
+    """:func:`_lanczos_step` in numpy (:func:`stability.curvature.lanczos.lanczos_step_host`)."""
     return _lz.lanczos_step_host(basis, v, v_prev, np.asarray(hv) * scale, beta_prev, int(j))
 
 
@@ -780,7 +781,7 @@ def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_small
     (one compiled program for one batch), one Lanczos step (numpy on CPU, else the
     compiled :func:`_lanczos_step` and one transfer of two scalars, ``alpha`` and
     ``beta``; :func:`_stepper`); the tridiagonal eigenproblem and the stopping test
-    run on the host in numpy (:func:`stability.lanczos.lanczos_extremes_host`).
+    run on the host in numpy (:func:`stability.curvature.lanczos.lanczos_extremes_host`).
     Returns ``(basis, extremes, count, betas)``."""
     n, dtype = v0.shape[0], v0.dtype
     steps = _stepper(mesh)
@@ -903,7 +904,7 @@ def hessian_spectrum(
         default only the ``k`` largest are waited for; the smallest is reported from
         the same Krylov space with its own ``smallest_converged`` flag (the near-zero
         cluster of a trained network converges slowly: tens of extra products).
-      trainable: which leaves to differentiate (see :func:`stability.hvp.trainable_mask`).
+      trainable: which leaves to differentiate (see :func:`stability.curvature.hvp.trainable_mask`).
       devices: devices of the data-parallel mesh (default ``jax.devices()``).
       progress: show a tqdm bar over products when there are several batches.
       loop: one batch: ``"device"`` runs the whole iteration in one jit

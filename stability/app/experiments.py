@@ -61,10 +61,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability.examples import N_DIGITS, load_digits
-from stability.tracking import SharpnessTracker
+from stability.curvature.tracking import SharpnessTracker
+from stability.networks.examples import N_DIGITS, load_digits
+from stability.theory.tuning import lr_for_delay
 from stability.training import train_async
-from stability.tuning import lr_for_delay
 from stability.validation import check_option
 
 __all__ = [
@@ -680,7 +680,7 @@ def _markdown(result, figures, out_dir) -> str:
 
 
 def _eos_figures(result: EosResult, out_dir: str) -> list[str]:
-    from stability import plotting
+    from stability.app import plotting
 
     plt = plotting._pyplot()
     paths = []
@@ -745,7 +745,7 @@ def _eos_figures(result: EosResult, out_dir: str) -> list[str]:
 
 
 def _paper_figures(result: PaperResult, out_dir: str) -> list[str]:
-    from stability import plotting
+    from stability.app import plotting
 
     plt = plotting._pyplot()
     summary = result.summary()

@@ -15,7 +15,7 @@ Closing the loop with ``g_t = a w_{t-tau}`` gives
     P(z) = z^tau d(z) - a n(z) = A(z) + a B(z),
 
 (with a ``DelayDistribution``: ``z^K d(z) - a n(z) D(z)``, the first-moment model
-of ``stability.delays``). The learning rate is inside the optimiser, so the
+of ``stability.theory.delays``). The learning rate is inside the optimiser, so the
 boundary locus of (A, B) is directly a threshold on the sharpness a.
 """
 
@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability.boundary_locus import dense_threshold
-from stability.companion import spectral_radius_from_coefficients
-from stability.delays import DelayDistribution
-from stability.rules import static_delay
+from stability.theory.boundary_locus import dense_threshold
+from stability.theory.companion import spectral_radius_from_coefficients
+from stability.theory.delays import DelayDistribution
+from stability.theory.rules import static_delay
 from stability.validation import check_finite
 
 

@@ -117,7 +117,7 @@ def _resolve(spec: str, what: str):
 def _cmd_table(args) -> int:
     import numpy as np
 
-    from stability.boundary_locus import max_stable_sharpness
+    from stability.theory.boundary_locus import max_stable_sharpness
     from stability.validation import check_momentum
 
     for rule in args.momentum:
@@ -176,8 +176,8 @@ def _call_kwargs(text):
 
 def _cmd_check(args) -> int:
     from stability.accessibility import is_accessible
-    from stability.checkpoints import restore_params
-    from stability.models import loss_from_model
+    from stability.networks.checkpoints import restore_params
+    from stability.networks.models import loss_from_model
 
     factory = _resolve(args.model, "--model")
     model = factory() if callable(factory) and not _is_module(factory) else factory
@@ -224,7 +224,7 @@ def _is_module(obj) -> bool:
 
 
 def _cmd_demo(args) -> int:
-    from stability.demo import run_demo
+    from stability.app.demo import run_demo
 
     run_demo(out_dir=args.out, quick=args.quick)
     return 0
@@ -233,7 +233,7 @@ def _cmd_demo(args) -> int:
 def _cmd_experiment(args) -> int:
     import time
 
-    from stability import experiments
+    from stability.app import experiments
 
     if args.full and args.size not in (None, "full"):
         raise UsageError(f"--full contradicts --size {args.size}")

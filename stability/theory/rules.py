@@ -26,7 +26,7 @@ u_t - beta u_{t-1} = -q w_{t-tau}, i.e. (z-1)(1 - beta/z) = -q z^-tau.
 nesterov: v = q' z^-tau / (z - beta) (q' = a), z - 1 = -lr a z^-tau (1 + beta z
 / (z - beta)). shifted: z v = z^-tau (beta v + a), z - 1 = -lr z v.
 
-Random delays (``stability.delays``, first-moment model): replace ``z^-tau`` by
+Random delays (``stability.theory.delays``, first-moment model): replace ``z^-tau`` by
 ``S(z) = sum_k p_k z^-k`` in those derivations and multiply by ``z^K``; with
 ``D(z) = z^K S(z) = sum_k p_k z^(K-k)``:
 
@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability.delays import DelayDistribution
+from stability.theory.delays import DelayDistribution
 from stability.validation import (
     check_beta,
     check_int,

@@ -197,7 +197,7 @@ def restore_params(checkpoint, model, *, train: bool = False, name: str = "--par
 def _nnx_state(tree, model, train, name):
     from flax import nnx
 
-    from stability.models import _flat, _pure, shape_problems
+    from stability.networks.models import _flat, _pure, shape_problems
 
     _, rng_state, own = nnx.split(model, nnx.RngState, ...)
     rng_paths = set(_flat(nnx.to_pure_dict(rng_state)))
@@ -215,6 +215,6 @@ def _nnx_state(tree, model, train, name):
             else ""
         )
         raise ValueError(f"{name}: the checkpoint does not match the nnx model: {shown}{hint}")
-    from stability.models import _nnx_params
+    from stability.networks.models import _nnx_params
 
     return _nnx_params(tree, own, rng_state)

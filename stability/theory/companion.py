@@ -2,7 +2,7 @@
 
 Along one Hessian eigenvalue ``a`` the weight sequence of any rule obeys the
 linear recurrence with characteristic polynomial ``P(z) = A(z) + q B(z)``,
-``q = lr * a`` (``stability.rules``). In delay coordinates
+``q = lr * a`` (``stability.theory.rules``). In delay coordinates
 ``x_t = (w_t, w_{t-1}, ..., w_{t-m+1})`` (m = degree of P, i.e. tau + 2 for the
 momentum rules) the update is ``x_{t+1} = C x_t`` with C the companion matrix of
 P: first row ``-p_1, ..., -p_m`` (P monic, descending coefficients), ones on the
@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability import delay_locus
-from stability.delays import DelayDistribution
-from stability.dominant_root import certified_spectral_radius, sparse_characteristic
-from stability.rules import (
+from stability.theory import delay_locus
+from stability.theory.delays import DelayDistribution
+from stability.theory.dominant_root import certified_spectral_radius, sparse_characteristic
+from stability.theory.rules import (
     characteristic_polynomial,
     check_delay,
     float_dtype,
@@ -91,7 +91,7 @@ def _host_fill(m, rho, certified, u1, u0, v1, v0):
     """Host side of the fallback: numpy (LAPACK) companion eigenvalues where not certified.
 
     The polynomial is the sparse form ``z^m (z^2 + u1 z + u0) + v1 z + v0`` of
-    ``stability.dominant_root`` (the same spectral radius as the rule's polynomial).
+    ``stability.theory.dominant_root`` (the same spectral radius as the rule's polynomial).
     """
     rho = np.array(rho, copy=True)
     todo = np.flatnonzero(~np.asarray(certified).reshape(-1))
@@ -137,7 +137,7 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     For an integer ``tau >= 2`` in float64 the dominant root is found by Newton's
     method on the sparse characteristic polynomial and certified by two root
     counts (argument principle), O(log tau) per point with no eigenvalues
-    (``stability.dominant_root``; certified to relative 1e-10, in practice exact
+    (``stability.theory.dominant_root``; certified to relative 1e-10, in practice exact
     to rounding). Points that cannot be certified (near-multiple dominant roots,
     sharpness 0) and all other cases (tau < 2, float32) use
     the eigenvalues of the companion matrix (``jnp.linalg.eigvals``, backward
@@ -145,7 +145,7 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     through ``jax.pure_callback``. Differentiable (``jax.grad``/``jvp``): derivatives
     come from the companion eigenvalues.
 
-    A delay distribution with support 0..K: ``stability.delay_locus`` (numpy on the
+    A delay distribution with support 0..K: ``stability.theory.delay_locus`` (numpy on the
     host, O(K log K) per point, no eigenvalues): Newton's method on the dominant root,
     certified by argument-principle root counts to relative 1e-9; companion
     eigenvalues for K <= 30, and for uncertified points up to K = 1000; NaN for an
@@ -185,7 +185,7 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
 
 
 def _distribution_spectral_radius(sharpness, lr, dist, beta, momentum):
-    """A delay distribution's spectral radii (``stability.delay_locus``, numpy on the
+    """A delay distribution's spectral radii (``stability.theory.delay_locus``, numpy on the
     host): concrete arguments directly, traced ones through ``jax.pure_callback``, with
     derivatives from the companion eigenvalues (as for fixed delays)."""
     dtype = float_dtype(sharpness, lr, beta)

@@ -14,8 +14,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from stability.boundary_locus import stability_threshold
-from stability.rules import MOMENTUM_RULES, check_delay, float_dtype, python_scalars_out
+from stability.theory.boundary_locus import stability_threshold
+from stability.theory.rules import MOMENTUM_RULES, check_delay, float_dtype, python_scalars_out
 from stability.validation import check_beta, check_lr, check_momentum, check_positive
 
 DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)

@@ -53,8 +53,8 @@ def plot_stability_region(
     spectral radius computed from the companion-matrix eigenvalues: the two
     are independent computations, so the figure is also a visual check.
     """
-    from stability.boundary_locus import max_stable_sharpness
-    from stability.companion import spectral_radius
+    from stability.theory.boundary_locus import max_stable_sharpness
+    from stability.theory.companion import spectral_radius
 
     ax = _axes(ax)
     betas = np.linspace(0.0, 0.95, resolution) if betas is None else np.asarray(betas)
@@ -95,7 +95,7 @@ def plot_thresholds(
     they compare rules at the same effective learning rate lr / (1 - beta),
     the comparison in which the paper recommends shifted momentum or none.
     """
-    from stability.boundary_locus import max_stable_sharpness
+    from stability.theory.boundary_locus import max_stable_sharpness
 
     ax = _axes(ax)
     taus = np.asarray(taus)

@@ -5,7 +5,7 @@ stable for the full-batch (mean) recursion can still be left: the SECOND moment
 of the distance to the minimum grows. Wu, Ma and E ("How SGD selects the global
 minima in over-parameterized learning", NeurIPS 2018) give the condition for
 SGD (tau = 0); this module derives it for every delayed rule of
-`stability.rules` and computes the thresholds.
+`stability.theory.rules` and computes the thresholds.
 
 Model. Per-example quadratics ``f_i(w) = w^T H_i w / 2``, ``i = 1..n``, around the
 minimum ``w* = 0`` (every example's gradient vanishes there: an interpolating
@@ -52,7 +52,7 @@ sequence of scaled gradients ``lr g_t`` to the weights. The gradient reads a sta
 coordinate ``y_t`` (``x_{t - tau}``; for ``shifted`` the weights the gradient was
 computed at) and ``lr g_t = q y_t + u_t`` with ``q = lr a`` and the mini-batch noise
 ``u_t = lr (h_t - a) y_t``. Without noise the loop has the characteristic
-polynomial ``P = A + q B`` of `stability.rules`; the noise enters exactly where
+polynomial ``P = A + q B`` of `stability.theory.rules`; the noise enters exactly where
 ``q y`` does, so (``z``-transform, initial conditions aside)
 ``Y(z) = -B(z) / P(z) U(z)``:
 
@@ -105,7 +105,7 @@ Scope: a constant delay (not a delay distribution: a random delay adds its own
 second-moment terms, not modelled here). For a network the ``H_i`` do not commute:
 the verdict (`stability.is_accessible` with ``batch_size``) applies the scalar
 condition along candidate directions ``v`` with ``a = v^T H v`` and ``s^2 = v^T
-Sigma v`` (`stability.nonuniformity`): the top eigenvector of H, the top eigenvector
+Sigma v`` (`stability.curvature.nonuniformity`): the top eigenvector of H, the top eigenvector
 of Sigma and the top eigenvector of Wu, Ma and E's matrix. Along a common
 eigenvector it is exact; at tau = 0 the scalar condition along v is the ``(v, v)``
 entry of Wu, Ma and E's matrix being below 1.
@@ -125,9 +125,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability.boundary_locus import stability_threshold
-from stability.delays import DelayDistribution
-from stability.rules import characteristic_polynomial, float_dtype, python_scalars_out
+from stability.theory.boundary_locus import stability_threshold
+from stability.theory.delays import DelayDistribution
+from stability.theory.rules import characteristic_polynomial, float_dtype, python_scalars_out
 from stability.validation import (
     check_beta,
     check_finite,
@@ -257,7 +257,7 @@ def variance_factor(batch_size, num_examples, *, replacement: bool = False) -> f
 
 
 def _polynomials_host(tau: int, beta: np.ndarray, momentum: str):
-    """``(A, B)`` of `stability.rules` in numpy, shape ``beta.shape + (tau + 3,)``:
+    """``(A, B)`` of `stability.theory.rules` in numpy, shape ``beta.shape + (tau + 3,)``:
     heavy_ball / nesterov ``A = z^tau (z - 1)(z - beta)``, ``B = z`` / ``(1 + beta) z -
     beta``; shifted ``A = (z - 1)(z^(tau+1) - beta)``, ``B = z``."""
     d = tau + 2
@@ -350,7 +350,7 @@ def _growth_host(q, sigma2, a, b):
 
 
 def _padded_polynomials(tau, beta, momentum):
-    """``(A, B)`` of `stability.rules`, both multiplied by ``z^k`` so that their length
+    """``(A, B)`` of `stability.theory.rules`, both multiplied by ``z^k`` so that their length
     is a power of two (at least 8): ``B / P`` is unchanged (k extra roots at 0), and
     the programs below compile once per length, not once per delay."""
     poly = characteristic_polynomial(tau, beta, momentum=momentum)

@@ -38,8 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stability.boundary_locus import max_stable_sharpness
-from stability.hessian_spectrum import hessian_spectrum
+from stability.curvature.hessian_spectrum import hessian_spectrum
+from stability.theory.boundary_locus import max_stable_sharpness
 from stability.validation import check_int, check_positive
 
 __all__ = ["SharpnessRecord", "SharpnessTracker"]
@@ -110,10 +110,10 @@ class SharpnessTracker:
       cold_every: every this many checks, a cold (random) start instead: a top
         direction that overtook the tracked one within a small gap may take a warm
         check longer to find than its stopping test waits
-        (:data:`stability.hessian_spectrum.WARM_START_NOISE`); a cold start finds
+        (:data:`stability.curvature.hessian_spectrum.WARM_START_NOISE`); a cold start finds
         it with the same presumption as any single estimate. None: never.
       seed: the random start of check ``i`` uses ``seed + i``.
-      trainable: which leaves to differentiate (:func:`stability.hvp.trainable_mask`).
+      trainable: which leaves to differentiate (:func:`stability.curvature.hvp.trainable_mask`).
 
     Calling ``tracker(params, step)`` returns the new :class:`SharpnessRecord`, or
     None when ``step`` is not a multiple of ``every``; with ``step=None`` the calls
@@ -217,7 +217,7 @@ class SharpnessTracker:
     def plot(self, ax=None):
         """Sharpness (with its error bar) and the stable limit against the step;
         returns the matplotlib Axes."""
-        from stability.plotting import _axes
+        from stability.app.plotting import _axes
 
         ax = _axes(ax)
         h = self.arrays()

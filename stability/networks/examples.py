@@ -22,7 +22,7 @@ import optax
 from flax import linen as nn
 from flax import nnx
 
-from stability.models import cross_entropy, loss_from_model, mean_squared_error
+from stability.networks.models import cross_entropy, loss_from_model, mean_squared_error
 from stability.validation import check_int, check_option
 
 N_DIGITS = 1797  # examples in scikit-learn's bundled digits data set

@@ -1,7 +1,7 @@
 """Stability thresholds without eigenvalues: the boundary locus.
 
 Every rule's characteristic polynomial is ``P(z) = A(z) + q B(z)`` (``q = lr *
-sharpness``, ``stability.rules``). A root is on the unit circle at ``z =
+sharpness``, ``stability.theory.rules``). A root is on the unit circle at ``z =
 e^{i theta}`` exactly when ``q = -A(e^{i theta}) / B(e^{i theta})`` is real, so the
 largest stable q is the smallest positive real value of that curve over
 ``theta in [0, pi]`` (docs/theory.md section 6). For small q > 0 all roots of the
@@ -51,7 +51,7 @@ Closed forms reproduced: gd ``2 sin(pi / (2(2 tau + 1)))`` (Levin and May 1976);
 heavy_ball ``2(1+beta)`` (tau=0), ``1-beta`` (tau=1); shifted ``2(1+beta)``,
 ``1-beta^2``; nesterov ``(2+2beta)/(1+2beta)`` (tau=0).
 
-Delay distributions (support 0..K, up to 10^4 and beyond): ``stability.delay_locus``,
+Delay distributions (support 0..K, up to 10^4 and beyond): ``stability.theory.delay_locus``,
 the same locus written with ``S(theta) = sum_k p_k e^{-i k theta}`` (one FFT for a
 grid, direct sums elsewhere) and certified by branch and bound, O(K log K).
 
@@ -74,10 +74,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability import delay_locus
-from stability.companion import companion_from_coefficients
-from stability.delays import DelayDistribution
-from stability.rules import (
+from stability.theory import delay_locus
+from stability.theory.companion import companion_from_coefficients
+from stability.theory.delays import DelayDistribution
+from stability.theory.rules import (
     check_delay,
     float_dtype,
     python_scalars_out,
@@ -269,7 +269,7 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
 
     Args:
       tau: delay, integer or integer array (broadcasts with beta), or a
-        ``DelayDistribution`` (first-moment model; ``stability.delay_locus``:
+        ``DelayDistribution`` (first-moment model; ``stability.theory.delay_locus``:
         certified to relative 1e-10, O(K log K) for support 0..K).
       beta: momentum in [0, 1) (array allowed).
       momentum: "heavy_ball", "nesterov" or "shifted" (beta = 0: plain delayed SGD).
@@ -288,7 +288,7 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
 
 
 def _distribution_threshold(dist: DelayDistribution, beta, momentum: str) -> Threshold:
-    """A delay distribution's thresholds, one per beta (``stability.delay_locus``, numpy
+    """A delay distribution's thresholds, one per beta (``stability.theory.delay_locus``, numpy
     on the host); a traced beta goes through ``jax.pure_callback`` (no derivatives)."""
     p = np.asarray(dist.probabilities, dtype=np.float64)
     dtype = np.dtype(float_dtype(beta, dist.probabilities))

@@ -56,7 +56,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.linalg import eigh_tridiagonal
 
-from stability.backend import host_is_device
+from stability.curvature.backend import host_is_device
 
 __all__ = [
     "LanczosState",

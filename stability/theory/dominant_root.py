@@ -1,7 +1,7 @@
 """Certified spectral radius of the fixed-delay rules, without eigenvalues.
 
 For an integer delay ``tau >= 2`` the characteristic polynomial of every rule
-(``stability.rules``) is sparse:
+(``stability.theory.rules``) is sparse:
 
     P(z) = z^m U(z) + V(z),   U(z) = (z - a1)(z - a2),   V(z) = v1 z + v0,
 
@@ -37,7 +37,7 @@ found in O(log tau) operations per point, and *certified*, in three steps:
 
 Points where a step fails (Newton not converged on the dominant root, near-
 multiple dominant roots, a zero or pole of the parts on a test circle) come back
-with ``certified = False``; ``stability.companion.spectral_radius`` computes those
+with ``certified = False``; ``stability.theory.companion.spectral_radius`` computes those
 from the companion-matrix eigenvalues instead.
 
 Reference: the argument principle and Newton's method, e.g. P. Henrici, *Applied

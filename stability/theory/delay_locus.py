@@ -1,7 +1,7 @@
 """Delay distributions at scale: thresholds and spectral radii in O(K log K).
 
 For delay probabilities ``p_k`` (k = 0..K) every momentum rule's characteristic
-polynomial (``stability.rules``) is ``P(z) = z^K V(z)`` with
+polynomial (``stability.theory.rules``) is ``P(z) = z^K V(z)`` with
 
     V(z) = U(z) + (w1 z + w0) S(z),      S(z) = sum_k p_k z^-k,
 
@@ -9,7 +9,7 @@ polynomial (``stability.rules``) is ``P(z) = z^K V(z)`` with
 - nesterov:   U = (z - 1)(z - beta), w1 = q (1 + beta),   w0 = -q beta
 - shifted:    U = z (z - 1),         w1 = q - beta,       w0 = beta
 
-(q = lr * sharpness; a fixed delay tau is S = z^-tau, ``stability.dominant_root``'s
+(q = lr * sharpness; a fixed delay tau is S = z^-tau, ``stability.theory.dominant_root``'s
 sparse form). Everything below evaluates S, never the dense coefficients of P: on a
 uniform grid of M angles by one real FFT of the (scaled) p_k, O(M log M), and at
 any other point by a blocked direct sum, O(K) (``_PowerSums``). No eigenvalues.
@@ -45,7 +45,7 @@ coefficients). V and dV/dtheta on the grid come from two FFTs of the weights
 ``p_k R^-k`` (scaled against overflow); an arc is certified when the disc
 ``|V - V(t)| <= h |V_theta(t)| + h^2 C2 / 2 + rounding`` around one of its end
 points excludes 0 (then arg V moves by less than pi/2 along it), and arcs that are
-not are halved with direct sums, as in ``stability.dominant_root`` a count is
+not are halved with direct sums, as in ``stability.theory.dominant_root`` a count is
 trusted only when it is certified. The dominant root is found by Newton's method
 on V (direct sums, O(K) per step) from z = 1 and from one Newton projection per
 grid point near each count circle; bisection on R with certified counts keeps a
@@ -866,7 +866,7 @@ EIGENVALUE_FALLBACK = 1000  # K <= this: an uncertified radius is recomputed by 
 
 def dense_coefficients(p: np.ndarray, q, beta, momentum: str) -> np.ndarray:
     """P = A + q B in descending powers, shape broadcast(q, beta) + (K + 3,): the
-    polynomials of ``stability.rules`` written out in numpy (for small supports and the
+    polynomials of ``stability.theory.rules`` written out in numpy (for small supports and the
     eigenvalue fallback)."""
     q, beta = np.broadcast_arrays(np.asarray(q, np.float64), np.asarray(beta, np.float64))
     k = p.size - 1

@@ -1,0 +1,1 @@
+"""The user-facing application: command line, demo, plots and experiments."""

@@ -1,0 +1,1 @@
+"""Trained networks: Flax adapters, checkpoints and the bundled digits example."""
