@@ -28,6 +28,14 @@ from stability.app.plotting import plot_stability_region, plot_thresholds, plot_
 from stability.compilation_cache import enable_compilation_cache
 from stability.curvature import nonuniformity as nonuniformity
 from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
+from stability.curvature.nonuniformity import (
+    DirectionalNonuniformity,
+    NonuniformitySpectrum,
+    WuMaESpectrum,
+    directional_nonuniformity,
+    nonuniformity_spectrum,
+    wu_ma_e_spectrum,
+)
 from stability.curvature.tracking import SharpnessRecord, SharpnessTracker
 from stability.networks.examples import load_digits, train_to_minimum
 from stability.networks.models import loss_from_model, mean_squared_error
@@ -49,6 +57,17 @@ from stability.theory.delays import (
     round_robin,
 )
 from stability.theory.linearize import LinearizedOptimizer, linearize
+from stability.theory.mean_square import (
+    MeanSquareStability,
+    MeanSquareThreshold,
+    lr_for_delay_minibatch,
+    max_stable_lr_minibatch,
+    mean_square_stability,
+    mean_square_threshold,
+    noise_gain,
+    second_moment_growth,
+    variance_factor,
+)
 from stability.theory.rules import CharacteristicPolynomial, characteristic_polynomial
 from stability.theory.tuning import (
     MomentumCandidate,
@@ -88,6 +107,22 @@ __all__ = [
     "enable_compilation_cache",
     "SharpnessTracker",
     "SharpnessRecord",
+    # mini-batch noise: mean-square stability and per-example Hessian statistics
+    "variance_factor",
+    "noise_gain",
+    "mean_square_threshold",
+    "MeanSquareThreshold",
+    "second_moment_growth",
+    "mean_square_stability",
+    "MeanSquareStability",
+    "max_stable_lr_minibatch",
+    "lr_for_delay_minibatch",
+    "directional_nonuniformity",
+    "DirectionalNonuniformity",
+    "nonuniformity_spectrum",
+    "NonuniformitySpectrum",
+    "wu_ma_e_spectrum",
+    "WuMaESpectrum",
     # trained networks
     "is_accessible",
     "verdict_from_spectrum",
