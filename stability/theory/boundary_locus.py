@@ -324,17 +324,96 @@ def max_stable_sharpness(lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
 
 
 @python_scalars_out
-def max_stable_lr(sharpness, tau, beta=0.0, *, momentum: str = "heavy_ball"):
+def max_stable_lr(
+    sharpness,
+    tau,
+    beta=0.0,
+    *,
+    momentum: str = "heavy_ball",
+    nonuniformity=None,
+    batch_size: int | None = None,
+    num_examples: int | None = None,
+    replacement: bool = False,
+):
     """The largest learning rate at which a minimum of this sharpness is stable.
 
-    ``q_max(tau, beta) / sharpness`` (sharpness > 0); broadcasts like
-    :func:`max_stable_sharpness` (a Python float for Python-scalar arguments).
+    Full batch (``batch_size=None``, the default): ``q_max(tau, beta) / sharpness``
+    (sharpness > 0), the linear stability of the exact-gradient recursion; broadcasts
+    like :func:`max_stable_sharpness` (a Python float for Python-scalar arguments).
+
+    Mini-batches (``batch_size`` given): the largest lr at which the second moment of
+    the distance to the minimum stays bounded (mean-square stability; docs/theory.md
+    section 15, Wu, Ma and E 2018), along a direction of curvature ``a = sharpness``
+    and non-uniformity ``s = nonuniformity`` (``s^2 = v^T Sigma v``, ``Sigma =
+    mean_i H_i^2 - H^2``, the per-example Hessians' spread; same units as the
+    sharpness): ``q_ms(r) / a`` with ``r = gamma s^2 / a^2``, ``q_ms`` the root of
+    ``q^2 r N(q) = 1`` below ``q_max`` (``N`` the squared H2 norm of the loop,
+    `stability.noise_gain`). For SGD at tau = 0 this is Wu, Ma and E's
+    ``2 a / (a^2 + gamma s^2)``. ``gamma`` (`stability.variance_factor`) assumes a
+    fresh uniform batch every step: ``(n - B) / (B (n - 1))`` without replacement
+    (B distinct examples; ``1 / B`` times the finite-population correction ``(n -
+    B) / (n - 1)``, so the full batch ``B = n`` gives the deterministic value) or
+    ``1 / B`` with replacement. Delegates to `stability.max_stable_lr_minibatch`;
+    tau must be a concrete integer (a ``DelayDistribution`` raises
+    NotImplementedError: the mean-square model covers fixed delays only).
+
+    Args:
+      sharpness: the curvature ``a > 0`` (largest Hessian eigenvalue).
+      tau: delay: integer (array) or ``DelayDistribution``; a scalar integer with
+        ``batch_size``.
+      beta: momentum coefficient in [0, 1).
+      momentum: "heavy_ball", "nesterov" or "shifted".
+      nonuniformity: ``s >= 0`` along the same direction; required with
+        ``batch_size`` (`stability.directional_nonuniformity` estimates it).
+      batch_size: ``B``, an integer >= 1 (<= ``num_examples`` without replacement);
+        None for the full-batch threshold.
+      num_examples: ``n``, the examples the batches are drawn from; required with
+        ``batch_size``.
+      replacement: whether a batch draws with replacement (default False, as
+        `stability.simulate_async` does).
+
+    Returns:
+      The learning rate (units: 1 / Hessian eigenvalue units); NaN where the
+      deterministic threshold is not certified.
     """
+    if (
+        batch_size is not None
+        or nonuniformity is not None
+        or num_examples is not None
+        or (replacement is not False)
+    ):
+        return _max_stable_lr_minibatch(
+            sharpness, tau, beta, momentum, nonuniformity, batch_size, num_examples, replacement
+        )
     check_positive("sharpness", sharpness)
     dtype = _prepare(tau, beta, momentum, sharpness)
     t = stability_threshold(tau, jnp.asarray(beta, dtype), momentum=momentum)
     q = jnp.where(t.reliable, t.q_max, jnp.nan)
     return q / jnp.asarray(sharpness, dtype)
+
+
+def _max_stable_lr_minibatch(
+    sharpness, tau, beta, momentum, nonuniformity, batch_size, num_examples, replacement
+):
+    """The ``batch_size`` path of :func:`max_stable_lr` (imported here: mean_square
+    imports this module)."""
+    from stability.theory import mean_square
+
+    mean_square.check_batch_arguments(
+        tau, batch_size, num_examples, replacement, {"nonuniformity": nonuniformity},
+        given={"nonuniformity": nonuniformity, "num_examples": num_examples,
+               "replacement": replacement},
+    )  # fmt: skip
+    return mean_square.max_stable_lr_minibatch(
+        sharpness,
+        nonuniformity,
+        tau,
+        beta,
+        momentum=momentum,
+        batch_size=batch_size,
+        num_examples=num_examples,
+        replacement=replacement,
+    )
 
 
 # ----------------------------------------------------------------------------

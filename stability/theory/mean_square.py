@@ -119,6 +119,7 @@ simulation confirms a mean-square verdict through the mean over runs.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -207,16 +208,68 @@ def _check_delay(tau, name: str = "tau") -> int:
     return int(tau)
 
 
-def _check_sampling(batch_size, num_examples, replacement) -> tuple[int, int]:
+def _check_sampling(batch_size, num_examples, replacement, name="batch_size") -> tuple[int, int]:
     n = check_int("num_examples", num_examples, 1)
-    b = check_int("batch_size", batch_size, 1)
+    b = check_int(name, batch_size, 1)
     if not isinstance(replacement, (bool, np.bool_)):
         raise TypeError(f"replacement must be True or False; got {replacement!r}")
     if not replacement and b > n:
         raise ValueError(
-            f"batch_size must be <= num_examples ({n}) when sampling without replacement; got {b}"
+            f"{name} must be <= num_examples ({n}) when sampling without replacement; got {b}"
         )
     return b, n
+
+
+def check_batch_arguments(tau, batch_size, num_examples, replacement, needed=None, *,
+                          from_tau=0, from_batch_size=None, given=None) -> None:  # fmt: skip
+    """The checks of the ``batch_size`` path of `stability.max_stable_lr` and
+    `stability.lr_for_delay` (their default path never calls this).
+
+    ``needed``: ``{name: value}`` of the arguments the mini-batch formula needs
+    (sharpness, nonuniformity); ``given``: ``{name: value}`` of the mini-batch
+    arguments, which must not appear without ``batch_size``. Raises ValueError naming
+    the argument and its value (a missing or non-integer size, ``batch_size < 1``,
+    ``batch_size > num_examples`` without replacement), NotImplementedError for a
+    ``DelayDistribution`` (this model covers fixed delays only).
+    """
+    if batch_size is None:
+        for name, value in (given or {}).items():
+            if value is not None and value is not False:
+                raise ValueError(
+                    f"{name}={value!r} is a mini-batch argument and needs batch_size (the "
+                    "batch size B); got batch_size=None"
+                )
+        return
+    for name, value in (("tau", tau), ("from_tau", from_tau)):
+        if isinstance(value, DelayDistribution):
+            raise NotImplementedError(
+                f"{name} is a DelayDistribution, but the mean-square (batch_size) model covers "
+                f"fixed delays only (a random delay adds second-moment terms it does not model): "
+                f"pass an integer {name}, or batch_size=None for the first-moment threshold"
+            )
+    if num_examples is None:
+        raise ValueError(
+            f"num_examples (n, the examples the batches are drawn from) is required with "
+            f"batch_size={batch_size!r}; got num_examples=None"
+        )
+    for name, value in (needed or {}).items():
+        if value is None:
+            raise ValueError(
+                f"{name} is required with batch_size={batch_size!r} (the mean-square condition "
+                f"depends on it); got {name}=None"
+            )
+    sizes = (("batch_size", batch_size), ("from_batch_size", from_batch_size),
+             ("num_examples", num_examples))  # fmt: skip
+    for name, value in sizes:
+        if value is None:
+            continue
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            if not np.isfinite(float(value)) or not float(value).is_integer():
+                raise ValueError(f"{name} must be an integer; got {value!r}")
+        check_int(name, value, 1)  # TypeError for non-numbers; ValueError below 1
+    _check_sampling(batch_size, num_examples, replacement)
+    if from_batch_size is not None:
+        _check_sampling(from_batch_size, num_examples, replacement, name="from_batch_size")
 
 
 def _check_nonnegative(name, x) -> None:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from stability.theory import mean_square
 from stability.theory.boundary_locus import stability_threshold
 from stability.theory.rules import MOMENTUM_RULES, check_delay, float_dtype, python_scalars_out
 from stability.validation import check_beta, check_lr, check_momentum, check_positive
@@ -22,17 +23,93 @@ DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 @python_scalars_out
-def lr_for_delay(lr, tau, *, from_tau=0, beta=0.0, momentum: str = "heavy_ball"):
+def lr_for_delay(
+    lr,
+    tau,
+    *,
+    from_tau=0,
+    beta=0.0,
+    momentum: str = "heavy_ball",
+    batch_size: int | None = None,
+    from_batch_size: int | None = None,
+    num_examples: int | None = None,
+    replacement: bool = False,
+    sharpness=None,
+    nonuniformity=None,
+):
     """The learning rate that keeps the accessible minima when the delay goes ``from_tau -> tau``.
 
-    ``lr * q_max(tau, beta) / q_max(from_tau, beta)`` (same beta and rule). For
-    plain SGD from ``from_tau = 0`` this is ``lr sin(pi / (4 tau + 2))``, about
-    ``lr * pi / (4 tau)`` at large tau: the learning rate inversely proportional
-    to the delay (Giladi et al. 2020). Broadcasts over lr, tau, from_tau and beta;
-    either delay may be a ``DelayDistribution``. NaN where a threshold is not
-    certified (see ``stability_threshold``). A Python float when every number
-    given is a Python scalar, else an array (also under ``jax.jit``).
+    Full batch (``batch_size=None``, the default): ``lr * q_max(tau, beta) /
+    q_max(from_tau, beta)`` (same beta and rule). For plain SGD from ``from_tau = 0``
+    this is ``lr sin(pi / (4 tau + 2))``, about ``lr * pi / (4 tau)`` at large tau:
+    the learning rate inversely proportional to the delay (Giladi et al. 2020).
+    Broadcasts over lr, tau, from_tau and beta; either delay may be a
+    ``DelayDistribution``. NaN where a threshold is not certified (see
+    ``stability_threshold``). A Python float when every number given is a Python
+    scalar, else an array (also under ``jax.jit``).
+
+    Mini-batches (``batch_size`` given; docs/theory.md section 15, Wu, Ma and E
+    2018): the mean-square stable set has two coordinates (curvature ``a`` and
+    non-uniformity ``s``), so no single learning rate keeps all of it; this keeps
+    the given minimum (``sharpness=a``, ``nonuniformity=s``) at the same fraction of
+    its mean-square limit when the delay goes ``from_tau -> tau`` and the batch size
+    ``from_batch_size -> batch_size`` (default: unchanged): ``lr * q_ms(tau, r_B) /
+    q_ms(from_tau, r_B0)``, ``r = gamma s^2 / a^2`` at each batch size and ``q_ms``
+    the mean-square threshold of `stability.max_stable_lr` (``batch_size=``). At tau
+    = from_tau = 0, plain SGD: ``lr (a^2 + gamma_0 s^2) / (a^2 + gamma s^2)``.
+    ``gamma`` (`stability.variance_factor`) assumes a fresh uniform batch every
+    step: ``(n - B) / (B (n - 1))`` without replacement (``1 / B`` times the
+    finite-population correction ``(n - B) / (n - 1)``; the full batch gives the
+    full-batch rule above) or ``1 / B`` with replacement. Delegates to
+    `stability.lr_for_delay_minibatch`; delays must be concrete integers (a
+    ``DelayDistribution`` raises NotImplementedError: the mean-square model covers
+    fixed delays only).
+
+    Args:
+      lr: the learning rate at ``from_tau`` (and ``from_batch_size``), > 0.
+      tau: the new delay.
+      from_tau: the delay ``lr`` was tuned for.
+      beta: momentum coefficient in [0, 1).
+      momentum: "heavy_ball", "nesterov" or "shifted".
+      batch_size: the new batch size ``B`` (None: the full-batch rule).
+      from_batch_size: the batch size ``lr`` was tuned for (default ``batch_size``).
+      num_examples: ``n``, the examples the batches are drawn from; required with
+        ``batch_size``.
+      replacement: whether batches draw with replacement (default False).
+      sharpness: the minimum's curvature ``a > 0``; required with ``batch_size``.
+      nonuniformity: its non-uniformity ``s >= 0`` (same units as ``a``); required
+        with ``batch_size``.
+
+    Returns:
+      The new learning rate (same units as ``lr``).
     """
+    if (
+        batch_size is not None
+        or from_batch_size is not None
+        or num_examples is not None
+        or (sharpness is not None or nonuniformity is not None or replacement is not False)
+    ):
+        mean_square.check_batch_arguments(
+            tau, batch_size, num_examples, replacement,
+            {"sharpness": sharpness, "nonuniformity": nonuniformity},
+            from_tau=from_tau, from_batch_size=from_batch_size,
+            given={"from_batch_size": from_batch_size, "num_examples": num_examples,
+                   "sharpness": sharpness, "nonuniformity": nonuniformity,
+                   "replacement": replacement},
+        )  # fmt: skip
+        return mean_square.lr_for_delay_minibatch(
+            lr,
+            tau,
+            from_tau=from_tau,
+            beta=beta,
+            momentum=momentum,
+            sharpness=sharpness,
+            nonuniformity=nonuniformity,
+            batch_size=batch_size,
+            num_examples=num_examples,
+            from_batch_size=from_batch_size,
+            replacement=replacement,
+        )
     check_lr(lr, "lr")
     check_delay(tau, "tau")
     check_delay(from_tau, "from_tau")
