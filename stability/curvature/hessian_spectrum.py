@@ -305,16 +305,20 @@ def _start(seed, n, dtype, k, method, want_smallest):
     return rng.standard_normal(shape).astype(dtype)
 
 
-# Weight of the random unit vector added to a warm start's unit direction (1e-4 of
+# Weight of the random unit vector added to a warm start's unit direction (1e-8 of
 # the start's energy). Every eigenvector then has a component of about
 # WARM_START_NOISE / sqrt(n) in the start, so a top direction that the previous
 # estimate did not hold (an eigenvalue that overtook it) is in the Krylov space, and
 # Lanczos grows it by a Chebyshev factor per step: with relative gap g it dominates
 # after about ln(sqrt(n) / WARM_START_NOISE) / (2 sqrt(g)) steps. A check that
 # converges on the old direction sooner stops there, hence the tracker's periodic
-# cold starts. Measured on small MLPs: 0.1, 0.03, 0.01 and 0.001 need about the same
-# products (the previous vector's own error dominates), 0.01 slightly fewer.
-WARM_START_NOISE = 0.01
+# cold starts. Kept a tenth of the tracker's tol=1e-3, so that the noise alone does
+# not hold the start's residual above that tolerance: with 0.01 (or 1e-3) no warm
+# check of benchmarks/tracking.py could stop after one product, with 1e-4 11 of 38
+# did (extrapolated starts). The noise found an overtaking top direction
+# within a tol=1e-3 check in 2 of 20 trials at 0.01 and in none at 1e-3 and 1e-4
+# (quadratics, n = 200 and 20,000, started on the second eigenvector exactly).
+WARM_START_NOISE = 1e-4
 
 
 def _start_directions(start, params, mask, n):
@@ -921,7 +925,7 @@ def hessian_spectrum(
       start: a warm start: a previous :class:`HessianSpectrum` computed with
         ``return_vectors=True`` (its eigenvectors) or a pytree like params (one
         direction). Lanczos starts from the unit sum of the directions plus
-        ``WARM_START_NOISE`` (0.01) times the unit random start of ``seed`` (power
+        ``WARM_START_NOISE`` (1e-4) times the unit random start of ``seed`` (power
         iteration: each start row so mixed). Between nearby parameters (consecutive
         checks during training) the top eigenvalue then converges in a few products.
         The random part keeps every eigenvector in the Krylov space, so an eigenvalue
