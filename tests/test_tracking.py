@@ -128,6 +128,74 @@ def test_warm_checks_use_fewer_products_and_cold_every():
     )  # fmt: skip
 
 
+def test_a_check_may_stop_after_one_product_within_tol():
+    # Slowly moving parameters: the extrapolated start's own residual (the first
+    # Lanczos step's ||H v - (v'Hv) v||) already meets tol, and the check stops there.
+    loss, p0, batch = _problem(seed=1)
+    tol = 1e-3
+    tracker = SharpnessTracker(loss, batch, lr=0.01, tol=tol)
+    truth = {}
+
+    def cb(params, step):
+        if tracker(params, step) is not None:
+            truth[step] = _dense_eigs(loss, params, batch)[-1]
+
+    _train(loss, p0, batch, steps=10, lr=0.01, callback=cb)
+    one = [r for r in tracker.records if r.num_hvps == 1]
+    assert one, [r.num_hvps for r in tracker.records]
+    for r in one:
+        assert r.warm and r.converged
+        assert r.error <= tol * abs(r.sharpness)
+        assert abs(r.sharpness - truth[r.step]) <= r.error
+        assert r.sharpness <= truth[r.step] + 1e-12
+
+
+def test_extrapolated_starts_use_fewer_products():
+    loss, p0, batch = _problem(seed=3)
+    plain = SharpnessTracker(loss, batch, lr=0.05, tol=1e-3, extrapolate=False)
+    moved = SharpnessTracker(loss, batch, lr=0.05, tol=1e-3)
+    assert moved.extrapolate and moved.cold_every == 20
+
+    def cb(params, step):
+        plain(params, step)
+        moved(params, step)
+
+    _train(loss, p0, batch, steps=12, lr=0.05, callback=cb)
+    p = [r.num_hvps for r in plain.records[1:]]
+    m = [r.num_hvps for r in moved.records[1:]]
+    assert sum(m) < sum(p), (m, p)
+    np.testing.assert_allclose(
+        moved.history["sharpness"], plain.history["sharpness"],
+        atol=max(moved.history["error"]) + max(plain.history["error"]),
+    )  # fmt: skip
+
+
+def test_a_top_direction_that_overtakes_is_found_by_the_cold_check():
+    # H = diag(eigs) + c e_0 e_0' over the leaf "w" ("c" is not differentiated):
+    # the top eigenvalue 2 (direction n-1) until c jumps to 3, when direction 0
+    # (eigenvalue 3) overtakes it. A warm check started on the old top eigenvector
+    # can stop there (a true eigenvalue, within its error bar, a lower bound on the
+    # top); the periodic cold check finds the new top.
+    n = 60
+    eigs = jnp.asarray(np.r_[np.linspace(0.0, 1.0, n - 1), 2.0])
+
+    def loss(p):
+        return 0.5 * jnp.sum(eigs * p["w"] ** 2) + 0.5 * p["c"] * p["w"][0] ** 2
+
+    trainable = {"w": True, "c": False}
+    tracker = SharpnessTracker(loss, lr=0.8, tol=1e-3, cold_every=4, trainable=trainable)
+    for step, c in enumerate([0.0, 0.0, 3.0, 3.0, 3.0]):
+        tracker({"w": jnp.zeros(n), "c": jnp.asarray(c)}, step)
+    h = tracker.history
+    assert h["warm"] == [False, True, True, True, False]
+    for lam, err, c in zip(h["sharpness"], h["error"], [0.0, 0.0, 3.0, 3.0, 3.0], strict=True):
+        top = 3.0 if c else 2.0
+        assert lam <= top + 1e-12
+        assert min(abs(lam - 2.0), abs(lam - top)) <= err
+    assert abs(h["sharpness"][4] - 3.0) <= h["error"][4]
+    assert h["stable"][4] is False  # 3 >= the limit 2 / 0.8 = 2.5
+
+
 class _Compiles(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)

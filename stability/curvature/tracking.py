@@ -2,11 +2,27 @@
 
 At every ``every``-th step the tracker re-estimates the largest Hessian eigenvalue
 ``lambda_max`` of the mean loss at the current parameters (Lanczos,
-:func:`stability.hessian_spectrum`), started from the previous check's top
-eigenvector (``start=``) so that between nearby parameters a check costs a few
-Hessian-vector products instead of a cold start's ten or more (every
-``cold_every``-th check starts cold, so that a direction that overtook the tracked
-one is not missed for long). Each record holds
+:func:`stability.hessian_spectrum`), warm-started (``start=``) from the previous
+check's top eigenvector, moved on along its change between the two previous checks
+in proportion to how far the parameters moved (``extrapolate``), so that between
+nearby parameters a check costs one or two Hessian-vector products instead of a cold
+start's seven or more. Every ``cold_every``-th check starts cold (random), so that a
+direction that overtook the tracked one is not missed for long.
+
+What a record guarantees. ``sharpness`` is a Ritz value: always a lower bound on
+``lambda_max``, whatever the start, so ``stable=False`` (``sharpness >= limit``) is
+certain. ``error`` is the Ritz residual: SOME eigenvalue lies within it, rigorously
+(a check may stop after a single product when the start vector's own residual
+``||H v - (v'Hv) v||`` already meets ``tol``). That this eigenvalue is
+``lambda_max`` (and so ``stable=True``) is presumed: for a cold check on the usual
+random-start argument (:meth:`stability.HessianSpectrum.bounds`); for a warm check
+only by continuity with the previous check (``random_start=False``, no gap-free
+certificate): a direction that overtook the tracked one between two checks can be
+reported late, until the next cold check, which is what the cold checks are for.
+The random part mixed into a warm start
+(:data:`stability.curvature.hessian_spectrum.WARM_START_NOISE`) keeps every direction
+in the Krylov space of a long check, but at ``tol=1e-3`` a check that has converged
+on the old direction stops before it grows. Each record holds
 the estimate and its residual bound, the stable limit
 ``max_stable_sharpness(lr, tau, beta, momentum)`` of the training hyperparameters,
 their ratio, the verdict of the sharp side (as :func:`stability.is_accessible`
@@ -36,9 +52,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from stability.curvature.hessian_spectrum import hessian_spectrum
+from stability.curvature.hvp import trainable_mask
 from stability.theory.boundary_locus import max_stable_sharpness
 from stability.validation import check_int, check_positive
 
@@ -65,7 +83,9 @@ class SharpnessRecord(NamedTuple):
     error: its residual bound (floored at the products' rounding error).
     threshold: ``max_stable_sharpness(lr, tau, beta, momentum)`` (1 / lr units).
     fraction_of_limit: ``sharpness / threshold``. stable: True (``sharpness + error
-    < threshold``), False (``sharpness >= threshold``) or None (undecided).
+    < threshold``; presumes that ``sharpness`` is the top eigenvalue, see the module
+    docstring), False (``sharpness >= threshold``: certain, a Ritz value is a lower
+    bound on ``lambda_max``) or None (undecided).
     converged: ``error <= tol * |sharpness|``. num_hvps: products of this check.
     warm: whether it was warm-started.
     """
@@ -79,6 +99,24 @@ class SharpnessRecord(NamedTuple):
     converged: bool
     num_hvps: int
     warm: bool
+
+
+def _selected(tree, mask, row=False):
+    """The differentiated leaves of ``tree`` as numpy arrays (row 0 of each for
+    eigenvectors)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return [
+        np.asarray(x)[0] if row else np.asarray(x) for x, m in zip(leaves, mask, strict=True) if m
+    ]
+
+
+def _distance(xs, ys) -> float:
+    """The Euclidean distance between two lists of arrays (float64)."""
+    return float(
+        np.sqrt(
+            sum(np.sum((np.asarray(a, np.float64) - b) ** 2) for a, b in zip(xs, ys, strict=True))
+        )
+    )
 
 
 def _stable(sharpness: float, error: float, threshold: float) -> bool | None:
@@ -107,11 +145,17 @@ class SharpnessTracker:
       max_hvps: most products per check.
       warm_start: start each check from the previous top eigenvector (default);
         False makes every check a cold start (the comparison the benchmarks make).
+      extrapolate: a warm start from ``u1 + f (u1 - u0)``, ``u1`` and ``u0`` the
+        top eigenvectors of the last two checks (sign-aligned) and ``f = |p - p1| /
+        |p1 - p0|`` (at most 1) the distance the parameters moved since the last
+        check over the distance between the two before it (differentiated leaves);
+        the first-order drift of the eigenvector is then in the start. Keeps one
+        copy of the parameters and one more vector. False: start from ``u1``.
       cold_every: every this many checks, a cold (random) start instead: a top
-        direction that overtook the tracked one within a small gap may take a warm
-        check longer to find than its stopping test waits
-        (:data:`stability.curvature.hessian_spectrum.WARM_START_NOISE`); a cold start finds
-        it with the same presumption as any single estimate. None: never.
+        direction that overtook the tracked one is found by it with the same
+        presumption as any single cold estimate, where a warm check may stop on the
+        old direction (module docstring). None: never (every check after the first
+        then rests on continuity alone).
       seed: the random start of check ``i`` uses ``seed + i``.
       trainable: which leaves to differentiate (:func:`stability.curvature.hvp.trainable_mask`).
 
@@ -136,7 +180,8 @@ class SharpnessTracker:
         tol: float = 1e-3,
         max_hvps: int = 100,
         warm_start: bool = True,
-        cold_every: int | None = 10,
+        extrapolate: bool = True,
+        cold_every: int | None = 20,
         seed: int = 0,
         trainable=None,
     ):
@@ -149,6 +194,7 @@ class SharpnessTracker:
         self.loss, self.data, self.tol = loss, data, float(tol)
         self.seed = check_int("seed", seed, 0)
         self.warm_start, self.trainable = bool(warm_start), trainable
+        self.extrapolate = bool(extrapolate)
         self.lr, self.tau, self.beta, self.momentum = lr, tau, beta, momentum
         self.threshold = float(max_stable_sharpness(lr, tau, beta, momentum=momentum))
         if not np.isfinite(self.threshold):
@@ -159,6 +205,12 @@ class SharpnessTracker:
         self.records: list[SharpnessRecord] = []
         self.last = None
         self._calls = 0
+        # For the extrapolated start: the differentiated leaves of the last check's
+        # parameters, the distance between the last two checks' parameters, and
+        # the top eigenvector of the check before the last.
+        self._params_prev = None
+        self._dist_prev = 0.0
+        self._vec_prev = None
 
     def __call__(self, params, step: int | None = None) -> SharpnessRecord | None:
         if step is None:
@@ -178,11 +230,19 @@ class SharpnessTracker:
             and self.last is not None
             and (self.cold_every is None or n % self.cold_every != 0)
         )
+        track = self.warm_start and self.extrapolate
+        mask = trainable_mask(params, self.trainable) if track else None
+        start = self.last if warm else None
+        moved = self._extrapolated(params, mask) if warm and track else None
+        if moved is not None:
+            start = moved
         spec = hessian_spectrum(
             self.loss, params, self.data, k=1, tol=self.tol, max_hvps=self.max_hvps,
             seed=self.seed + n, trainable=self.trainable, progress=False,
-            return_vectors=self.warm_start, start=self.last if warm else None,
+            return_vectors=self.warm_start, start=start,
         )  # fmt: skip
+        if track:
+            self._remember(params, mask)
         self.last = spec
         lam, err = spec.sharpness, spec.sharpness_error
         rec = SharpnessRecord(
@@ -198,6 +258,31 @@ class SharpnessTracker:
         )
         self.records.append(rec)
         return rec
+
+    def _extrapolated(self, params, mask):
+        """The extrapolated start (a pytree like params), or None when the last two
+        checks do not define one. In numpy on the host: no compiled program."""
+        if self._vec_prev is None or self._params_prev is None or not self._dist_prev > 0:
+            return None
+        f = min(_distance(_selected(params, mask), self._params_prev) / self._dist_prev, 1.0)
+        u1 = _selected(self.last.eigenvectors, mask, row=True)
+        sign = np.sign(sum(float(np.vdot(a, b)) for a, b in zip(u1, self._vec_prev, strict=True)))
+        moved = iter([b + f * (b - sign * a) for a, b in zip(self._vec_prev, u1, strict=True)])
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        return jax.tree_util.tree_unflatten(
+            tree, [next(moved) if m else x for x, m in zip(leaves, mask, strict=True)]
+        )
+
+    def _remember(self, params, mask):
+        """Keep what the next check's extrapolation needs, on the host (copies: the
+        caller may donate or overwrite its buffers): the differentiated parameters,
+        their distance from the last check's, the last check's top eigenvector."""
+        now = [np.array(x, copy=True) for x in _selected(params, mask)]
+        if self._params_prev is not None:
+            self._dist_prev = _distance(now, self._params_prev)
+        self._params_prev = now
+        last = self.last
+        self._vec_prev = None if last is None else _selected(last.eigenvectors, mask, row=True)
 
     @property
     def history(self) -> dict[str, list]:
