@@ -198,6 +198,47 @@ def test_check_with_an_iterator_factory_reads_every_batch_on_every_pass(
     assert from_iterator["verdict"] is direct.verdict is True
 
 
+def test_check_with_a_batch_size_adds_the_mean_square_condition(user_project, capsys, monkeypatch):
+    # The digits network of the fixture (64 examples, hidden 8) at 0.6x its
+    # full-batch limit: stable for the full batch, but with batches of B = 4 (of
+    # 64, without replacement: gamma = 60 / (4 * 63)) the non-uniformity of the
+    # per-example Hessians makes the second moment grow, so the stochastic condition
+    # binds. The printed report is that of is_accessible called directly.
+    root, minimum = user_project
+    monkeypatch.syspath_prepend(str(root))
+    import usermodel
+
+    import stability as st
+
+    loss_fn, params = st.loss_from_model(usermodel.make_model(), minimum.params, loss=usermodel.mse)
+    full = st.is_accessible(loss_fn, params, 2, 1e-3, data=usermodel.batches(), progress=False)
+    lr = 0.6 * full.max_stable_lr
+    argv = _user_check(root, "--lr", repr(lr), "--batch-size", "4", "--quiet")
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0
+    direct = st.is_accessible(loss_fn, params, 2, lr, data=usermodel.batches(), batch_size=4,
+                              progress=False)  # fmt: skip
+    assert direct.verdict is False and direct.binding == "stochastic"
+    assert direct.certified_by == "mean_square" and direct.fraction_of_limit < 0.61
+    assert direct.variance_factor == pytest.approx(60 / (4 * 63), rel=1e-15)
+    assert direct.num_examples == 64 and direct.nonuniformity > 0
+    lines = out.splitlines()
+    assert lines[0] == "Accessibility: NOT ACCESSIBLE"
+    assert "  binding           stochastic condition" in lines
+    assert "  mini-batch        B=4 of n=64, without replacement (variance factor 0.2381)" in lines
+    s_line = f"  non-uniformity    s={direct.nonuniformity:.6g} along the sharp direction"
+    assert any(line.startswith(s_line) for line in lines)
+    assert out.strip() == str(direct).strip()  # every number as is_accessible reports it
+    # --json and --replacement (gamma = 1 / B); --num-examples overrides the count
+    argv = _user_check(root, "--lr", repr(lr), "--batch-size", "4", "--replacement",
+                       "--num-examples", "64", "--json")  # fmt: skip
+    code, out, _ = _run(capsys, *argv)
+    report = json.loads(out)
+    assert code == 0 and report["replacement"] is True and report["variance_factor"] == 0.25
+    assert report["verdict"] is False and report["binding"] == "stochastic"
+    assert report["nonuniformity"] == pytest.approx(direct.nonuniformity, rel=1e-12)
+
+
 def test_check_exits_3_when_the_verdict_is_undecided(user_project, capsys, monkeypatch):
     # Two products: the top Ritz value is far below the limit but not converged, and
     # the random-start bound needs more products: neither stable nor unstable.
@@ -322,6 +363,12 @@ def test_check_missing_checkpoint_exits_with_one_line_no_traceback(user_project,
         ({"--data": "usermodel"}, "--data must look like PKG.MODULE:NAME; got 'usermodel'"),
         ({"--loss": "usermodel:nope"}, "--loss: module 'usermodel' has no attribute 'nope'"),
         ({"--call-kwargs": "[1]"}, "--call-kwargs must be a JSON object; got '[1]'"),
+        ({"--batch-size": "0"}, "batch_size must be an integer >= 1; got 0"),
+        ({"--num-examples": "10"}, "--num-examples needs --batch-size"),
+        (
+            {"--batch-size": "65", "--num-examples": "64"},
+            "batch_size must be <= num_examples (64) when sampling without replacement; got 65",
+        ),
     ],
 )
 def test_check_bad_input_is_one_line(user_project, capsys, monkeypatch, override, message):

@@ -92,6 +92,24 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a proven negative curvature (not a minimum) makes the verdict 'no'",
     )
+    check.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help="mini-batches of B examples: adds the mean-square condition (Wu, Ma and E; "
+        "docs/theory.md section 15) and reports which condition binds",
+    )
+    check.add_argument(
+        "--num-examples",
+        type=int,
+        metavar="N",
+        help="examples the batches are drawn from (default: the examples in --data)",
+    )
+    check.add_argument(
+        "--replacement",
+        action="store_true",
+        help="batches drawn with replacement (default: without, B distinct examples)",
+    )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -196,6 +214,15 @@ def _cmd_check(args) -> int:
         batch_keys=tuple(args.batch_keys) if args.batch_keys else None,
     )
     extra = {"require_minimum": True} if args.require_minimum else {}
+    if args.batch_size is not None:
+        extra.update(
+            batch_size=args.batch_size,
+            num_examples=args.num_examples,
+            replacement=args.replacement,
+        )
+    elif args.num_examples is not None or args.replacement:
+        given = "--num-examples" if args.num_examples is not None else "--replacement"
+        raise UsageError(f"{given} needs --batch-size (the mini-batch size B)")
     report = is_accessible(
         loss_fn,
         params,
