@@ -374,10 +374,10 @@ def _warm_start(directions, v0, method):
     return out.astype(dtype)
 
 
-def _replay_vectors(matvec, v0, key, coeffs, count, m):
+def _replay_vectors(matvec, v0, coeffs, count, m):
     """Second pass of Lanczos without a stored basis: replay the recurrence from the
     same start and accumulate ``Y = coeffs @ V`` (the same products again)."""
-    state = _lz.lanczos_init(v0, m, False, key)
+    state = _lz.lanczos_init(v0, m, False)
     y = jnp.zeros((coeffs.shape[0], v0.shape[0]), v0.dtype)
 
     def body(carry):
@@ -421,15 +421,14 @@ def _fused(
     fp = _hvp.flatten_params(params, mask)
     matvec = _hvp.flat_hvp(loss, mask, params, main, rem, n_total)
     loss_value = _hvp.weighted_objective(loss, params, main, rem) / n_total
-    key = None
     state, ext, count = _lz.run_in_jit(
         matvec, v0, k=k, tol=tol, max_matvecs=max_hvps, method=method,
-        reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key,
+        reorthogonalize=reorthogonalize, want_smallest=want_smallest,
     )  # fmt: skip
     vecs = None
     if return_vectors:
         if method == "lanczos" and not reorthogonalize:
-            vecs = _unit_rows(_replay_vectors(matvec, v0, key, ext.coeffs, count, max_hvps)[:k])
+            vecs = _unit_rows(_replay_vectors(matvec, v0, ext.coeffs, count, max_hvps)[:k])
             count = count + jnp.maximum(count - 1, 0)
         else:
             vecs = _vectors_from(state, ext, method, k)
@@ -449,23 +448,17 @@ BASIS_BYTES = 16 * 2**20
 
 @partial(jax.jit, donate_argnames=("basis", "v_prev"))
 def _lanczos_step(basis, v, v_prev, hv, scale, beta_prev, j):
-    """One host-loop Lanczos step on ``w = scale * hv``
-    (:func:`stability.curvature.lanczos.lanczos_step`): the only program besides the
-    product that runs per iteration; ``basis`` is updated in place (donated)."""
+    """:func:`stability.curvature.lanczos.lanczos_step` compiled, on ``w = scale *
+    hv``: the host loop's step on GPU/TPU, the only program besides the product that
+    runs per iteration; ``basis`` is updated in place (donated)."""
     return _lz.lanczos_step(basis, v, v_prev, hv * scale, beta_prev, j)
 
 
 @partial(jax.jit, donate_argnames=("basis",))
 def _restart(basis, v, j):
-    """After breakdown at step ``j``: the restart vector (orthogonal to the basis),
-    also written into row ``j + 1`` of ``basis``. Compiled only if a run breaks down."""
-    if basis.shape[0]:  # drop the step's v_next (noise over a tiny beta) from row j + 1
-        zero = jnp.zeros((1, basis.shape[1]), basis.dtype)
-        basis = jax.lax.dynamic_update_slice_in_dim(basis, zero, j + 1, 0)
-    r = _lz.restart_vector(basis, v, j)
-    if basis.shape[0]:
-        basis = jax.lax.dynamic_update_slice_in_dim(basis, r[None], j + 1, 0)
-    return basis, r
+    """:func:`stability.curvature.lanczos.restart_row` compiled (GPU/TPU); compiled
+    only if a run breaks down."""
+    return _lz.restart_row(basis, v, j)
 
 
 @partial(jax.jit, static_argnames=("want_smallest",), donate_argnames=("state",))
@@ -700,7 +693,7 @@ def _basis_fits(n, dtype, max_hvps, budget) -> bool:
         f"exceeds memory_budget ({budget / 2**30:.2f} GiB): running without a basis "
         f"(reorthogonalize=False: three vectors). Lower max_hvps or raise memory_budget to "
         f"keep it.",
-        stacklevel=3,
+        stacklevel=4,
     )
     return False
 
@@ -736,47 +729,38 @@ def _step_on_host(mesh) -> bool:
     return host_is_device() and all(d.platform == "cpu" for d in devices)
 
 
-def _numpy_step(basis, v, v_prev, hv, scale, beta_prev, j):
-    """:func:`_lanczos_step` in numpy (:func:`stability.curvature.lanczos.lanczos_step_host`)."""
-    return _lz.lanczos_step_host(basis, v, v_prev, np.asarray(hv) * scale, beta_prev, int(j))
+def _namespace(mesh):
+    """``np`` when the host loop steps in numpy (:func:`_step_on_host`), else ``jnp``."""
+    return np if _step_on_host(mesh) else jnp
 
 
-def _numpy_restart(basis, v, j):
-    """:func:`_restart` in numpy: the same restart vector, written into row ``j + 1``."""
-    r = _lz.restart_vector_host(basis, v, int(j))
-    if basis.shape[0]:
-        basis[int(j) + 1] = r
-    return basis, r
+def _step(xp, basis, v, v_prev, hv, scale, beta_prev, j: int):
+    """One host-loop Lanczos step on ``w = scale * hv``: the numpy
+    :func:`stability.curvature.lanczos.lanczos_step` (``xp=np``, CPU) or the same
+    step compiled (:func:`_lanczos_step`)."""
+    if xp is np:
+        return _lz.lanczos_step(basis, v, v_prev, np.asarray(hv) * scale, beta_prev, j, np)
+    return _lanczos_step(basis, v, v_prev, hv, scale, beta_prev, np.int32(j))
 
 
-class _Steps(NamedTuple):
-    """How the host loop steps: ``step``/``restart`` (numpy or compiled), ``to_state``
-    places a host array where the loop keeps its state (basis and vectors),
-    ``to_product`` places a Lanczos vector where the product takes it."""
-
-    step: Callable
-    restart: Callable
-    to_state: Callable
-    to_product: Callable
+def _restart_row(xp, basis, v, j: int):
+    """After breakdown at step ``j``: ``(basis, restart vector)``, numpy or compiled."""
+    if xp is np:
+        return _lz.restart_row(basis, v, j, np)
+    return _restart(basis, v, np.int32(j))
 
 
-def _stepper(mesh) -> _Steps:
-    """Numpy steps on CPU, compiled steps on the devices elsewhere (:func:`_step_on_host`)."""
-    put = partial(_put, mesh=mesh)
-    if _step_on_host(mesh):
-        return _Steps(_numpy_step, _numpy_restart, lambda x: x, put)
-    return _Steps(_lanczos_step, _restart, put, lambda x: x)
-
-
-def _first_vectors(steps, v0, rows):
+def _first_vectors(xp, v0, rows, mesh):
     """``(basis, v, v_prev)`` at step 0: a ``rows``-row basis holding the unit start
-    vector in row 0 (no rows: no basis), the start vector and zeros."""
+    vector in row 0 (no rows: no basis), the start vector and zeros; in numpy or on
+    the devices (``xp``)."""
     n, dtype = v0.shape[0], v0.dtype
     v = (v0 / _lz.host_norm(v0)).astype(dtype)
     basis = np.zeros((rows, n), dtype)
     if rows:
         basis[0] = v
-    return tuple(steps.to_state(x) for x in (basis, v, np.zeros(n, dtype)))
+    out = (basis, v, np.zeros(n, dtype))
+    return out if xp is np else tuple(_put(x, mesh) for x in out)
 
 
 def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smallest,
@@ -784,29 +768,28 @@ def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_small
     """Lanczos driven from Python: per iteration one product ``hv(v) -> (sum, scale)``
     (one compiled program for one batch), one Lanczos step (numpy on CPU, else the
     compiled :func:`_lanczos_step` and one transfer of two scalars, ``alpha`` and
-    ``beta``; :func:`_stepper`); the tridiagonal eigenproblem and the stopping test
+    ``beta``; :func:`_step`); the tridiagonal eigenproblem and the stopping test
     run on the host in numpy (:func:`stability.curvature.lanczos.lanczos_extremes_host`).
     Returns ``(basis, extremes, count, betas)``."""
     n, dtype = v0.shape[0], v0.dtype
-    steps = _stepper(mesh)
+    xp = _namespace(mesh)
     rows, full = _basis_rows(n, dtype, max_hvps, reorthogonalize)
-    basis, v, v_prev = _first_vectors(steps, v0, rows)
+    basis, v, v_prev = _first_vectors(xp, v0, rows, mesh)
     alphas, betas = [], []
     beta_prev = np.zeros((), dtype)
     ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, dtype)
     for j in range(max_hvps):
         if rows and basis.shape[0] < j + 2:
             basis = _grow(basis, min(2 * basis.shape[0], full))
-        w, scale = hv(steps.to_product(v))
-        jj = np.int32(j)
-        basis, v_next, v_prev, ab = steps.step(basis, v, v_prev, w, scale, beta_prev, jj)
+        w, scale = hv(_put(v, mesh) if xp is np else v)
+        basis, v_next, v_prev, ab = _step(xp, basis, v, v_prev, w, scale, beta_prev, j)
         alpha, beta = np.asarray(ab)  # on GPU/TPU the one device -> host transfer per step
         if not (np.isfinite(alpha) and np.isfinite(beta)):
             raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
         alphas.append(alpha)
         tiny = _lz.breakdown_tolerance(alphas, n, dtype)
         if beta <= tiny or tiny == 0:  # invariant subspace: restart (T decouples)
-            basis, v_next = steps.restart(basis, v_prev, jj)
+            basis, v_next = _restart_row(xp, basis, v_prev, j)
             beta = dtype.type(0)
         betas.append(beta)
         beta_prev = np.asarray(beta, dtype)
@@ -824,18 +807,17 @@ def _host_replay(hv, v0, mesh, coeffs, betas, count):
     from the same start (``count - 1`` products, restarts where the first run broke
     down), accumulated on the host. Returns ``(y, products)``."""
     n, dtype = v0.shape[0], v0.dtype
-    steps = _stepper(mesh)
-    basis, v, v_prev = _first_vectors(steps, v0, 0)
+    xp = _namespace(mesh)
+    basis, v, v_prev = _first_vectors(xp, v0, 0, mesh)
     y = np.zeros((coeffs.shape[0], n), dtype)
     beta_prev = np.zeros((), dtype)
     for j in range(count):
         y += np.asarray(coeffs)[:, j : j + 1] * np.asarray(v)[None, :]
         if j + 1 < count:  # the last vector needs no product
-            w, scale = hv(steps.to_product(v))
-            jj = np.int32(j)
-            basis, v_next, v_prev, _ = steps.step(basis, v, v_prev, w, scale, beta_prev, jj)
+            w, scale = hv(_put(v, mesh) if xp is np else v)
+            basis, v_next, v_prev, _ = _step(xp, basis, v, v_prev, w, scale, beta_prev, j)
             if betas[j] == 0:
-                basis, v_next = steps.restart(basis, v_prev, jj)
+                basis, v_next = _restart_row(xp, basis, v_prev, j)
             beta_prev = np.asarray(betas[j], dtype)
             v = v_next
     return y, max(count - 1, 0)
@@ -862,6 +844,14 @@ def _host_power(matvec, v0, *, tol, max_hvps, want_smallest, bar, stop_when=None
 
 
 # ------------------------------------------------------------------------ public
+#
+# hessian_spectrum follows the data path of docs/architecture.md:
+#   1. _check_arguments   arguments, parameters, the basis size, the start vector
+#   2. _build_product     the data placed on the devices, the Hessian-vector product
+#                         and where the loop runs (device or host)
+#   3. _solve_on_device   the whole eigensolver in one jit (lax.while_loop), or
+#      _solve_on_host     driven from Python, one product and one step per iteration
+#   4. _spectrum          the HessianSpectrum: error floors, flags, eigenvectors
 
 
 def hessian_spectrum(
@@ -943,6 +933,51 @@ def hessian_spectrum(
     Returns:
       :class:`HessianSpectrum`.
     """
+    args = _check_arguments(
+        loss, params, k=k, tol=tol, max_hvps=max_hvps, seed=seed, method=method,
+        reorthogonalize=reorthogonalize, converge_smallest=converge_smallest,
+        trainable=trainable, loop=loop, stop_when=stop_when, start=start,
+        memory_budget=memory_budget,
+    )  # fmt: skip
+    product = _build_product(loss, params, data, args, devices=devices, loop=loop,
+                             progress=progress, stop_when=stop_when)  # fmt: skip
+    spectrum = partial(_spectrum, n=args.n, tol=tol, dtype=args.dtype, method=method,
+                       want_smallest=args.want_smallest, random_start=start is None)  # fmt: skip
+    if product.on_device:
+        ext, count, steps, vecs = _solve_on_device(product, args, bool(return_vectors))
+    else:
+        stop = None
+        if stop_when is not None:
+
+            def stop(ext, count, steps):
+                return bool(stop_when(spectrum(ext, count, steps, None)))
+
+        ext, count, steps, vecs = _solve_on_host(product, args, bool(return_vectors), stop)
+    return spectrum(ext, count, steps, vecs)
+
+
+class _Args(NamedTuple):
+    """The checked arguments of :func:`hessian_spectrum` (step 1)."""
+
+    k: int
+    tol: float
+    max_hvps: int  # Lanczos: capped at n
+    method: str
+    reorthogonalize: bool  # False when the basis would exceed memory_budget
+    want_smallest: bool
+    mask: Any  # which leaves are differentiated
+    n: int  # the order of the Hessian
+    dtype: np.dtype
+    v0: np.ndarray  # the start vector (power iteration: the start rows)
+
+
+def _check_arguments(
+    loss, params, *, k, tol, max_hvps, seed, method, reorthogonalize, converge_smallest,
+    trainable, loop, stop_when, start, memory_budget,
+) -> _Args:  # fmt: skip
+    """Step 1: every argument but the data checked, the parameters counted
+    (finite, real), the basis checked against ``memory_budget`` (before any
+    product) and the start vector drawn (warm: mixed with ``start``)."""
     if not callable(loss):
         raise TypeError(f"loss must be callable; got {type(loss).__name__}")
     if stop_when is not None and not callable(stop_when):
@@ -969,8 +1004,39 @@ def hessian_spectrum(
         raise ValueError(
             f"max_hvps must be >= {k + want_smallest} for power iteration; got {max_hvps}"
         )
+    dtype = np.dtype(_hvp.flat_dtype(params, mask))
     if method == "lanczos" and reorthogonalize:
-        reorthogonalize = _basis_fits(n, _hvp.flat_dtype(params, mask), max_hvps, memory_budget)
+        reorthogonalize = _basis_fits(n, dtype, max_hvps, memory_budget)
+    v0 = _start(int(seed), n, dtype, k, method, want_smallest)
+    if start is not None:
+        v0 = _warm_start(_start_directions(start, params, mask, n), v0, method)
+    return _Args(k, tol, max_hvps, method, bool(reorthogonalize), want_smallest, mask, n,
+                 dtype, v0)  # fmt: skip
+
+
+class _Product(NamedTuple):
+    """Step 2: where the products run and on what. ``on_device``: the device loop,
+    over ``main``/``rem`` (one batch on the devices, or None for ``data=None``).
+    Otherwise the host loop: ``hv(v) -> (sum_i H_i v, 1 / N)`` for Lanczos (one
+    compiled program per product for one batch) and ``matvec`` (a full pass, blocks
+    of vectors) for power iteration."""
+
+    loss: Callable
+    params: Any  # replicated over mesh
+    mesh: Any
+    on_device: bool
+    main: Any = None
+    rem: Any = None
+    hv: Callable | None = None
+    matvec: Callable | None = None
+    progress: bool = False
+
+
+def _build_product(loss, params, data, args, *, devices, loop, progress, stop_when) -> _Product:
+    """Step 2: the data classified, checked and placed on the mesh (every process
+    agreeing, :func:`_agree`), the loop chosen (device: one batch or no data on
+    GPU/TPU, or ``loop="device"``; host: CPU by default, several batches, a
+    stopping rule, several processes) and the Hessian-vector product built."""
     kind, payload = _classify_data(data)
     if kind == "none" and stop_when is not None:
         # The stopping rule runs in Python, so the loop runs on the host, whose
@@ -990,78 +1056,78 @@ def hessian_spectrum(
         devices = jax.local_devices() if devices is None else devices
     mesh = _hvp.make_mesh(devices) if kind != "none" else None
     params_d = _hvp.replicate(params, mesh)
-    dtype = np.dtype(_hvp.flat_dtype(params, mask))
-    v0 = _start(int(seed), n, dtype, k, method, want_smallest)
-    if start is not None:
-        v0 = _warm_start(_start_directions(start, params, mask, n), v0, method)
-    spectrum = partial(_spectrum, n=n, tol=tol, dtype=dtype, method=method,
-                       want_smallest=want_smallest, random_start=start is None)  # fmt: skip
-
-    if kind == "single":
-
-        def place():
-            if _hvp.batch_size(payload) == 0:
-                raise ValueError("data must not be empty; got a batch of 0 examples")
-            _check_loss_shape(loss, params, payload)
-            return _hvp.place_batch(payload, mesh, whole=_couples_examples(loss))
-
-        main, rem, n_ex = _agree(place)
-    elif kind == "none":
+    if kind == "none":
         _check_loss_shape(loss, params, None)
-        main = rem = None
-    on_device = kind == "none" or loop == "device"
-    if loop == "auto" and kind == "single":
+        return _Product(loss, params_d, mesh, on_device=True)
+    if kind == "many":
+        matvec = _Pass(loss, args.mask, params_d, payload, mesh, progress)
+        return _Product(loss, params_d, mesh, False, hv=matvec.sum, matvec=matvec,
+                        progress=progress)  # fmt: skip
+
+    def place():
+        if _hvp.batch_size(payload) == 0:
+            raise ValueError("data must not be empty; got a batch of 0 examples")
+        _check_loss_shape(loss, params, payload)
+        return _hvp.place_batch(payload, mesh, whole=_couples_examples(loss))
+
+    main, rem, n_ex = _agree(place)
+    if loop == "auto":
         # XLA:CPU runs a model inside a while loop much slower than the same jitted
         # product called from the host (measured: 11 products of a 0.47M-parameter
         # CNN took 87 s in one while loop, 7.7 s host-driven); on CPU the host is the
         # device, so the host loop costs no transfer.
         on_device = not host_is_device()
-    if (stop_when is not None or multi) and kind == "single":
+    else:
+        on_device = loop == "device"
+    if stop_when is not None or multi:
         on_device = False  # the stopping rule / the sum over processes run on the host
-    placed = None
-    if kind == "single" and not on_device:
-        placed = _Placed(main, rem, n_ex)
-        payload = lambda: iter([placed])  # noqa: E731
-        kind = "many"
-        progress = False  # one batch: no pass to report
+    if on_device:
+        return _Product(loss, params_d, mesh, True, main, rem)
+    # One batch on the host loop: one compiled product per iteration, no accumulator
+    # (Lanczos); power iteration passes over it as over a list of one placed batch.
+    placed = _Placed(main, rem, n_ex)
+    hv = _OneBatch(loss, args.mask, params_d, placed, args.dtype).sum
+    matvec = _Pass(loss, args.mask, params_d, lambda: iter([placed]), mesh, False)
+    return _Product(loss, params_d, mesh, False, main, rem, hv=hv, matvec=matvec)
 
-    if kind != "many":
-        ext, count, vecs, loss_value, finite = _fused(
-            loss, mask, params_d, main, rem, _hvp.replicate(v0, mesh), tol, k=k,
-            max_hvps=max_hvps, method=method,
-            reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
-            return_vectors=bool(return_vectors),
-        )  # fmt: skip
-        _check_loss_value(loss_value)
-        if not bool(finite):
-            raise ValueError("the Hessian-vector product is not finite (NaN or inf) at params")
-        ext, count = jax.device_get(ext), int(count)
-        steps = count if method == "lanczos" else 0
-        if method == "lanczos" and return_vectors and not reorthogonalize:
-            steps = (count + 1) // 2  # the replay's products are not Krylov steps
-        return spectrum(ext, count, steps, vecs)
 
-    matvec = _Pass(loss, mask, params_d, payload, mesh, progress)
-    # One batch: one compiled product per iteration, no accumulator.
-    hv = _OneBatch(loss, mask, params_d, placed, v0.dtype).sum if placed else matvec.sum
-    stop = None
-    if stop_when is not None:
+def _solve_on_device(product, args, return_vectors):
+    """Step 3 on the device: Lanczos or power iteration in one jit
+    (:func:`_fused`). Returns ``(extremes, products, Lanczos steps, eigenvectors)``."""
+    ext, count, vecs, loss_value, finite = _fused(
+        product.loss, args.mask, product.params, product.main, product.rem,
+        _hvp.replicate(args.v0, product.mesh), args.tol, k=args.k, max_hvps=args.max_hvps,
+        method=args.method, reorthogonalize=args.reorthogonalize,
+        want_smallest=args.want_smallest, return_vectors=return_vectors,
+    )  # fmt: skip
+    _check_loss_value(loss_value)
+    if not bool(finite):
+        raise ValueError("the Hessian-vector product is not finite (NaN or inf) at params")
+    ext, count = jax.device_get(ext), int(count)
+    steps = count if args.method == "lanczos" else 0
+    if args.method == "lanczos" and return_vectors and not args.reorthogonalize:
+        steps = (count + 1) // 2  # the replay's products are not Krylov steps
+    return ext, count, steps, vecs
 
-        def stop(ext, count, steps):
-            return bool(stop_when(spectrum(ext, count, steps, None)))
 
-    bar = _progress_bar(max_hvps, progress)
+def _solve_on_host(product, args, return_vectors, stop):
+    """Step 3 on the host: :func:`_host_lanczos` (eigenvectors from the basis, or
+    by :func:`_host_replay` without one) or :func:`_host_power`, a progress bar
+    over the products when there are several batches. Returns ``(extremes,
+    products, Lanczos steps, eigenvectors)``."""
+    k, mesh, v0 = args.k, product.mesh, args.v0
+    bar = _progress_bar(args.max_hvps, product.progress)
     vecs = None
     try:
-        if method == "lanczos":
+        if args.method == "lanczos":
             basis, ext, count, betas = _host_lanczos(
-                hv, v0, mesh, k=k, tol=tol, max_hvps=max_hvps,
-                reorthogonalize=bool(reorthogonalize), want_smallest=want_smallest,
+                product.hv, v0, mesh, k=k, tol=args.tol, max_hvps=args.max_hvps,
+                reorthogonalize=args.reorthogonalize, want_smallest=args.want_smallest,
                 bar=bar, stop_when=stop,
             )  # fmt: skip
             steps = count
-            if return_vectors and not reorthogonalize:
-                y, extra = _host_replay(hv, v0, mesh, ext.coeffs[:k], betas, count)
+            if return_vectors and not args.reorthogonalize:
+                y, extra = _host_replay(product.hv, v0, mesh, ext.coeffs[:k], betas, count)
                 vecs = _unit_rows(jnp.asarray(y))
                 count += extra
             elif return_vectors:
@@ -1072,8 +1138,9 @@ def hessian_spectrum(
                 vecs = _unit_rows(jnp.asarray(coeffs) @ basis)
         else:
             state, ext, count = _host_power(
-                matvec, _hvp.replicate(v0, mesh), tol=tol, max_hvps=max_hvps,
-                want_smallest=want_smallest, bar=bar, stop_when=stop,
+                product.matvec, _hvp.replicate(v0, mesh), tol=args.tol,
+                max_hvps=args.max_hvps, want_smallest=args.want_smallest, bar=bar,
+                stop_when=stop,
             )  # fmt: skip
             steps = 0
             if return_vectors:
@@ -1081,12 +1148,12 @@ def hessian_spectrum(
     finally:
         bar.close()
     if vecs is not None:
-        vecs = _unravel_rows(params_d, vecs[:k], mask=mask)
-    return spectrum(jax.device_get(ext), count, steps, vecs)
+        vecs = _unravel_rows(product.params, vecs[:k], mask=args.mask)
+    return jax.device_get(ext), count, steps, vecs
 
 
 def _spectrum(ext, count, steps, vecs, *, n, tol, dtype, method, want_smallest, random_start):
-    """The :class:`HessianSpectrum` of the estimates ``ext`` after ``count`` products
+    """Step 4: the :class:`HessianSpectrum` of the estimates ``ext`` after ``count`` products
     (``steps`` Lanczos steps), with the rounding floor applied to every error and the
     converged flags taken against the floored errors."""
     top = np.asarray(ext.top)

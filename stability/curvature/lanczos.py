@@ -43,6 +43,10 @@ Both algorithms are written as (``init``, ``query``, ``update``, ``finished``)
 pure functions on a NamedTuple state so that one driver runs them inside one
 ``jax.jit`` (``lax.while_loop``, the operator traced) and another runs the
 outer loop on the host (the operator being, e.g., a pass over many batches).
+The Lanczos step itself exists once, :func:`lanczos_step`, with an array
+namespace: traced (jax) in the device loop and in the compiled host step,
+numpy (``xp=np``) in the host loop on CPU; so does the restart vector
+(:func:`restart_vector`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ __all__ = [
     "breakdown_tolerance",
     "restart_vector",
     "restart_vector_host",
+    "restart_row",
     "host_norm",
     "random_start_epsilon",
     "random_start_bounds",
@@ -99,11 +104,13 @@ class Extremes(NamedTuple):
 
 
 class LanczosState(NamedTuple):
-    """Lanczos state after ``j`` products. ``basis`` (m, n) when reorthogonalising
-    (zero rows beyond ``j``), else (0, n). ``alphas``/``betas`` (m,): the diagonal and
-    off-diagonal of T (``betas[i]`` couples rows ``i`` and ``i+1``; ``betas[j-1]`` is the
-    norm of the last residual). ``v``: the next vector to multiply, ``v_prev``: the one
-    before it."""
+    """Lanczos state after ``j`` products. ``basis`` (m + 1 rows rounded up to
+    ``BLOCK``, n) when reorthogonalising: rows ``0..j`` hold the Lanczos vectors
+    (row ``j`` is ``v``), later rows are zero; else (0, n). ``alphas``/``betas``
+    (m,): the diagonal and off-diagonal of T (``betas[i]`` couples rows ``i`` and
+    ``i+1``; ``betas[j-1]`` is the norm of the last residual). ``v``: the next
+    vector to multiply, ``v_prev``: the one before it. ``key``: the number of
+    restarts after breakdown."""
 
     basis: jax.Array
     alphas: jax.Array
@@ -111,7 +118,7 @@ class LanczosState(NamedTuple):
     v: jax.Array
     v_prev: jax.Array
     j: jax.Array
-    key: jax.Array  # number of restarts after breakdown
+    key: jax.Array
 
 
 def _normalize(x):
@@ -140,15 +147,17 @@ def _orthogonalize(basis, x, used=None):
     return lax.fori_loop(0, 2 * nblk, body, x)
 
 
-def lanczos_init(v0: jax.Array, max_iters: int, reorthogonalize: bool = True, key=None):
+def lanczos_init(v0: jax.Array, max_iters: int, reorthogonalize: bool = True):
     """Start state from ``v0`` (n,), any non-zero vector (normalised here)."""
     n = v0.shape[0]
     dtype = v0.dtype
     v, _ = _normalize(v0)
-    rows = -(-max_iters // BLOCK) * BLOCK if reorthogonalize else 0
-    del key  # kept for API compatibility; restarts are deterministic
+    rows = -(-(max_iters + 1) // BLOCK) * BLOCK if reorthogonalize else 0
+    basis = jnp.zeros((rows, n), dtype)
+    if rows:
+        basis = basis.at[0].set(v)
     return LanczosState(
-        basis=jnp.zeros((rows, n), dtype),
+        basis=basis,
         alphas=jnp.zeros((max_iters,), dtype),
         betas=jnp.zeros((max_iters,), dtype),
         v=v,
@@ -159,32 +168,24 @@ def lanczos_init(v0: jax.Array, max_iters: int, reorthogonalize: bool = True, ke
 
 
 def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
-    """One Lanczos step given ``w = A state.v``."""
+    """One Lanczos step given ``w = A state.v``, inside jit: :func:`lanczos_step`,
+    then the breakdown test of :func:`breakdown_tolerance` and, on breakdown, a
+    restart (:func:`restart_vector`; ``T`` gets a zero off-diagonal, a decoupled
+    block)."""
     j = state.j
     v = state.v
     beta_prev = jnp.where(j > 0, state.betas[jnp.maximum(j - 1, 0)], jnp.zeros((), v.dtype))
-    alpha = jnp.vdot(v, w)
-    w = w - alpha * v - beta_prev * state.v_prev
-    basis = state.basis
-    reorth = basis.shape[0] > 0
-    if reorth:
-        basis = basis.at[j].set(v)
-        w = _orthogonalize(basis, w, j + 1)
-    beta = jnp.linalg.norm(w)
-    # Breakdown: the Krylov space is invariant. Restart with a random vector
-    # orthogonal to the basis; T gets a zero off-diagonal (decoupled block).
+    basis, v_next, _, ab = lanczos_step(state.basis, v, state.v_prev, w, beta_prev, j)
+    alpha, beta = ab[0], ab[1]
     scale = jnp.maximum(jnp.abs(alpha), jnp.max(jnp.abs(state.alphas)))
     tiny = jnp.finfo(v.dtype).eps * jnp.sqrt(jnp.asarray(v.shape[0], v.dtype)) * scale
     broke = (beta <= tiny) | (scale == 0)
-    key = state.key + jnp.where(broke, 1, 0).astype(jnp.int32)
 
     def restart(_):
-        return restart_vector(basis, v, j), jnp.zeros((), v.dtype)
+        b, r = restart_row(basis, v, j)
+        return b, r, jnp.zeros((), v.dtype)
 
-    def proceed(_):
-        return w / jnp.where(beta > 0, beta, 1), beta
-
-    v_next, beta = lax.cond(broke, restart, proceed, None)
+    basis, v_next, beta = lax.cond(broke, restart, lambda _: (basis, v_next, beta), None)
     return LanczosState(
         basis=basis,
         alphas=state.alphas.at[j].set(alpha),
@@ -192,7 +193,7 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
         v=v_next,
         v_prev=v,
         j=j + 1,
-        key=key,
+        key=state.key + broke.astype(jnp.int32),
     )
 
 
@@ -201,85 +202,112 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
 RESTART_PHASE = 0.7548776662466927
 
 
-def restart_vector(basis: jax.Array, v: jax.Array, j) -> jax.Array:
-    """The unit vector a Lanczos run continues with after breakdown at step ``j``: a
-    deterministic pseudo-random vector (no RNG in the loop: it compiles slowly)
-    orthogonalised against the first ``j + 1`` rows of ``basis`` (against ``v`` alone
-    when ``basis`` has no rows)."""
-    j = jnp.asarray(j)
-    phase = jnp.asarray(RESTART_PHASE, v.dtype) * (j + 1).astype(v.dtype)
-    r = jnp.sin(jnp.arange(v.shape[0], dtype=v.dtype) * phase + 1.0)
-    r = _orthogonalize(basis, r, j + 1) if basis.shape[0] else r - jnp.vdot(v, r) * v
-    return _normalize(r)[0]
+def _dot(x, y, xp):
+    """``x . y``; in numpy accumulated in float64 (returned in ``x``'s dtype)."""
+    if xp is np:
+        return x.dtype.type(np.einsum("i,i->", x, y, dtype=np.float64))
+    return jnp.vdot(x, y)
 
 
-def lanczos_step(basis, v, v_prev, w, beta_prev, j):
-    """One Lanczos step for a host-driven loop, given ``w = A v`` (``v`` the ``j``-th
-    Lanczos vector, ``v_prev`` the one before, zero at ``j = 0``, ``beta_prev`` the
-    off-diagonal coupling them).
+def _norm(x, xp):
+    """``||x||``; in numpy accumulated in float64, without BLAS (:func:`host_norm`)."""
+    return host_norm(x) if xp is np else jnp.linalg.norm(x)
+
+
+def _project_out(basis, x, used, xp):
+    """``x`` with its components along rows ``0..used-1`` of ``basis`` removed,
+    twice ("twice is enough", Giraud et al. 2005). numpy: on the slice of those
+    rows, in place, by ``np.einsum`` rather than BLAS (OpenBLAS threads keep
+    spinning after a call and slow down the XLA:CPU product that runs next:
+    measured 13 -> 19 ms per product of the benchmark MLP). jax:
+    :func:`_orthogonalize` (whole blocks of rows: rows from ``used`` to the end of
+    their block must be zero)."""
+    if xp is not np:
+        return _orthogonalize(basis, x, used)
+    q = basis[:used]
+    for _ in range(2):
+        x -= np.einsum("i,ij->j", np.einsum("ij,j->i", q, x), q)
+    return x
+
+
+def _set_row(basis, i, x, xp):
+    """``basis`` with row ``i`` set to ``x`` (numpy: in place)."""
+    if xp is np:
+        basis[i] = x
+        return basis
+    return lax.dynamic_update_slice_in_dim(basis, x[None], i, 0)
+
+
+def lanczos_step(basis, v, v_prev, w, beta_prev, j, xp=jnp):
+    """One Lanczos step given ``w = A v`` (``v`` the ``j``-th Lanczos vector,
+    ``v_prev`` the one before, zero at ``j = 0``, ``beta_prev`` the off-diagonal
+    coupling them): the one implementation of the step, run by the device loop
+    (:func:`lanczos_update`), traced into a compiled host-loop step (GPU/TPU) or
+    run as numpy (``xp=np``: arrays in host memory, ``basis`` updated in place, ``w``
+    not modified, ``alpha`` and ``beta`` accumulated in float64; nothing to compile).
 
     Computes ``alpha = v . w``, the residual ``w - alpha v - beta_prev v_prev``, with
     ``basis`` (rows ``0..j`` filled, ``v`` among them; or no rows: plain three-term
     recurrence) reorthogonalised against those rows only, ``beta`` its norm and the
     next vector ``v_next = residual / beta``, written into row ``j + 1`` of ``basis``
     (which needs ``j + 2`` rows). Returns ``(basis, v_next, v, [alpha, beta])``: the
-    two scalars in one array so that the host reads them with one transfer and
+    two scalars in one array so that a host loop reads them with one transfer and
     decides on stopping and breakdown (:func:`breakdown_tolerance`) itself. No
-    branches, no eigensolver: the program stays small and compiles fast.
+    branches, no eigensolver: the compiled program stays small and compiles fast.
     """
-    alpha = jnp.vdot(v, w)
+    alpha = _dot(v, w, xp)
     w = w - alpha * v - beta_prev * v_prev
     if basis.shape[0]:
-        w = _orthogonalize(basis, w, j + 1)
-    beta = jnp.linalg.norm(w)
-    v_next = w / jnp.where(beta > 0, beta, 1)
+        w = _project_out(basis, w, j + 1, xp)
+    beta = _norm(w, xp)
+    v_next = w / xp.where(beta > 0, beta, xp.ones((), beta.dtype))
     if basis.shape[0]:
-        basis = lax.dynamic_update_slice_in_dim(basis, v_next[None], j + 1, 0)
-    return basis, v_next, v, jnp.stack([alpha, beta])
-
-
-def _host_project_out(q, x):
-    """``x - q^T (q x)`` twice ("twice is enough", Giraud et al. 2005), in place, by
-    ``np.einsum`` rather than BLAS: OpenBLAS threads keep spinning after a call and
-    slow down the XLA:CPU product that runs next (measured: 13 -> 19 ms per product
-    of the benchmark MLP)."""
-    for _ in range(2):
-        x -= np.einsum("i,ij->j", np.einsum("ij,j->i", q, x), q)
-    return x
-
-
-def host_norm(x):
-    """``||x||`` accumulated in float64, without BLAS (see :func:`_host_project_out`)."""
-    return x.dtype.type(np.sqrt(np.einsum("i,i->", x, x, dtype=np.float64)))
+        basis = _set_row(basis, j + 1, v_next, xp)
+    return basis, v_next, v, xp.stack([alpha, beta])
 
 
 def lanczos_step_host(basis, v, v_prev, w, beta_prev, j: int):
-    """:func:`lanczos_step` in numpy, for a host loop whose arrays already live in
-    host memory (XLA:CPU): the same ``alpha``, residual, ``beta`` and ``v_next``,
-    reorthogonalised against rows ``0..j`` by classical Gram-Schmidt applied twice;
-    ``alpha`` and ``beta`` accumulate in float64. ``basis`` (numpy, or 0 rows) is
-    updated in place and ``w`` is not modified. Nothing is compiled: on CPU this
-    saves the step program's compile time (about 0.2 s on a first call). Returns
-    ``(basis, v_next, v, [alpha, beta])``.
-    """
-    alpha = v.dtype.type(np.einsum("i,i->", v, w, dtype=np.float64))
-    w = w - alpha * v - beta_prev * v_prev
+    """:func:`lanczos_step` in numpy (``xp=np``)."""
+    return lanczos_step(basis, v, v_prev, w, beta_prev, int(j), np)
+
+
+def restart_vector(basis, v, j, xp=jnp):
+    """The unit vector a Lanczos run continues with after breakdown at step ``j``: a
+    deterministic pseudo-random vector (no RNG in the loop: it compiles slowly)
+    orthogonalised against the first ``j + 1`` rows of ``basis`` (against ``v`` alone
+    when ``basis`` has no rows). ``xp=np``: in numpy."""
+    dtype = v.dtype
+    phase = xp.asarray(RESTART_PHASE, dtype) * xp.asarray(j + 1).astype(dtype)
+    r = xp.sin(xp.arange(v.shape[0], dtype=dtype) * phase + xp.asarray(1.0, dtype))
     if basis.shape[0]:
-        _host_project_out(basis[: j + 1], w)
-    beta = host_norm(w)
-    v_next = w / (beta if beta > 0 else 1)
-    if basis.shape[0]:
-        basis[j + 1] = v_next
-    return basis, v_next, v, np.stack([alpha, beta])
+        r = _project_out(basis, r, j + 1, xp)
+    elif xp is np:
+        r = _project_out(v[None], r, 1, np)
+    else:
+        r = r - jnp.vdot(v, r) * v
+    return r / _norm(r, xp)
 
 
 def restart_vector_host(basis, v, j: int):
-    """:func:`restart_vector` in numpy (the same deterministic vector), orthogonal
-    to rows ``0..j`` of ``basis`` (to ``v`` when ``basis`` has no rows)."""
-    phase = v.dtype.type(RESTART_PHASE) * v.dtype.type(j + 1)
-    r = np.sin(np.arange(v.shape[0], dtype=v.dtype) * phase + v.dtype.type(1.0))
-    _host_project_out(basis[: j + 1] if basis.shape[0] else v[None], r)
-    return r / host_norm(r)
+    """:func:`restart_vector` in numpy (``xp=np``)."""
+    return restart_vector(basis, v, int(j), np)
+
+
+def restart_row(basis, v, j, xp=jnp):
+    """After breakdown at step ``j`` (``v`` the ``j``-th Lanczos vector, rows
+    ``0..j`` of ``basis`` filled): ``(basis, r)``, the restart vector ``r`` of
+    :func:`restart_vector` written into row ``j + 1`` in place of the step's
+    ``v_next`` (noise over a tiny ``beta``)."""
+    if not basis.shape[0]:
+        return basis, restart_vector(basis, v, j, xp)
+    basis = _set_row(basis, j + 1, xp.zeros_like(v), xp)
+    r = restart_vector(basis, v, j, xp)
+    return _set_row(basis, j + 1, r, xp), r
+
+
+def host_norm(x):
+    """``||x||`` accumulated in float64, without BLAS (see :func:`_project_out`)."""
+    return x.dtype.type(np.sqrt(np.einsum("i,i->", x, x, dtype=np.float64)))
 
 
 def breakdown_tolerance(alphas, n: int, dtype) -> float:
@@ -602,7 +630,6 @@ def run_in_jit(
     method: str = "lanczos",
     reorthogonalize: bool = True,
     want_smallest: bool = True,
-    key=None,
 ):
     """Run Lanczos or power iteration with ``lax.while_loop`` (traceable ``matvec``).
 
@@ -611,7 +638,7 @@ def run_in_jit(
     basis size). Returns ``(state, extremes, num_matvecs)``.
     """
     if method == "lanczos":
-        state = lanczos_init(v0, max_matvecs, reorthogonalize, key)
+        state = lanczos_init(v0, max_matvecs, reorthogonalize)
 
         def cond(carry):
             state, ext = carry
@@ -683,6 +710,6 @@ def eigsh_extremes(
     _, ext, count = run_in_jit(
         flat_matvec, start, k=k, tol=tol, max_matvecs=min(max_matvecs, flat0.shape[0])
         if method == "lanczos" else max_matvecs, method=method,
-        reorthogonalize=reorthogonalize, want_smallest=want_smallest, key=key,
+        reorthogonalize=reorthogonalize, want_smallest=want_smallest,
     )  # fmt: skip
     return ext._replace(coeffs=None), count
