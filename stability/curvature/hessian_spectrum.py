@@ -394,12 +394,6 @@ def _replay_vectors(matvec, v0, coeffs, count, m):
     return y + coeffs[:, state.j][:, None] * state.v[None, :]
 
 
-def _vectors_from(state, ext, method, k):
-    if method == "power":
-        return state.vecs
-    return _unit_rows((ext.coeffs @ state.basis[: ext.coeffs.shape[1]])[:k])
-
-
 def _unit_rows(y):
     # Without reorthogonalisation the Lanczos vectors are not orthonormal, so V s
     # is not of unit norm; the direction is still the Ritz vector's.
@@ -417,6 +411,10 @@ def _fused(
     loss, mask, params, main, rem, v0, tol, *, k, max_hvps, method, reorthogonalize,
     want_smallest, return_vectors,
 ):  # fmt: skip
+    """The device loop, one program: the product over one placed batch (or none),
+    :func:`stability.curvature.lanczos.run_in_jit`, the eigenvectors (from the basis,
+    or by :func:`_replay_vectors` without one), the loss value and whether every
+    product was finite."""
     n_total = sum(_hvp.batch_size(p) for p in (main, rem) if p is not None) or 1
     fp = _hvp.flatten_params(params, mask)
     matvec = _hvp.flat_hvp(loss, mask, params, main, rem, n_total)
@@ -430,8 +428,10 @@ def _fused(
         if method == "lanczos" and not reorthogonalize:
             vecs = _unit_rows(_replay_vectors(matvec, v0, ext.coeffs, count, max_hvps)[:k])
             count = count + jnp.maximum(count - 1, 0)
+        elif method == "power":
+            vecs = state.vecs
         else:
-            vecs = _vectors_from(state, ext, method, k)
+            vecs = _unit_rows((ext.coeffs @ state.basis[: ext.coeffs.shape[1]])[:k])
         vecs = jax.vmap(fp.unravel)(vecs)
     finite = jnp.all(jnp.isfinite(state.alphas if method == "lanczos" else state.top))
     return ext._replace(coeffs=None), count, vecs, loss_value, finite
@@ -475,14 +475,6 @@ def _unravel_rows(params, rows, *, mask):
 def _put(x, mesh):
     """A host array onto the device (replicated over the mesh), without a compile."""
     return jax.device_put(x) if mesh is None else _hvp.replicate(x, mesh)
-
-
-class _Placed(NamedTuple):
-    """A batch already on the devices (checked), reused by every pass."""
-
-    main: Any
-    rem: Any
-    n: int
 
 
 def _couples_examples(loss) -> bool:
@@ -542,18 +534,19 @@ _MESSAGE_BYTES = 400
 
 
 class _OneBatch:
-    """``v -> (sum_i H_i v, 1 / N)`` over one placed batch of ``N`` examples: one
-    compiled program per product; the loss value (a free by-product) is checked
+    """``v -> (sum_i H_i v, 1 / N)`` for ``v`` (n,) or (b, n) over one batch of
+    ``N`` examples already on the devices (``main``, ``rem``): one compiled program
+    per product, no accumulator; the loss value (a free by-product) is checked
     once, after the first product."""
 
-    def __init__(self, loss, mask, params, placed, dtype):
-        self.loss, self.mask, self.params, self.placed = loss, mask, params, placed
-        self.n = int(_process_sum(placed.n))  # all processes' examples
+    def __init__(self, loss, mask, params, main, rem, n_examples, dtype):
+        self.loss, self.mask, self.params, self.main, self.rem = loss, mask, params, main, rem
+        self.n = int(_process_sum(n_examples))  # all processes' examples
         self.scale = np.asarray(1.0 / self.n, dtype)
         self.loss_value = None
 
     def sum(self, v):
-        main, rem, _ = self.placed
+        main, rem = self.main, self.rem
         if _multi_process():  # this process's sum, then the sum over processes
 
             def local():
@@ -609,15 +602,10 @@ class _Pass:
         acc = _put(np.zeros(vecs.shape, vecs.dtype), self.mesh)  # no compiled zeros
         total, lsum = 0, []
         for batch in self.factory():
-            if isinstance(batch, _Placed):
-                main, rem, nb = batch
-            else:
-                if not self.checked:
-                    _check_loss_shape(self.loss, self.params, batch)
-                    self.checked = True
-                main, rem, nb = _hvp.place_batch(
-                    batch, self.mesh, whole=_couples_examples(self.loss)
-                )
+            if not self.checked:
+                _check_loss_shape(self.loss, self.params, batch)
+                self.checked = True
+            main, rem, nb = _hvp.place_batch(batch, self.mesh, whole=_couples_examples(self.loss))
             if nb == 0:
                 continue
             acc, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, vecs, acc)
@@ -627,10 +615,6 @@ class _Pass:
         if self.n_examples is not None:
             lsum = None
         return (np.asarray(acc) if to_host else acc), total, lsum
-
-    def __call__(self, vecs):
-        acc, scale = self.sum(vecs)
-        return acc * scale
 
 
 class _NoBar:
@@ -823,15 +807,17 @@ def _host_replay(hv, v0, mesh, coeffs, betas, count):
     return y, max(count - 1, 0)
 
 
-def _host_power(matvec, v0, *, tol, max_hvps, want_smallest, bar, stop_when=None):
-    """Subspace iteration driven from Python (one pass + one jitted step per iteration)."""
+def _host_power(hv, v0, *, tol, max_hvps, want_smallest, bar, stop_when=None):
+    """Subspace iteration driven from Python: per iteration one product of the block
+    of vectors ``hv(vecs) -> (sum, scale)`` and one jitted step."""
     state = _lz.power_init(jnp.asarray(v0), want_smallest)
     per = v0.shape[0]
     tol = jnp.asarray(tol, v0.dtype)
     ext = _lz.power_extremes(state, tol, want_smallest)
     count = 0
     while count + per <= max_hvps:
-        w = matvec(_lz.power_query(state, want_smallest))
+        acc, scale = hv(_lz.power_query(state, want_smallest))
+        w = acc * scale
         state, ext = _power_step(state, w, tol, want_smallest=want_smallest)
         count += per
         bar.update(per)
@@ -1017,9 +1003,9 @@ def _check_arguments(
 class _Product(NamedTuple):
     """Step 2: where the products run and on what. ``on_device``: the device loop,
     over ``main``/``rem`` (one batch on the devices, or None for ``data=None``).
-    Otherwise the host loop: ``hv(v) -> (sum_i H_i v, 1 / N)`` for Lanczos (one
-    compiled program per product for one batch) and ``matvec`` (a full pass, blocks
-    of vectors) for power iteration."""
+    Otherwise the host loop over ``hv(v) -> (sum_i H_i v, 1 / N)``, ``v`` one vector
+    (Lanczos) or a block (power iteration): one compiled program per product for one
+    batch (:class:`_OneBatch`), a full pass over several (:class:`_Pass`)."""
 
     loss: Callable
     params: Any  # replicated over mesh
@@ -1028,7 +1014,6 @@ class _Product(NamedTuple):
     main: Any = None
     rem: Any = None
     hv: Callable | None = None
-    matvec: Callable | None = None
     progress: bool = False
 
 
@@ -1060,9 +1045,8 @@ def _build_product(loss, params, data, args, *, devices, loop, progress, stop_wh
         _check_loss_shape(loss, params, None)
         return _Product(loss, params_d, mesh, on_device=True)
     if kind == "many":
-        matvec = _Pass(loss, args.mask, params_d, payload, mesh, progress)
-        return _Product(loss, params_d, mesh, False, hv=matvec.sum, matvec=matvec,
-                        progress=progress)  # fmt: skip
+        hv = _Pass(loss, args.mask, params_d, payload, mesh, progress).sum
+        return _Product(loss, params_d, mesh, False, hv=hv, progress=progress)
 
     def place():
         if _hvp.batch_size(payload) == 0:
@@ -1083,12 +1067,8 @@ def _build_product(loss, params, data, args, *, devices, loop, progress, stop_wh
         on_device = False  # the stopping rule / the sum over processes run on the host
     if on_device:
         return _Product(loss, params_d, mesh, True, main, rem)
-    # One batch on the host loop: one compiled product per iteration, no accumulator
-    # (Lanczos); power iteration passes over it as over a list of one placed batch.
-    placed = _Placed(main, rem, n_ex)
-    hv = _OneBatch(loss, args.mask, params_d, placed, args.dtype).sum
-    matvec = _Pass(loss, args.mask, params_d, lambda: iter([placed]), mesh, False)
-    return _Product(loss, params_d, mesh, False, main, rem, hv=hv, matvec=matvec)
+    hv = _OneBatch(loss, args.mask, params_d, main, rem, n_ex, args.dtype).sum
+    return _Product(loss, params_d, mesh, False, main, rem, hv=hv)
 
 
 def _solve_on_device(product, args, return_vectors):
@@ -1138,7 +1118,7 @@ def _solve_on_host(product, args, return_vectors, stop):
                 vecs = _unit_rows(jnp.asarray(coeffs) @ basis)
         else:
             state, ext, count = _host_power(
-                product.matvec, _hvp.replicate(v0, mesh), tol=args.tol,
+                product.hv, _hvp.replicate(v0, mesh), tol=args.tol,
                 max_hvps=args.max_hvps, want_smallest=args.want_smallest, bar=bar,
                 stop_when=stop,
             )  # fmt: skip
