@@ -191,6 +191,95 @@ def test_report_lines_and_json():
     json.dumps(no, allow_nan=False)
 
 
+def _h2(b, p, n=20000):
+    """sum_k h_k^2 for the impulse response h (powers of 1/z) of B(z) / P(z), both
+    descending with the same length: the noise gain N(q) of docs/theory.md section 15
+    (y = -B/P u); 1 / (q (2 - q)) for plain SGD."""
+    b, p = np.asarray(b, float) / p[0], np.asarray(p, float) / p[0]
+    h = np.zeros(n)
+    for k in range(n):
+        acc = b[k] if k < len(b) else 0.0
+        for j in range(1, min(k, len(p) - 1) + 1):
+            acc -= p[j] * h[k - j]
+        h[k] = acc
+    return float(np.sum(h * h))
+
+
+@pytest.mark.parametrize("rule, b", [("heavy_ball", lambda be: [0.0, 1.0, 0.0]),
+                                     ("nesterov", lambda be: [0.0, 1.0 + be, -be])])  # fmt: skip
+def test_noise_gain_follows_the_momentum_rule(rule, b):
+    # tau = 0, beta = 0.5: the gain along the sharp direction is lr^2 gamma s^2 N(q),
+    # N from the impulse response of the rule's own B/P (not the library's recursion)
+    from stability_oracles import poly
+
+    lr, s, batch, beta = 0.3, 3.0, 4, 0.5
+    gamma = (N - batch) / (batch * (N - 1))
+    want = lr * lr * gamma * s * s * _h2(b(beta), poly(0, beta, lr * A, rule))
+    rep = st.verdict_from_spectrum(_spectrum(A), 0, lr, beta=beta, momentum=rule,
+                                   nonuniformity=s, batch_size=batch, num_examples=N)  # fmt: skip
+    assert rep.noise_gain == pytest.approx(want, rel=1e-9)
+
+
+def test_replacement_line_reason_and_a_direction_without_positive_curvature():
+    # with replacement the report says so (gamma = 1 / B)
+    rep = _judge(0.5, 3.0, 4, replacement=True)
+    assert "  mini-batch        B=4 of n=100, with replacement (variance factor 0.25)" in (
+        repr(rep).splitlines()
+    )
+    # the reason states the sharp direction's gain against 1 (closed form at tau = 0)
+    lr, s, batch = 0.5, 3.0, 4
+    gamma = (N - batch) / (batch * (N - 1))
+    q = lr * A
+    gain = lr * lr * gamma * s * s / (q * (2 - q))
+    rep = _judge(lr, s, batch)  # the three directions coincide (commuting Hessians)
+    for where in (
+        "the sharp direction",
+        "the most non-uniform direction",
+        "the top direction of Wu, Ma and E's matrix",
+    ):
+        assert (
+            f"mini-batch second-moment gain {gain:.4g} < 1 along {where} "
+            f"(curvature 2, non-uniformity s = 3)"
+        ) in rep.reason, where
+    # the most non-uniform direction has curvature 0: its condition cannot be judged
+    # (NaN gain), the verdict is undecided, and the other directions' numbers stand
+    rep = _judge(lr, s, batch, s_u=1.0, a_u=0.0)
+    assert rep.verdict is None and math.isnan(rep.noise_gain_nonuniform)
+    assert "curvature 0 along the most non-uniform direction is not positive" in rep.reason
+    assert rep.max_stable_lr_minibatch == pytest.approx(2 * A / (A * A + gamma * s * s), rel=1e-12)
+    assert "max stable lr 0.647059" in repr(rep)
+
+
+def test_unconverged_wu_ma_e_direction_and_directions_not_given():
+    # is_accessible passes on whether its Lanczos run on Wu, Ma and E's matrix converged
+    # (the private _verdict): a direction that passes unconverged leaves the verdict
+    # undecided and says so; so does a flat matrix that did not converge.
+    from stability.accessibility import _verdict
+
+    lr, s, batch = 0.5, 3.0, 4
+    gamma = (N - batch) / (batch * (N - 1))
+    lam = (1 - lr * A) ** 2 + lr * lr * gamma * s * s
+    kw = dict(beta=0.0, momentum="heavy_ball", require_minimum=False,
+              failure_probability=1e-6, nonuniformity=s, batch_size=batch, num_examples=N,
+              max_nonuniformity=s, max_nonuniformity_curvature=A)  # fmt: skip
+    rep = _verdict(_spectrum(A), 0, lr, worst=(lam, False, A, s), **kw)
+    assert rep.verdict is None and rep.mean_square_verdict is None
+    assert (
+        "top direction of Wu, Ma and E's matrix (curvature 2, non-uniformity s = 3) "
+        "(not converged)" in rep.reason
+    )
+    rep = _verdict(_spectrum(A), 0, lr, worst=(1.0, False, None, None), **kw)
+    assert rep.verdict is None
+    assert "Wu, Ma and E's matrix has no direction above 1 (not converged)" in rep.reason
+    rep = _verdict(_spectrum(A), 0, lr, worst=(1.0, True, None, None), **kw)
+    assert rep.verdict is True and "has no direction above 1" in rep.reason
+    # without the Wu-Ma-E numbers: undecided, and the reason says which is missing
+    rep = st.verdict_from_spectrum(_spectrum(A), 0, lr, nonuniformity=s, batch_size=batch,
+                                   num_examples=N, max_nonuniformity=s,
+                                   max_nonuniformity_curvature=A)  # fmt: skip
+    assert rep.verdict is None and "Wu, Ma and E's matrix not judged" in rep.reason
+
+
 @pytest.mark.parametrize(
     "kwargs, name, error",
     [
@@ -198,6 +287,17 @@ def test_report_lines_and_json():
         (dict(batch_size=11, num_examples=10, nonuniformity=1.0), "batch_size", ValueError),
         (dict(num_examples=10), "num_examples", ValueError),
         (dict(batch_size=2, num_examples=10, nonuniformity=-1.0), "nonuniformity", ValueError),
+        (
+            dict(
+                batch_size=2,
+                num_examples=10,
+                nonuniformity=1.0,
+                max_nonuniformity=-1.0,
+                max_nonuniformity_curvature=1.0,
+            ),
+            "nonuniformity must be a finite number >= 0; got -1.0",
+            ValueError,
+        ),  # fmt: skip
         (dict(batch_size=2, num_examples=10, replacement=1), "replacement", TypeError),
         (
             dict(tau=st.delay_distribution([0.5, 0.5]), batch_size=2, num_examples=10),
@@ -270,6 +370,55 @@ def test_is_accessible_end_to_end_and_decision_driven():
     assert rep.num_hvps <= 2 and rep.data_passes == 0
     with pytest.raises(ValueError, match="data"):
         st.is_accessible(_quadratics, w_star, 0, 0.1, batch_size=1)
+
+
+def test_a_given_spectrum_without_eigenvectors_names_the_fix():
+    # the sharp direction's non-uniformity needs the top Ritz vector
+    w_star = {"w": jnp.zeros(2)}
+    with pytest.raises(ValueError, match=r"pass hessian_spectrum\(\.\.\., return_vectors=True\)"):
+        st.is_accessible(_quadratics, w_star, 0, 0.1, data=_curvatures(), batch_size=1,
+                         spectrum=_spectrum(A), progress=False)  # fmt: skip
+
+
+def test_is_accessible_finds_a_third_direction_that_fails():
+    # Diagonal per-example Hessians (commuting), three directions, tau = 0, lr = 1,
+    # B = 1 of 16 (gamma = 1): per direction the growth is (1 - lr a)^2 + lr^2 s^2
+    # (Wu, Ma and E). The sharp direction (a = 1, s = 0) and the most non-uniform one
+    # (a = 0.5, s = 0.5: growth 0.5) pass; the third (a = 0.05, s = 0.45: growth 1.105,
+    # gain 0.45^2 / (0.05 * 1.95) = 2.077) fails, and only the top of Wu, Ma and E's
+    # matrix finds it.
+    a = np.array([1.0, 0.5, 0.05])
+    s = np.array([0.0, 0.5, 0.45])
+    sign = np.where(np.arange(16) % 2 == 0, 1.0, -1.0)
+    h = jnp.asarray(a[None, :] + sign[:, None] * s[None, :])  # mean a, population std s
+    rep = st.is_accessible(_quadratics, {"w": jnp.zeros(3)}, 0, 1.0, data=h, batch_size=1,
+                           progress=False)  # fmt: skip
+    assert rep.verdict is False and rep.certified_by == "mean_square"
+    assert rep.binding == "stochastic" and rep.fraction_of_limit == pytest.approx(0.5)
+    assert rep.max_nonuniformity == pytest.approx(0.5, rel=1e-9)
+    assert rep.max_nonuniformity_curvature == pytest.approx(0.5, rel=1e-9)
+    assert rep.wu_ma_e_lambda_max == pytest.approx(0.95**2 + 0.45**2, rel=1e-9)
+    assert rep.worst_curvature == pytest.approx(0.05, rel=1e-9)
+    assert rep.worst_nonuniformity == pytest.approx(0.45, rel=1e-9)
+    assert rep.noise_gain_worst == pytest.approx(0.45**2 / (0.05 * 1.95), rel=1e-9)
+
+
+def test_is_accessible_stops_at_a_most_non_uniform_direction_that_fails():
+    # Two directions, tau = 0, lr = 1, B = 1 of 16 (gamma = 1): the sharp one (a = 1,
+    # s = 0) passes, the most non-uniform one (a = 0.05, s = 0.45) fails (gain
+    # 0.45^2 / (0.05 * 1.95) = 2.077, growth 1.105 > 1): the verdict is decided there,
+    # so Wu, Ma and E's matrix is not computed (decision-driven).
+    a = np.array([1.0, 0.05])
+    s = np.array([0.0, 0.45])
+    sign = np.where(np.arange(16) % 2 == 0, 1.0, -1.0)
+    h = jnp.asarray(a[None, :] + sign[:, None] * s[None, :])
+    rep = st.is_accessible(_quadratics, {"w": jnp.zeros(2)}, 0, 1.0, data=h, batch_size=1,
+                           progress=False)  # fmt: skip
+    assert rep.verdict is False and rep.certified_by == "mean_square"
+    assert rep.max_nonuniformity == pytest.approx(0.45, rel=1e-9)
+    assert rep.max_nonuniformity_curvature == pytest.approx(0.05, rel=1e-9)
+    assert rep.noise_gain_nonuniform == pytest.approx(0.45**2 / (0.05 * 1.95), rel=1e-9)
+    assert rep.wu_ma_e_lambda_max is None and rep.worst_curvature is None
 
 
 def test_simulate_async_with_that_batch_size_confirms_the_verdict():

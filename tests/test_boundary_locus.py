@@ -193,6 +193,32 @@ def test_dense_locus_batched():
         assert abs(np.polyval(c, z) / np.polyval(np.polyder(c), z)) < 1e-9, be
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_delay_distribution_thresholds_concrete_and_traced(rule):
+    # A delay distribution's threshold for each rule, with beta concrete and traced
+    # (jit: the pure_callback path): bracketed by the eigenvalues of the rule's own
+    # first-moment polynomial (dist_poly) to 1e-9 with a unit-circle root at theta;
+    # the traced call gives the same numbers, float64 values and a boolean flag.
+    # (Kills mutants that drop momentum or the callback's result dtypes, tests/MUTATION.md.)
+    p = np.array([0.2, 0.5, 0.3])
+    betas = np.array([0.0, 0.5, 0.9])
+    dist = st.delay_distribution(p)
+    t = st.stability_threshold(dist, betas, momentum=rule)
+    jt = jax.jit(lambda b: st.stability_threshold(dist, b, momentum=rule))(jnp.asarray(betas))
+    for got in (t, jt):
+        assert got.q_max.dtype == np.float64 and got.theta.dtype == np.float64
+        assert got.reliable.dtype == np.bool_ and bool(np.all(got.reliable))
+    np.testing.assert_array_equal(np.asarray(jt.q_max), np.asarray(t.q_max))
+    np.testing.assert_array_equal(np.asarray(jt.theta), np.asarray(t.theta))
+    for i, be in enumerate(betas):
+        q, theta = float(t.q_max[i]), float(t.theta[i])
+        assert rho(dist_poly(p, be, q * (1 - 1e-9), rule)) < 1, be
+        assert rho(dist_poly(p, be, q * (1 + 1e-9), rule)) > 1, be
+        c = dist_poly(p, be, q, rule)
+        z = np.exp(1j * theta)
+        assert abs(np.polyval(c, z) / np.polyval(np.polyder(c), z)) < 1e-9, be
+
+
 def test_float32_arguments_give_float32_thresholds():
     # the dtype follows beta (and lr): float32 in, float32 out, equal to float64 to ~eps32
     tau = np.array([3, 40])

@@ -169,6 +169,49 @@ def test_convergence_flags_switch_exactly_at_tol():
             assert bool(np.ravel(getattr(impl(off), flag))[0]) is False, field
 
 
+def test_convergence_flags_switch_exactly_at_tol_when_the_top_dominates():
+    # The same stopping test on -A, where |theta_max| (the +8 end) is the larger one:
+    # the norm estimate must be the top Ritz value, not the next one (a smaller
+    # estimate would only switch the flags on later; tests/MUTATION.md).
+    alphas, betas, _ = ref_lanczos(-A, 12)
+    impls = (
+        lambda tol: lanczos_extremes_host(alphas, betas, 1, tol),
+        lambda tol: _jit_extremes(state_of(alphas, betas, 16), 1, tol, True),
+    )
+    for impl in impls:
+        probe = impl(1.0)
+        norm = max(abs(float(probe.top[0])), abs(float(probe.smallest)))
+        assert abs(float(probe.top[0])) > abs(float(probe.smallest))
+        for field, flag in (
+            ("top_error", "top_converged"),
+            ("smallest_error", "smallest_converged"),
+        ):
+            err = float(np.ravel(getattr(probe, field))[0])
+            on, off = _switch_tolerances(err, norm)
+            assert bool(np.ravel(getattr(impl(on), flag))[0]) is True, field
+            assert bool(np.ravel(getattr(impl(off), flag))[0]) is False, field
+
+
+def test_host_extremes_wait_for_the_smallest_by_default():
+    # done = every top flag and (by default, want_smallest=True) the smallest flag:
+    # at a tolerance between the two residuals (top converged, smallest not) the
+    # default is not done, want_smallest=False is.
+    for a in (A, -A):
+        alphas, betas, _ = ref_lanczos(a, 12)
+        probe = lanczos_extremes_host(alphas, betas, 1, 1.0, want_smallest=True)
+        norm = max(abs(float(probe.top[0])), abs(float(probe.smallest)))
+        top_err, small_err = float(probe.top_error[0]), float(probe.smallest_error)
+        if top_err < small_err:
+            break
+    else:
+        raise AssertionError("no case with the top converging first")
+    tol = math.sqrt(top_err * small_err) / norm
+    ext = lanczos_extremes_host(alphas, betas, 1, tol)
+    assert bool(ext.top_converged[0]) and not bool(ext.smallest_converged)
+    assert not bool(ext.done)
+    assert bool(lanczos_extremes_host(alphas, betas, 1, tol, want_smallest=False).done)
+
+
 def test_extremes_before_the_first_step():
     host = lanczos_extremes_host(np.zeros(0), np.zeros(0), 2, 1e-3, dtype=np.float32)
     assert np.all(np.isnan(host.top)) and np.all(np.isinf(host.top_error))
