@@ -58,10 +58,10 @@ def test_root_count_matches_numpy(rule):
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("tau", [2, 9, 32, 130, 1000])
+@pytest.mark.parametrize("tau", [2, 9, 32, 130, 500])
 def test_certified_radius_is_within_tolerance(rule, tau):
     rng = np.random.default_rng(tau)
-    q, beta = _random_points(rng, 60 if tau < 1000 else 4)
+    q, beta = _random_points(rng, 60 if tau < 500 else 4)
     got, certified = dr.certified_spectral_radius(jnp.asarray(q), jnp.asarray(beta), tau, rule)
     got, certified = np.asarray(got), np.asarray(certified)
     want = np.array([rho(poly(tau, b, x, rule)) for x, b in zip(q, beta, strict=True)])
