@@ -37,7 +37,7 @@ def test_sparse_form_is_the_characteristic_polynomial(rule):
 @pytest.mark.parametrize("rule", RULES)
 def test_root_count_matches_numpy(rule):
     rng = np.random.default_rng(1)
-    for tau in (2, 7, 40):
+    for tau in (2, 40):  # the smallest fast-path delay and a large one (a compile each)
         q, beta = _random_points(rng, 40)
         p = dr.sparse_characteristic(jnp.asarray(q), jnp.asarray(beta), tau, rule)
         point, radii, want = [], [], []
@@ -90,7 +90,7 @@ def test_spectral_radius_exact_for_large_tau_and_edge_points(rule):
     # The public function (fast path + eigenvalue fallback) against numpy: sharpness 0,
     # beta 0, negative sharpness and near-critical points included.
     rng = np.random.default_rng(7)
-    for tau in (2, 16, 100):
+    for tau in (2, 100):
         sharp = np.concatenate([[0.0, 0.0, -0.5, 1e-9], rng.uniform(0.0, 3.0, 20)])
         beta = np.concatenate([[0.0, 0.9, 0.5, 0.99], rng.uniform(0.0, 0.99, 20)])
         beta[5] = 0.0

@@ -22,6 +22,18 @@ def test_notebook_executes(path, monkeypatch, tmp_path):
     import matplotlib.pyplot as plt
 
     monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    import ipywidgets
+
+    # Each interactive cell first calls its function with the defaults (the figure a
+    # reader of the saved notebook sees); interact then only builds the controls
+    # (manual mode: no second run of the same computation).
+    interacted = []
+
+    def interact(f, **kw):
+        interacted.append(f.__name__)
+        return ipywidgets.interactive(f, {"manual": True}, **kw)
+
+    monkeypatch.setattr(ipywidgets, "interact", interact)
     monkeypatch.chdir(tmp_path)
     cells = json.loads(path.read_text())["cells"]
     code = [("".join(c["source"])) for c in cells if c["cell_type"] == "code"]
@@ -34,3 +46,5 @@ def test_notebook_executes(path, monkeypatch, tmp_path):
                 exec(compile(source, f"{path.name}[cell {i}]", "exec"), namespace)
             finally:
                 plt.close("all")
+    for name in interacted:
+        assert any(f"\n{name}()" in "\n" + c for c in code), f"{name} is never run by itself"
