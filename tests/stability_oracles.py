@@ -57,8 +57,9 @@ def dist_poly(p, beta, q, rule):
     raise ValueError(rule)
 
 
-def roots(c):
-    """Roots of a polynomial: companion eigenvalues, then two Newton polishing steps."""
+def roots(c, steps=2):
+    """Roots of a polynomial: companion eigenvalues, then ``steps`` Newton polishing
+    steps."""
     c = np.trim_zeros(np.asarray(c, float), "f")
     c = c / c[0]
     m = len(c) - 1
@@ -68,7 +69,7 @@ def roots(c):
     with threadpool_limits(1):  # the machine is shared; threads only contend
         z = np.linalg.eigvals(comp).astype(complex)
     dc = np.polyder(c)
-    for _ in range(2):
+    for _ in range(steps):
         d = np.polyval(dc, z)
         step = np.where(np.abs(d) > 0, np.polyval(c, z) / np.where(d == 0, 1, d), 0)
         z = np.where(np.abs(step) < 1e-6, z - step, z)

@@ -23,7 +23,7 @@ import math
 import mpmath
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from stability_oracles import roots
 
 import stability as st
 from stability.theory import delay_locus
@@ -138,26 +138,9 @@ def reference_threshold(p, beta, rule):
     return best
 
 
-def polished_roots(c):
-    """Companion eigenvalues, then three Newton steps on P (float64)."""
-    c = np.trim_zeros(np.asarray(c, float), "f")
-    c = c / c[0]
-    m = len(c) - 1
-    comp = np.zeros((m, m))
-    comp[0] = -c[1:]
-    comp[np.arange(1, m), np.arange(m - 1)] = 1.0
-    with threadpool_limits(1):
-        z = np.linalg.eigvals(comp).astype(complex)
-    dc = np.polyder(c)
-    for _ in range(3):
-        d = horner(dc, z)
-        step = np.where(d != 0, horner(c, z) / np.where(d == 0, 1, d), 0)
-        z = np.where(np.abs(step) < 1e-6, z - step, z)
-    return z
-
-
 def eig_rho(c):
-    return float(np.abs(polished_roots(c)).max())
+    """Companion eigenvalues with three Newton steps (tests/stability_oracles.py)."""
+    return float(np.abs(roots(c, steps=3)).max())
 
 
 def winding_count(c, radius, n_angles=2**18):
