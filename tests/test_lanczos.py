@@ -14,12 +14,10 @@ from stability.curvature.lanczos import (
     lanczos_extremes_host,
     lanczos_init,
     lanczos_step,
-    lanczos_step_host,
     lanczos_update,
     random_start_bounds,
     random_start_epsilon,
     restart_vector,
-    restart_vector_host,
     run_in_jit,
 )
 
@@ -188,8 +186,8 @@ def test_numpy_step_equals_compiled_step(problem, rows):
     basis_j, v_j, vp_j, vp_np = jnp.asarray(basis_np), jnp.asarray(v), jnp.zeros(n), np.zeros(n)
     v_np, beta_np, beta_j = v.copy(), np.float64(0), jnp.float64(0)
     for j in range(10):
-        basis_np, v_next_np, vp_np, ab_np = lanczos_step_host(
-            basis_np, v_np, vp_np, a @ v_np, beta_np, j
+        basis_np, v_next_np, vp_np, ab_np = lanczos_step(
+            basis_np, v_np, vp_np, a @ v_np, beta_np, j, np
         )
         basis_j, v_next_j, vp_j, ab_j = lanczos_step(basis_j, v_j, vp_j, a @ v_j, beta_j, j)
         np.testing.assert_allclose(ab_np, np.asarray(ab_j), rtol=1e-10)
@@ -197,7 +195,7 @@ def test_numpy_step_equals_compiled_step(problem, rows):
         np.testing.assert_allclose(basis_np, np.asarray(basis_j), atol=1e-9)
         beta_np, beta_j = ab_np[1], ab_j[1]
         v_np, v_j = v_next_np, v_next_j
-        r_np = restart_vector_host(basis_np, vp_np, j)
+        r_np = restart_vector(basis_np, vp_np, j, np)
         # (the compiled restart reads whole blocks of rows: row j + 1 is zeroed
         # first, as the host loop's _restart does)
         r_j = np.asarray(restart_vector(basis_j.at[j + 1].set(0) if rows else basis_j, vp_j, j))

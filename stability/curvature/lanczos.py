@@ -70,11 +70,9 @@ __all__ = [
     "lanczos_update",
     "lanczos_extremes",
     "lanczos_step",
-    "lanczos_step_host",
     "lanczos_extremes_host",
     "breakdown_tolerance",
     "restart_vector",
-    "restart_vector_host",
     "restart_row",
     "host_norm",
     "random_start_epsilon",
@@ -177,9 +175,9 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
     beta_prev = jnp.where(j > 0, state.betas[jnp.maximum(j - 1, 0)], jnp.zeros((), v.dtype))
     basis, v_next, _, ab = lanczos_step(state.basis, v, state.v_prev, w, beta_prev, j)
     alpha, beta = ab[0], ab[1]
-    scale = jnp.maximum(jnp.abs(alpha), jnp.max(jnp.abs(state.alphas)))
-    tiny = jnp.finfo(v.dtype).eps * jnp.sqrt(jnp.asarray(v.shape[0], v.dtype)) * scale
-    broke = (beta <= tiny) | (scale == 0)
+    alphas = state.alphas.at[j].set(alpha)
+    tiny = breakdown_tolerance(alphas, v.shape[0], v.dtype, jnp)
+    broke = (beta <= tiny) | (tiny == 0)
 
     def restart(_):
         b, r = restart_row(basis, v, j)
@@ -188,7 +186,7 @@ def lanczos_update(state: LanczosState, w: jax.Array) -> LanczosState:
     basis, v_next, beta = lax.cond(broke, restart, lambda _: (basis, v_next, beta), None)
     return LanczosState(
         basis=basis,
-        alphas=state.alphas.at[j].set(alpha),
+        alphas=alphas,
         betas=state.betas.at[j].set(beta),
         v=v_next,
         v_prev=v,
@@ -266,11 +264,6 @@ def lanczos_step(basis, v, v_prev, w, beta_prev, j, xp=jnp):
     return basis, v_next, v, xp.stack([alpha, beta])
 
 
-def lanczos_step_host(basis, v, v_prev, w, beta_prev, j: int):
-    """:func:`lanczos_step` in numpy (``xp=np``)."""
-    return lanczos_step(basis, v, v_prev, w, beta_prev, int(j), np)
-
-
 def restart_vector(basis, v, j, xp=jnp):
     """The unit vector a Lanczos run continues with after breakdown at step ``j``: a
     deterministic pseudo-random vector (no RNG in the loop: it compiles slowly)
@@ -286,11 +279,6 @@ def restart_vector(basis, v, j, xp=jnp):
     else:
         r = r - jnp.vdot(v, r) * v
     return r / _norm(r, xp)
-
-
-def restart_vector_host(basis, v, j: int):
-    """:func:`restart_vector` in numpy (``xp=np``)."""
-    return restart_vector(basis, v, int(j), np)
 
 
 def restart_row(basis, v, j, xp=jnp):
@@ -310,13 +298,16 @@ def host_norm(x):
     return x.dtype.type(np.sqrt(np.einsum("i,i->", x, x, dtype=np.float64)))
 
 
-def breakdown_tolerance(alphas, n: int, dtype) -> float:
+def breakdown_tolerance(alphas, n: int, dtype, xp=np):
     """The residual norm at or below which a Lanczos step is a breakdown (the Krylov
-    space is invariant): ``eps * sqrt(n) * max |alpha_i|`` (host side; the same test
-    as :func:`lanczos_update`). Zero means every ``alpha`` so far is zero, also a
-    breakdown."""
-    scale = float(np.max(np.abs(np.asarray(alphas, np.float64)))) if len(alphas) else 0.0
-    return float(np.finfo(dtype).eps) * float(np.sqrt(n)) * scale
+    space is invariant): ``eps * sqrt(n) * max |alpha_i|``, the one test of both
+    loops (numpy, ``alphas`` a list, accumulated in float64; or traced, ``xp=jnp``).
+    Zero means every ``alpha`` so far is zero, also a breakdown."""
+    if xp is np:
+        alphas = np.asarray(alphas, np.float64)
+        if alphas.shape[0] == 0:
+            return 0.0
+    return float(np.finfo(dtype).eps * np.sqrt(n)) * xp.max(xp.abs(alphas))
 
 
 # Kuczynski and Wozniakowski, "Estimating the largest eigenvalue by the power and
@@ -394,24 +385,9 @@ def lanczos_extremes_host(
         from scipy.linalg import eigh_tridiagonal as sp_eigh_tridiagonal
 
         theta, s = sp_eigh_tridiagonal(a, b[: j - 1], lapack_driver="stemr")
-    top_idx = j - 1 - np.arange(k)
-    valid = top_idx >= 0
-    wanted = np.concatenate([np.clip(top_idx, 0, j - 1), [0]])
-    vecs = s[:, wanted].T
-    res = abs(b[j - 1]) * np.abs(vecs[:, j - 1])
-    # Thresholds in the working precision, as in the jitted version.
-    theta_d = theta.astype(dtype)
-    res_d = res.astype(dtype)
-    top = np.where(valid, theta_d[np.clip(top_idx, 0, j - 1)], np.nan).astype(dtype)
-    top_err = np.where(valid, res_d[:k], np.inf).astype(dtype)
-    smallest, smallest_err = theta_d[0], res_d[k]
-    norm_est = max(abs(theta_d[j - 1]), abs(smallest))
-    thresh = dtype.type(tol) * norm_est
-    top_conv = valid & (top_err <= thresh)
-    small_conv = np.bool_(smallest_err <= thresh)
-    done = np.bool_(np.all(top_conv) and (small_conv or not want_smallest))
-    return Extremes(top, top_err, top_conv, smallest, smallest_err, small_conv, done,
-                    vecs.astype(dtype))  # fmt: skip
+    wanted = _wanted(j, k, np)
+    return _ritz_extremes(theta.astype(dtype), s[:, wanted].T.astype(dtype), dtype.type(b[j - 1]),
+                          j, k, tol, want_smallest, np)  # fmt: skip
 
 
 def lanczos_extremes(state: LanczosState, k: int, tol, want_smallest: bool = True) -> Extremes:
@@ -430,7 +406,6 @@ def lanczos_extremes(state: LanczosState, k: int, tol, want_smallest: bool = Tru
     """
     alphas, betas, j = state.alphas, state.betas, state.j
     m = alphas.shape[0]
-    dtype = alphas.dtype
     idx = jnp.arange(m, dtype=jnp.int32)
     active = idx < j
     off = jnp.where(idx < j - 1, betas, 0)
@@ -438,27 +413,45 @@ def lanczos_extremes(state: LanczosState, k: int, tol, want_smallest: bool = Tru
     gersh = jnp.max(jnp.abs(a_act)) + 2 * jnp.max(jnp.abs(off))
     c = 2 * gersh + 1
     diag = jnp.where(active, alphas, c)
-    last = jnp.clip(j - 1, 0, m - 1)
-    beta_last = jnp.abs(betas[last])
-    top_idx = j - 1 - jnp.arange(k, dtype=jnp.int32)
-    valid = top_idx >= 0
-    top_idx_c = jnp.clip(top_idx, 0, m - 1)
-    wanted = jnp.concatenate([top_idx_c, jnp.zeros((1,), jnp.int32)])
+    wanted = _wanted(j, k, jnp)
     theta, vecs = _tridiag_eig(diag, off, active, j, wanted)
-    res = beta_last * jnp.abs(vecs[:, last])
-    top = jnp.where(valid, theta[top_idx_c], jnp.nan)
-    top_err = jnp.where(valid, res[:k], jnp.inf)
-    smallest = theta[0]
-    smallest_err = res[k]
-    norm_est = jnp.maximum(jnp.abs(theta[jnp.clip(j - 1, 0, m - 1)]), jnp.abs(smallest))
-    thresh = jnp.asarray(tol, dtype) * norm_est
+    beta_last = betas[jnp.maximum(j - 1, 0)]
+    ext = _ritz_extremes(theta, vecs, beta_last, j, k, tol, want_smallest, jnp)
+    return ext._replace(coeffs=jnp.where(active[None, :], ext.coeffs, 0))
+
+
+def _top_indices(j, k: int, xp):
+    """``j - 1, j - 2, ..., j - k``: the top ``k`` of ``j`` Ritz values in ascending
+    order (negative where ``j < k``)."""
+    return j - 1 - xp.arange(k, dtype=np.int32)
+
+
+def _wanted(j, k: int, xp):
+    """Indices of the Ritz values whose eigenvectors :func:`_ritz_extremes` reads: the
+    top ``k`` (:func:`_top_indices`, 0 where negative), then the smallest (0)."""
+    top = xp.maximum(_top_indices(j, k, xp), 0)
+    return xp.concatenate([top, xp.zeros(1, top.dtype)])
+
+
+def _ritz_extremes(theta, vecs, beta_last, j, k: int, tol, want_smallest: bool, xp) -> Extremes:
+    """The one Ritz extraction of both Lanczos loops (numpy ``xp=np`` with ``j``
+    values; jax with ``T`` padded above the active block): from the Ritz values
+    ``theta`` (ascending, the first ``j`` active) and the unit eigenvectors ``vecs``
+    of ``T_j`` for :func:`_wanted` (rows), the top ``k`` values and the smallest with
+    their residual bounds ``|beta_j| |s[j-1]|``, flagged converged at
+    ``residual <= tol * max(|theta_max|, |theta_min|)`` (all in ``theta``'s dtype)."""
+    dtype = theta.dtype
+    last = xp.maximum(j - 1, 0)
+    res = xp.abs(beta_last) * xp.abs(vecs[:, last])
+    valid = _top_indices(j, k, xp) >= 0
+    top = xp.where(valid, theta[_wanted(j, k, xp)[:k]], xp.asarray(np.nan, dtype))
+    top_err = xp.where(valid, res[:k], xp.asarray(np.inf, dtype))
+    smallest, smallest_err = theta[0], res[k]
+    thresh = xp.asarray(tol, dtype) * xp.maximum(xp.abs(theta[last]), xp.abs(smallest))
     top_conv = valid & (top_err <= thresh)
     small_conv = (j > 0) & (smallest_err <= thresh)
-    done = jnp.all(top_conv)
-    if want_smallest:
-        done = done & small_conv
-    coeffs = jnp.where(active[None, :], vecs, 0)
-    return Extremes(top, top_err, top_conv, smallest, smallest_err, small_conv, done, coeffs)
+    done = xp.all(top_conv) & (small_conv if want_smallest else True)
+    return Extremes(top, top_err, top_conv, smallest, smallest_err, small_conv, done, vecs)
 
 
 def _tridiag_eig(diag, off, active, j, wanted):

@@ -53,12 +53,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from stability.curvature import hvp as _hvp
-from stability.curvature import lanczos as _lz
 from stability.curvature.hessian_spectrum import (
     HessianSpectrum,
     _check_loss_shape,
     _check_params,
     _classify_data,
+    _host_lanczos,
+    _NoBar,
 )
 from stability.validation import check_int, check_positive
 
@@ -338,40 +339,24 @@ def _lanczos_top(loss, params, data, coeffs, tol, max_products, seed, return_vec
             hhu = hhu + np.asarray(out, np.float64)
         return (c_sq * h2u / count + c_hh * hhu / count + c_h * hu).astype(s.dtype)
 
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal(s.n)
-    v = (v / np.linalg.norm(v)).astype(s.dtype)
-    basis = np.zeros((max_products + 1, s.n), s.dtype)
-    basis[0] = v
-    v_prev = np.zeros_like(v)
-    beta_prev = s.dtype.type(0.0)
-    alphas, betas = [], []
-    for j in range(max_products):
-        w = product(v)
+    def hv(u):  # the engine's host loop multiplies by scale * hv(u)
+        w = product(np.asarray(u))
         if not np.all(np.isfinite(w)):
             raise ValueError("the per-example Hessian-vector products are not finite at params")
-        basis, v_next, v_prev, (alpha, beta) = _lz.lanczos_step_host(
-            basis, v, v_prev, w, beta_prev, j
-        )
-        alphas.append(alpha)
-        tiny = _lz.breakdown_tolerance(alphas, s.n, s.dtype)
-        if beta <= tiny or tiny == 0:  # invariant subspace: restart (T decouples)
-            v_next = _lz.restart_vector_host(basis, v_prev, j)
-            basis[j + 1] = v_next
-            beta = s.dtype.type(0.0)
-        betas.append(beta)
-        beta_prev = beta
-        v = v_next
-        ext = _lz.lanczos_extremes_host(alphas, betas, 1, tol, False, s.dtype)
-        scale = max(abs(float(ext.top[0])), abs(float(ext.smallest)))
-        if float(ext.top_error[0]) <= tol * scale:
-            break
+        return w, s.dtype.type(1.0)
+
+    v0 = np.random.default_rng(seed).standard_normal(s.n).astype(s.dtype)
+    basis, ext, steps, _ = _host_lanczos(
+        hv, v0, None, k=1, tol=tol, max_hvps=max_products, reorthogonalize=True,
+        want_smallest=False, bar=_NoBar(),
+    )  # fmt: skip
+    scale = max(abs(float(ext.top[0])), abs(float(ext.smallest)))
     vector = None
     if return_vector:
-        y = ext.coeffs[0] @ basis[: len(alphas)]
+        y = np.asarray(ext.coeffs[0] @ np.asarray(basis)[:steps])
         y = y / np.linalg.norm(y)
         vector = _hvp.flatten_params(params, s.mask).unravel(jnp.asarray(y))
-    return _Top(float(ext.top[0]), float(ext.top_error[0]), scale, len(alphas), vector)
+    return _Top(float(ext.top[0]), float(ext.top_error[0]), scale, steps, vector)
 
 
 def nonuniformity_spectrum(
