@@ -97,6 +97,9 @@ def test_krylov_steps_behind_the_bounds(loop):
     # Without a basis the eigenvectors cost a replay: 2 m - 1 products for m steps.
     r = run(loss, reorthogonalize=False, return_vectors=True, **kw)
     assert r.num_hvps == 2 * r.lanczos_steps - 1 and r.lanczos_steps > 1
+    # The replayed Ritz vector is the top eigenvector, e_12 (eigenvalues ascending).
+    np.testing.assert_allclose(np.abs(np.asarray(r.eigenvectors["x"][0])), np.eye(12)[-1],
+                               atol=1e-6)  # fmt: skip
     upper, lower = r.bounds(1e-6)
     assert lower <= eigs.min() and eigs.max() <= upper
 

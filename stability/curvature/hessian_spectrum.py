@@ -82,6 +82,7 @@ Accuracy
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -747,63 +748,68 @@ def _first_vectors(xp, v0, rows, mesh):
     return out if xp is np else tuple(_put(x, mesh) for x in out)
 
 
-def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smallest,
-                  bar, stop_when=None):  # fmt: skip
-    """Lanczos driven from Python: per iteration one product ``hv(v) -> (sum, scale)``
-    (one compiled program for one batch), one Lanczos step (numpy on CPU, else the
-    compiled :func:`_lanczos_step` and one transfer of two scalars, ``alpha`` and
-    ``beta``; :func:`_step`); the tridiagonal eigenproblem and the stopping test
-    run on the host in numpy (:func:`stability.curvature.lanczos.lanczos_extremes_host`).
-    Returns ``(basis, extremes, count, betas)``."""
+def _host_steps(hv, v0, mesh, rows, full):
+    """Lanczos driven from Python, one step per ``next``: one product ``hv(v) ->
+    (sum, scale)`` (one compiled program for one batch) and one Lanczos step (numpy
+    on CPU, else the compiled :func:`_lanczos_step` and one transfer of the two
+    scalars ``alpha`` and ``beta``; :func:`_step`), a restart on breakdown. The basis
+    starts with ``rows`` rows (none: no reorthogonalisation) and doubles up to
+    ``full``. Yields ``(basis, v_next, alpha, beta)`` after each product."""
     n, dtype = v0.shape[0], v0.dtype
     xp = _namespace(mesh)
-    rows, full = _basis_rows(n, dtype, max_hvps, reorthogonalize)
     basis, v, v_prev = _first_vectors(xp, v0, rows, mesh)
-    alphas, betas = [], []
+    alphas = []
     beta_prev = np.zeros((), dtype)
-    ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, dtype)
-    for j in range(max_hvps):
+    for j in itertools.count():
         if rows and basis.shape[0] < j + 2:
             basis = _grow(basis, min(2 * basis.shape[0], full))
         w, scale = hv(_put(v, mesh) if xp is np else v)
-        basis, v_next, v_prev, ab = _step(xp, basis, v, v_prev, w, scale, beta_prev, j)
+        basis, v, v_prev, ab = _step(xp, basis, v, v_prev, w, scale, beta_prev, j)
         alpha, beta = np.asarray(ab)  # on GPU/TPU the one device -> host transfer per step
         if not (np.isfinite(alpha) and np.isfinite(beta)):
             raise ValueError("the Hessian-vector product is not finite (NaN or inf)")
         alphas.append(alpha)
         tiny = _lz.breakdown_tolerance(alphas, n, dtype)
         if beta <= tiny or tiny == 0:  # invariant subspace: restart (T decouples)
-            basis, v_next = _restart_row(xp, basis, v_prev, j)
+            basis, v = _restart_row(xp, basis, v_prev, j)
             beta = dtype.type(0)
-        betas.append(beta)
         beta_prev = np.asarray(beta, dtype)
-        v = v_next
+        yield basis, v, alpha, beta
+
+
+def _host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smallest,
+                  bar, stop_when=None):  # fmt: skip
+    """Lanczos from the host (:func:`_host_steps`); after each step the tridiagonal
+    eigenproblem and the stopping test run in numpy
+    (:func:`stability.curvature.lanczos.lanczos_extremes_host`). Returns
+    ``(basis, extremes, count)``."""
+    n, dtype = v0.shape[0], v0.dtype
+    rows, full = _basis_rows(n, dtype, max_hvps, reorthogonalize)
+    basis, alphas, betas = None, [], []
+    ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, dtype)
+    for step in itertools.islice(_host_steps(hv, v0, mesh, rows, full), max_hvps):
+        basis, _, alpha, beta = step
+        alphas.append(alpha)
+        betas.append(beta)
         ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, dtype)
         bar.update(1)
         bar.set_postfix(sharpness=f"{ext.top[0]:.6g}", residual=f"{ext.top_error[0]:.2g}")
         if ext.done if stop_when is None else stop_when(ext, len(alphas), len(alphas)):
             break
-    return basis, ext, len(alphas), betas
+    return basis, ext, len(alphas)
 
 
-def _host_replay(hv, v0, mesh, coeffs, betas, count):
+def _host_replay(hv, v0, mesh, coeffs, count):
     """Ritz vectors ``coeffs @ V`` without a stored basis: the recurrence replayed
-    from the same start (``count - 1`` products, restarts where the first run broke
-    down), accumulated on the host. Returns ``(y, products)``."""
-    n, dtype = v0.shape[0], v0.dtype
-    xp = _namespace(mesh)
-    basis, v, v_prev = _first_vectors(xp, v0, 0, mesh)
-    y = np.zeros((coeffs.shape[0], n), dtype)
-    beta_prev = np.zeros((), dtype)
-    for j in range(count):
-        y += np.asarray(coeffs)[:, j : j + 1] * np.asarray(v)[None, :]
-        if j + 1 < count:  # the last vector needs no product
-            w, scale = hv(_put(v, mesh) if xp is np else v)
-            basis, v_next, v_prev, _ = _step(xp, basis, v, v_prev, w, scale, beta_prev, j)
-            if betas[j] == 0:
-                basis, v_next = _restart_row(xp, basis, v_prev, j)
-            beta_prev = np.asarray(betas[j], dtype)
-            v = v_next
+    from the same start (:func:`_host_steps`, ``count - 1`` products: the last vector
+    needs none), accumulated on the host. Returns ``(y, products)``."""
+    coeffs = np.asarray(coeffs)
+    v = np.asarray(_first_vectors(np, v0, 0, None)[1])
+    y = coeffs[:, :1] * v[None, :]
+    steps = _host_steps(hv, v0, mesh, 0, 0)
+    for j in range(1, count):
+        v = np.asarray(next(steps)[1])
+        y += coeffs[:, j : j + 1] * v[None, :]
     return y, max(count - 1, 0)
 
 
@@ -1100,14 +1106,14 @@ def _solve_on_host(product, args, return_vectors, stop):
     vecs = None
     try:
         if args.method == "lanczos":
-            basis, ext, count, betas = _host_lanczos(
+            basis, ext, count = _host_lanczos(
                 product.hv, v0, mesh, k=k, tol=args.tol, max_hvps=args.max_hvps,
                 reorthogonalize=args.reorthogonalize, want_smallest=args.want_smallest,
                 bar=bar, stop_when=stop,
             )  # fmt: skip
             steps = count
             if return_vectors and not args.reorthogonalize:
-                y, extra = _host_replay(product.hv, v0, mesh, ext.coeffs[:k], betas, count)
+                y, extra = _host_replay(product.hv, v0, mesh, ext.coeffs[:k], count)
                 vecs = _unit_rows(jnp.asarray(y))
                 count += extra
             elif return_vectors:

@@ -346,7 +346,7 @@ def _lanczos_top(loss, params, data, coeffs, tol, max_products, seed, return_vec
         return w, s.dtype.type(1.0)
 
     v0 = np.random.default_rng(seed).standard_normal(s.n).astype(s.dtype)
-    basis, ext, steps, _ = _host_lanczos(
+    basis, ext, steps = _host_lanczos(
         hv, v0, None, k=1, tol=tol, max_hvps=max_products, reorthogonalize=True,
         want_smallest=False, bar=_NoBar(),
     )  # fmt: skip
