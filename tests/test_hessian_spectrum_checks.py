@@ -352,3 +352,15 @@ def test_stop_when_with_a_loss_of_params_only():
                          stop_when=stop, progress=False)  # fmt: skip
     assert r.num_hvps == 2 and calls == [1, 2]
     assert min(abs(eigs - r.eigenvalues[0])) <= r.errors[0]
+
+
+@pytest.mark.parametrize("loop", ["device", "host"])
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_a_product_that_is_not_finite_names_it(loop, method):
+    # Finite params and loss, infinite curvature: d^2/dx^2 |x|^1.5 = 0.75 |x|^-0.5 at 0.
+    def loss(p, batch):
+        return jnp.sum(jnp.abs(p["x"]) ** 1.5) * jnp.mean(batch)
+
+    with pytest.raises(ValueError, match=r"^the Hessian-vector product is not finite \(NaN"):
+        hessian_spectrum(loss, {"x": jnp.zeros(3)}, jnp.ones(2), loop=loop, method=method,
+                         max_hvps=4, devices=one())  # fmt: skip
