@@ -440,3 +440,13 @@ def test_simulate_async_with_that_batch_size_confirms_the_verdict():
         assert rep.verdict is (not grows), (factor, batch)
         m = _mean_square(factor * lr_ms, batch, 32 if grows else 4, **kw).mean()
         assert (m > 1e3) if grows else (m < 1e-3), (factor, batch, m)
+
+
+def test_without_num_examples_the_noise_is_not_judged_and_the_report_says_so():
+    # gamma needs n: the verdict is undecided, the report prints n=? and no gamma.
+    rep = st.verdict_from_spectrum(_spectrum(A), 0, 0.5, nonuniformity=3.0, batch_size=4)
+    assert rep.verdict is None and rep.variance_factor is None
+    assert rep.reason.endswith("mini-batch noise not judged (no num_examples)")
+    text = repr(rep)
+    assert "  mini-batch        B=4 of n=?, without replacement\n" in text
+    assert "variance factor" not in text
