@@ -213,3 +213,16 @@ def test_spectrum_of_wrong_type_is_refused():
         st.is_accessible(None, None, 1, 0.1, spectrum=(1.0, 2.0))
     with pytest.raises(ValueError, match="failure_probability"):
         st.is_accessible(None, None, 1, 0.1, spectrum=_spectrum(1.0), failure_probability=1.0)
+
+
+def test_params_of_another_model_fail_before_any_product_with_one_sentence():
+    import jax
+
+    from stability.networks.examples import DigitsMLP
+
+    x, y = st.load_digits(32)
+    other = DigitsMLP(hidden=6).init(jax.random.key(0), x[:1])
+    with pytest.raises(ValueError, match=r"^params do not match the model \(params of another "
+                                         r"model\?\): \['params'\]\['Dense_0'\]\['bias'\] has "
+                                         r"shape \(6,\), the model expects \(8,\)"):  # fmt: skip
+        st.is_accessible(DigitsMLP(hidden=8), other, 0, 0.1, data=(x, y))

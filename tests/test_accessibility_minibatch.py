@@ -273,6 +273,15 @@ def test_unconverged_wu_ma_e_direction_and_directions_not_given():
     assert "Wu, Ma and E's matrix has no direction above 1 (not converged)" in rep.reason
     rep = _verdict(_spectrum(A), 0, lr, worst=(1.0, True, None, None), **kw)
     assert rep.verdict is True and "has no direction above 1" in rep.reason
+    # The most non-uniform direction from a Lanczos run on Sigma that did not converge:
+    # passing there decides nothing (a direction that fails still fails).
+    rep = _verdict(_spectrum(A), 0, lr, worst=(lam, True, A, s), noisy_converged=False, **kw)
+    assert rep.verdict is None
+    assert "along the most non-uniform direction" in rep.reason
+    assert "(Sigma not converged)" in rep.reason
+    fails = dict(kw, max_nonuniformity=40.0)  # gain lr^2 gamma s^2 = 96 >= 1
+    rep = _verdict(_spectrum(A), 0, lr, worst=(lam, True, A, s), noisy_converged=False, **fails)
+    assert rep.verdict is False and "(Sigma not converged)" not in rep.reason
     # without the Wu-Ma-E numbers: undecided, and the reason says which is missing
     rep = st.verdict_from_spectrum(_spectrum(A), 0, lr, nonuniformity=s, batch_size=batch,
                                    num_examples=N, max_nonuniformity=s,
