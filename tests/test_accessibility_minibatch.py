@@ -459,3 +459,14 @@ def test_without_num_examples_the_noise_is_not_judged_and_the_report_says_so():
     text = repr(rep)
     assert "  mini-batch        B=4 of n=?, without replacement\n" in text
     assert "variance factor" not in text
+
+
+def test_a_second_moment_gain_of_exactly_one_is_not_stable():
+    # SGD, q = lr a = 1, gamma = 1/B = 1/4 (with replacement): the gain
+    # lr^2 gamma s^2 / (q (2 - q)) is exactly 1 at s = 4 (no decay: not stable).
+    rep = st.verdict_from_spectrum(
+        _spectrum(A), 0, 0.5, nonuniformity=1.0, batch_size=4, num_examples=N, replacement=True,
+        max_nonuniformity=4.0, max_nonuniformity_curvature=A,
+    )  # fmt: skip
+    assert rep.verdict is False and rep.mean_square_verdict is False
+    assert "mini-batch second-moment gain 1 >= 1 along the most non-uniform direction" in rep.reason
