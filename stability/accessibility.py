@@ -396,16 +396,26 @@ class _Noise(NamedTuple):
 def _judge_noise(a, err, s, where, lr, tau, beta, momentum, sampling) -> _Noise:
     """The mean-square condition along one direction of curvature ``a +- err`` and
     non-uniformity ``s`` (module docstring): the gain at ``a``, and the verdict across
-    the error bar (five points; N is not monotone in q)."""
+    the error bar. The gain ``lr^2 gamma s^2 N(q)``, ``q = lr a``, is not monotone in
+    ``a``, but ``q^2 N(q)`` increases (`stability.theory.mean_square`), so on a piece
+    ``[a_i, a_j]`` of the bar ``N(q_i) (a_i / a_j)^2 <= N <= N(q_j) (a_j / a_i)^2``:
+    four pieces bound the gain over the whole bar from five evaluations. A bar that
+    reaches curvature 0 decides nothing."""
     if not a > 0:
         return _Noise(
             None, math.nan, math.nan, math.nan, f"curvature {a:.4g} {where} is not positive"
         )
     kw = dict(momentum=momentum, **sampling)
     at = mean_square.mean_square_stability(lr, a, s, tau, beta, **kw)
-    bar = np.linspace(max(a - err, 0.5 * a), a + err, 5) if err > 0 else np.asarray([a])
-    gains = np.asarray(mean_square.mean_square_stability(lr, bar, s, tau, beta, **kw).gain)
-    verdict = True if gains.max() < 1 else False if gains.min() >= 1 else None
+    bar = np.linspace(a - err, a + err, 5) if err > 0 else np.asarray([a])
+    if bar[0] > 0:
+        gains = np.asarray(mean_square.mean_square_stability(lr, bar, s, tau, beta, **kw).gain)
+        squared_ratio = (bar[1:] / bar[:-1]) ** 2
+        upper = np.max(gains[1:] * squared_ratio, initial=gains[0])
+        lower = np.min(gains[:-1] / squared_ratio, initial=gains[-1])
+    else:  # the bar reaches curvature 0
+        upper, lower = math.inf, -math.inf
+    verdict = True if upper < 1 else False if lower >= 1 else None
     where = f"{where} (curvature {a:.4g}, non-uniformity s = {s:.4g})"
     if verdict is None:
         why = f"mini-batch noise undecided: second-moment gain {at.gain:.4g} {where} straddles 1"

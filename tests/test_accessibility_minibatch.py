@@ -470,3 +470,23 @@ def test_a_second_moment_gain_of_exactly_one_is_not_stable():
     )  # fmt: skip
     assert rep.verdict is False and rep.mean_square_verdict is False
     assert "mini-batch second-moment gain 1 >= 1 along the most non-uniform direction" in rep.reason
+
+
+@pytest.mark.parametrize("at_end, want", [(0.9990, True), (0.9998, None), (1.0002, None)])
+def test_the_noise_verdict_bounds_the_gain_between_its_sample_points(at_end, want):
+    # SGD at tau = 0: gain(q) = lr^2 gamma s^2 / (q (2 - q)), increasing for q > 1.
+    # Over a bar a +- err the five evaluations alone would say True whenever the
+    # largest (at a + err) is below 1; the bound between sample points, from q^2 N(q)
+    # increasing, widens it by ((a + err) / (a + err / 2))^2 ~ 1 + err / a = 1.001.
+    from stability.accessibility import _judge_noise
+
+    lr, a, err, gamma = 1.0, 1.5, 1.5e-3, 0.25  # with replacement, B = 4
+    q2 = lr * (a + err)
+    s = math.sqrt(at_end * q2 * (2 - q2) / (lr * lr * gamma))
+    sampling = dict(batch_size=4, num_examples=N, replacement=True)
+    noise = _judge_noise(a, err, s, "here", lr, 0, 0.0, "heavy_ball", sampling)
+    assert noise.verdict is want
+    gains = [lr * lr * gamma * s * s / (q * (2 - q)) for q in lr * np.linspace(a - err, a + err, 5)]
+    assert max(gains) == pytest.approx(at_end, rel=1e-12)
+    # a bar reaching curvature 0 decides nothing
+    assert _judge_noise(a, a, s, "here", lr, 0, 0.0, "heavy_ball", sampling).verdict is None
