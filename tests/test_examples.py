@@ -36,6 +36,12 @@ def test_load_digits():
     assert x.dtype == jnp.float64 and y.dtype == jnp.int32
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert set(np.unique(np.asarray(y)).tolist()) == set(range(10))
+    # The UCI test set as scikit-learn ships it: pixels 0..16 (multiples of 1/16 here),
+    # its class counts, its pixel total, and its order (0, 1, ..., 9, 0, ...).
+    pixels = np.asarray(x) * 16
+    np.testing.assert_array_equal(pixels, np.round(pixels))
+    assert np.bincount(np.asarray(y)).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert int(pixels.sum()) == 561718 and np.asarray(y[:12]).tolist() == [*range(10), 0, 1]
     x10, y10 = load_digits(10, dtype=jnp.float32)
     assert x10.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(x10), np.asarray(x[:10], dtype=np.float32))

@@ -2,7 +2,7 @@
 
 1. The threshold table: max stable q = lr * sharpness for common delays and
    momentum rules (boundary locus, no eigenvalues).
-2. A tanh MLP trained on scikit-learn's bundled digits to a true minimum
+2. A tanh MLP trained on the bundled 8x8 digits to a true minimum
    (squared error, interpolating its data, L-BFGS in float64).
 3. Its Hessian's extreme eigenvalues (Lanczos), then the verdict for delays
    0..64 and each rule at the learning rate that is 0.9x the tau = 0 limit of

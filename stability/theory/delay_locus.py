@@ -92,7 +92,7 @@ _TAYLOR_TERMS = 12  # terms of the angle Taylor series in root counts
 def _blas_controller():
     try:
         from threadpoolctl import ThreadpoolController
-    except ImportError:  # a dependency of scikit-learn, so normally present
+    except ImportError:  # a dependency; absent only in a broken install
         return None
     return ThreadpoolController()
 
