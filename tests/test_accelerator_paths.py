@@ -83,3 +83,21 @@ def test_verdict_on_the_accelerator_paths():
     assert acc.verdict is True and cpu.verdict is True
     assert acc.num_hvps == cpu.num_hvps
     assert acc.sharpness == pytest.approx(cpu.sharpness, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_device_loop_padding_stays_above_any_spectrum(scale):
+    # The device loop pads T to max_hvps rows with a decoupled c I, c above the active
+    # block (2 x its Gershgorin bound + 1), so that its Ritz values are the j smallest
+    # eigenvalues. Spectra of any scale; the run stops long before max_hvps = n = 40
+    # (two separated top values), so the padding is there when the top is read.
+    eigs = scale * np.concatenate([[1.0, 0.5], np.linspace(0.1, -0.05, 38)])
+
+    def loss(p, batch):
+        return 0.5 * jnp.sum(eigs * p["x"] ** 2) * jnp.mean(batch)
+
+    kw = dict(k=2, tol=1e-8, max_hvps=40, loop="device")
+    with accelerator_code_paths():
+        r = hessian_spectrum(loss, {"x": jnp.ones(40)}, jnp.ones(3), **kw)
+    assert r.num_hvps < 30
+    np.testing.assert_allclose(r.eigenvalues, eigs[:2], rtol=1e-7)

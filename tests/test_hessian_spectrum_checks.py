@@ -364,3 +364,22 @@ def test_a_product_that_is_not_finite_names_it(loop, method):
     with pytest.raises(ValueError, match=r"^the Hessian-vector product is not finite \(NaN"):
         hessian_spectrum(loss, {"x": jnp.zeros(3)}, jnp.ones(2), loop=loop, method=method,
                          max_hvps=4, devices=one())  # fmt: skip
+
+
+def test_a_float32_run_stays_in_float32_and_compiles_one_product(caplog):
+    # Every vector the host loop multiplies keeps the parameters' dtype: a float64
+    # vector would compile the product a second time (and cost twice the memory).
+    import logging
+
+    d = np.linspace(1.0, 2.0, 12).astype(np.float32)
+
+    def loss(p, batch):  # a new function: its product compiles inside this test
+        return 0.5 * jnp.sum(d * p["x"] ** 2) * jnp.mean(batch)
+
+    params = {"x": jnp.ones(12, jnp.float32)}
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        r = hessian_spectrum(loss, params, jnp.ones(2, jnp.float32), loop="host", tol=1e-5,
+                             devices=one())  # fmt: skip
+    products = [m for rec in caplog.records if "Compiling jit(hvp_sum)" in (m := rec.getMessage())]
+    assert len(products) == 1, products
+    assert r.num_hvps > 2 and r.eigenvalues.dtype == np.float32
