@@ -6,7 +6,6 @@ compilation is observed through ``jax.log_compiles``."""
 
 import functools
 import logging
-import sys
 
 import flax.linen as nn
 import jax
@@ -166,10 +165,9 @@ def test_eigenvectors(mlp64):
 def test_host_loop_grown_basis_and_vectors(mlp64, monkeypatch):
     # A basis far smaller than the run: it doubles (16 -> 32 -> ... rows) and the
     # eigenvalues, residual bounds and Ritz vectors still match the dense oracle.
-    mod = sys.modules[
-        "stability.curvature.hessian_spectrum"
-    ]  # the module (the name is the function)
-    monkeypatch.setattr(mod, "BASIS_BYTES", 1)
+    from stability.curvature import host_loop
+
+    monkeypatch.setattr(host_loop, "BASIS_BYTES", 1)
     p, batch, ev = mlp64
     flat, unravel = ravel_pytree(p)
     h = np.asarray(jax.hessian(lambda f: mlp_loss(unravel(f), batch))(flat))
@@ -216,7 +214,8 @@ def test_host_loop_compiled_steps_equal_numpy_steps(mlp64, monkeypatch):
     # On CPU the host loop steps in numpy; on GPU/TPU it runs the compiled step
     # (basis on the device). Forcing the compiled path here keeps it tested in CI:
     # the same eigenvalues, product count, vectors and breakdown restarts.
-    mod = sys.modules["stability.curvature.hessian_spectrum"]
+    from stability.curvature import host_loop as mod
+
     p, batch, ev = mlp64
     d = jnp.asarray([3.0, 3.0, -1.0])
 
@@ -235,7 +234,7 @@ def test_host_loop_compiled_steps_equal_numpy_steps(mlp64, monkeypatch):
         return out
 
     numpy_runs = runs()
-    monkeypatch.setattr(mod, "_step_on_host", lambda mesh: False)
+    monkeypatch.setattr(mod, "step_on_host", lambda mesh: False)
     calls = {"step": 0, "restart": 0}
 
     def counted(name, fn):

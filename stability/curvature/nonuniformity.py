@@ -58,9 +58,9 @@ from stability.curvature.hessian_spectrum import (
     _check_loss_shape,
     _check_params,
     _classify_data,
-    _host_lanczos,
     _NoBar,
 )
+from stability.curvature.host_loop import host_lanczos
 from stability.validation import check_int, check_positive
 
 __all__ = [
@@ -346,7 +346,7 @@ def _lanczos_top(loss, params, data, coeffs, tol, max_products, seed, return_vec
         return w, s.dtype.type(1.0)
 
     v0 = np.random.default_rng(seed).standard_normal(s.n).astype(s.dtype)
-    basis, ext, steps = _host_lanczos(
+    basis, ext, steps = host_lanczos(
         hv, v0, None, k=1, tol=tol, max_hvps=max_products, reorthogonalize=True,
         want_smallest=False, bar=_NoBar(),
     )  # fmt: skip
