@@ -426,3 +426,19 @@ def test_breakdown_tolerance_formula():
     assert breakdown_tolerance(np.array([-7.0], np.float32), 1, np.float64) == pytest.approx(
         np.finfo(np.float64).eps * 7.0, rel=1e-15
     )
+
+
+def test_host_extremes_solve_the_tridiagonal_in_float64():
+    # A float32 run's coefficients: the Ritz values are those of the float64 solve,
+    # rounded once to float32 (not a float32 solve's).
+    rng = np.random.default_rng(3)
+    alphas = [np.float32(x) for x in rng.uniform(-1.0, 2.0, 12)]
+    betas = [np.float32(x) for x in rng.uniform(0.1, 1.0, 12)]
+    ext = lanczos_extremes_host(alphas, betas, 3, 1e-3, True, np.float32)
+    t = np.diag(np.asarray(alphas, np.float64))
+    i = np.arange(11)
+    t[i, i + 1] = t[i + 1, i] = np.asarray(betas[:11], np.float64)
+    theta = np.linalg.eigvalsh(t)
+    assert ext.top.dtype == np.float32
+    np.testing.assert_array_equal(ext.top, theta[::-1][:3].astype(np.float32))
+    assert ext.smallest == np.float32(theta[0])

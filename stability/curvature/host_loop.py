@@ -163,12 +163,11 @@ def host_lanczos(hv, v0, mesh, *, k, tol, max_hvps, reorthogonalize, want_smalle
                   bar, stop_when=None):  # fmt: skip
     """Lanczos from the host (:func:`host_steps`); after each step the tridiagonal
     eigenproblem and the stopping test run in numpy
-    (:func:`stability.curvature.lanczos.lanczos_extremes_host`). Returns
-    ``(basis, extremes, count)``."""
+    (:func:`stability.curvature.lanczos.lanczos_extremes_host`). ``max_hvps >= 1``.
+    Returns ``(basis, extremes, count)``."""
     n, dtype = v0.shape[0], v0.dtype
     rows, full = _basis_rows(n, dtype, max_hvps, reorthogonalize)
-    basis, alphas, betas = None, [], []
-    ext = _lz.lanczos_extremes_host(alphas, betas, k, tol, want_smallest, dtype)
+    alphas, betas = [], []
     for step in itertools.islice(host_steps(hv, v0, mesh, rows, full), max_hvps):
         basis, _, alpha, beta = step
         alphas.append(alpha)
