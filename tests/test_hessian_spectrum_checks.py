@@ -78,6 +78,40 @@ def test_float32_floor_uses_float32_eps():
     assert r.rounding_error == pytest.approx(10 * eps32 * 4.0, rel=1e-6)
 
 
+def test_power_iteration_floors_small_spectra_at_their_own_scale():
+    # Without the smallest eigenvalue the scale of the floor and of tol is the top
+    # alone, also below 1 (not 1): eigenvalues 0.04, 0.01, -0.02.
+    r = run(diag_loss([0.04, 0.01, -0.02]), method="power", tol=1e-10, max_hvps=400)
+    assert math.isnan(r.smallest) and r.eigenvalues[0] == pytest.approx(0.04, rel=1e-9)
+    assert r.rounding_error == 10 * EPS * abs(r.eigenvalues[0])
+    assert r.errors[0] >= r.rounding_error
+
+
+def test_a_custom_pytree_batch_is_one_batch():
+    # A registered dataclass (not iterable) holding the batch's arrays is one batch,
+    # the same as the tuple of its arrays.
+    from dataclasses import dataclass
+
+    @jax.tree_util.register_dataclass
+    @dataclass
+    class Batch:
+        x: jax.Array
+        y: jax.Array
+
+    def loss(p, b):
+        x, y = (b.x, b.y) if isinstance(b, Batch) else b
+        return 0.5 * jnp.mean((x @ p["w"] - y) ** 2)
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)))
+    y = jnp.ones(8)
+    p = {"w": jnp.zeros(3)}
+    a = hessian_spectrum(loss, p, Batch(x, y), k=1, tol=1e-10, devices=one())
+    b = hessian_spectrum(loss, p, (x, y), k=1, tol=1e-10, devices=one())
+    assert a.num_hvps == b.num_hvps
+    np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(a.eigenvalues[0], np.linalg.eigvalsh(x.T @ x / 8)[-1], rtol=1e-9)
+
+
 def test_power_iteration_without_the_smallest_reports_nan():
     r = run(method="power", tol=1e-10, max_hvps=400)
     assert math.isnan(r.smallest) and r.smallest_error == math.inf
@@ -198,7 +232,9 @@ def test_boundary_options_are_accepted():
 def test_bad_params():
     with pytest.raises(TypeError, match="params must have real floating leaves"):
         run(params={"x": jnp.ones(3, jnp.complex128)})
-    with pytest.raises(ValueError, match="at least one floating-point leaf"):
+    with pytest.raises(
+        ValueError, match=r"^params must contain at least one floating-point leaf; got none$"
+    ):
         run(params={"x": jnp.ones(3, jnp.int32)})
     bad = {f"w{i}": jnp.full(1, jnp.nan) for i in range(7)} | {"x": jnp.ones(3)}
     with pytest.raises(ValueError, match=r"params must be finite; got NaN or inf in leaves") as e:
