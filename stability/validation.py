@@ -90,18 +90,42 @@ def check_beta(x, name: str = "beta") -> None:
         _fail(name, x, "in [0, 1)", bad)
 
 
+# The largest delay: float64 holds every integer up to 2**53, and the thresholds
+# and radii compute with the delay as a float (a delay of 9e15 steps is far beyond
+# any training run; a larger one would silently round).
+MAX_DELAY = 2**53
+
+
 def check_tau(x, name: str = "tau") -> None:
-    """A delay: a non-negative integer (or integer-valued array)."""
+    """A delay: an integer (or integer-valued array) in ``[0, MAX_DELAY]``.
+
+    Python ints of any size are checked as numbers (never converted to a fixed-width
+    integer first, which wraps 2**31 to a negative delay or overflows without a name).
+    """
     if not is_concrete(x):
         return
     if isinstance(x, bool):
         raise TypeError(f"{name} must be a non-negative integer; got {x!r}")
+    if isinstance(x, numbers.Integral) and not isinstance(x, np.generic):
+        if not 0 <= x <= MAX_DELAY:
+            what = "a non-negative integer" if x < 0 else "at most 2**53 (about 9.0e15)"
+            raise ValueError(f"{name} must be {what}; got {x!r}")
+        return
     arr = np.asarray(x)
+    if arr.dtype == object and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in arr.reshape(-1)
+    ):
+        for v in arr.reshape(-1):  # Python ints too large for int64
+            check_tau(v, name)
+        return
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a non-negative integer; got {x!r}")
     bad = ~(np.isfinite(arr) & (arr >= 0) & (np.round(arr) == arr))
     if np.any(bad):
         _fail(name, x, "a non-negative integer", bad)
+    bad = arr > MAX_DELAY
+    if np.any(bad):
+        _fail(name, x, "at most 2**53 (about 9.0e15)", bad)
 
 
 def check_int(name: str, x, minimum: int = 0) -> int:

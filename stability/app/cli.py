@@ -136,17 +136,25 @@ def _cmd_table(args) -> int:
     import numpy as np
 
     from stability.theory.boundary_locus import max_stable_sharpness
-    from stability.validation import check_momentum
+    from stability.theory.rules import host_float64
+    from stability.validation import check_beta, check_momentum, check_tau
 
     for rule in args.momentum:
         check_momentum(rule, "--momentum")
-    taus = np.asarray(args.tau)
+    for tau in args.tau:  # Python ints: any size is checked, none wraps
+        check_tau(tau, "--tau")
+    for beta in args.beta:
+        check_beta(beta, "--beta")
+    # The table's numbers are typed by the user: float64 on the host whatever
+    # jax_enable_x64 says (float32 prints 3.79999995 for 3.8).
+    taus = np.asarray(args.tau, dtype=np.float64)
     rows = []
     for beta in args.beta:
-        per_rule = {
-            rule: np.asarray(max_stable_sharpness(1.0, taus, beta, momentum=rule), dtype=float)
-            for rule in args.momentum
-        }
+        with host_float64():
+            per_rule = {
+                rule: np.asarray(max_stable_sharpness(1.0, taus, beta, momentum=rule), float)
+                for rule in args.momentum
+            }
         for i, tau in enumerate(args.tau):
             rows.append(
                 {"tau": int(tau), "beta": float(beta)}
@@ -157,15 +165,23 @@ def _cmd_table(args) -> int:
         return 0
     print("max stable lr * sharpness (q_max); with momentum, divide by (1 - beta) for the")
     print("threshold at equal effective learning rate lr / (1 - beta)")
-    header = f"{'tau':>5} {'beta':>6} " + " ".join(f"{rule:>12}" for rule in args.momentum)
+    # beta as typed (0.999999 is not "1"), columns as wide as their longest entry
+    wt = max(5, *(len(str(row["tau"])) for row in rows))
+    wb = max(6, *(len(repr(row["beta"])) for row in rows))
+    header = f"{'tau':>{wt}} {'beta':>{wb}} " + " ".join(f"{r:>12}" for r in args.momentum)
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['tau']:>5d} {row['beta']:>6.3g} "
-            + " ".join(f"{row[rule]:>12.8f}" for rule in args.momentum)
+            f"{row['tau']:>{wt}d} {row['beta']!r:>{wb}} "
+            + " ".join(_table_number(row[rule]) for rule in args.momentum)
         )
     return 0
+
+
+def _table_number(q: float) -> str:
+    """8 decimals; below 1e-3 (long delays) 7 significant digits, never 0.00000000."""
+    return f"{q:>12.6e}" if 0 < abs(q) < 1e-3 else f"{q:>12.8f}"
 
 
 def _load_data(spec: str):

@@ -104,7 +104,9 @@ class Threshold(NamedTuple):
       the unit circle.
     theta: the angle of the unit-circle root at q = q_max (radians, in [0, pi]).
     reliable: False where the solver did not certify the result (Newton not
-      converged; dense locus with unresolved candidates).
+      converged; dense locus with unresolved candidates), or where the dtype cannot
+      resolve it: the named rules' estimated relative error (`resolved`) exceeds
+      ``RESOLUTION`` = 1e-3 (float32 for beta above about 0.9999).
 
     From :func:`stability_threshold` with Python-scalar arguments the fields are a
     Python float, float and bool; otherwise arrays.
@@ -113,6 +115,32 @@ class Threshold(NamedTuple):
     q_max: jnp.ndarray
     theta: jnp.ndarray
     reliable: jnp.ndarray
+
+
+# ----------------------------------------------------------------------------
+# What a dtype resolves
+
+RESOLUTION = 1e-3
+
+
+def resolved(tau, beta, dtype):
+    """Whether ``dtype`` resolves ``q_max(tau, beta)`` to relative ``RESOLUTION``.
+
+    The estimated relative error is ``u (8 + 1.25 beta / (1 - beta))`` (``u`` the
+    dtype's unit roundoff; tau = 0: ``8 u``). Why: beta itself is stored rounded,
+    by at most ``u beta``, and q_max is sensitive to it near 1 (heavy_ball at tau =
+    1 is ``1 - beta``): ``(1 - beta) |d ln q_max / d beta| <= 1.2`` for every rule,
+    measured on tau in 1..1e9 and 1 - beta in 1e-9..1; the solver adds at most
+    ``5.3 u`` (float32 against float64 at the same inputs, tau up to 1e7); at tau =
+    0 q_max is ``2 (1 + beta)``-like, insensitive. Float32 at beta = 0.999999
+    (stored as 0.99999899) gives a q_max 1.3 % above the one for 0.999999, at
+    0.9999999 19 %: flagged. Float64 loses the flag only for 1 - beta below about
+    1e-13.
+    """
+    u = 0.5 * float(jnp.finfo(dtype).eps)
+    beta = jnp.asarray(beta, dtype)
+    amplification = jnp.where(jnp.asarray(tau) == 0, 0.0, 1.25 * beta / (1 - beta))
+    return u * (8.0 + amplification) <= RESOLUTION
 
 
 # ----------------------------------------------------------------------------
@@ -252,7 +280,7 @@ def _named_threshold(tau, beta, momentum):
         q = jnp.where(tau == 1, q1, q)
         theta = jnp.where(tau == 1, th1, theta)
         done = done | (tau == 1)
-    return Threshold(q, theta, done | (tau == 0))
+    return Threshold(q, theta, (done | (tau == 0)) & resolved(tau, beta, beta.dtype))
 
 
 def _prepare(tau, beta, momentum, *extra):
@@ -281,7 +309,13 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
     dtype = _prepare(tau, beta, momentum)
     if isinstance(tau, DelayDistribution):
         return _distribution_threshold(tau, beta, momentum)
-    tau_f = jnp.asarray(tau).astype(dtype)
+    # a concrete delay becomes a float on the host: jnp.asarray of an int64 array
+    # without x64 wraps 2**31 to a negative delay
+    tau_f = (
+        jnp.asarray(np.asarray(tau, np.float64), dtype)
+        if is_concrete(tau)
+        else jnp.asarray(tau).astype(dtype)
+    )
     beta = jnp.asarray(beta, dtype)
     tau_f, beta = jnp.broadcast_arrays(tau_f, beta)
     return _named_threshold(tau_f, beta, momentum)
@@ -295,6 +329,10 @@ def _distribution_threshold(dist: DelayDistribution, beta, momentum: str) -> Thr
 
     def host(b):
         q, theta, ok = delay_locus.thresholds(p, np.asarray(b, np.float64), momentum)
+        # beta reached the host rounded to dtype: the named rules' estimate of what
+        # that costs (a delay distribution is a mixture of fixed delays)
+        sensitive = np.where(b == 0, 0.0, 1.25 * b / (1 - b))
+        ok = ok & (0.5 * float(np.finfo(dtype).eps) * (8.0 + sensitive) <= RESOLUTION)
         return q.astype(dtype), theta.astype(dtype), ok
 
     if is_concrete(beta):

@@ -42,6 +42,7 @@ gives back the table above. Coefficients are stored in DESCENDING powers (numpy
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -114,29 +115,51 @@ def _scalar_or_option(x) -> bool:
 
 
 def _to_python(x):
-    """A concrete 0-d array as a Python float/bool/int; anything else unchanged."""
-    if is_concrete(x) and np.ndim(x) == 0 and hasattr(x, "dtype"):
-        return np.asarray(x).item()
+    """A concrete 0-d array as a Python float/bool/int, a larger one as numpy;
+    anything else unchanged."""
+    if is_concrete(x) and hasattr(x, "dtype"):
+        return np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x)
     return x
 
 
+@contextlib.contextmanager
+def host_float64():
+    """Compute in float64 on the host CPU, whatever ``jax_enable_x64`` says.
+
+    Python numbers carry no precision of their own: a threshold of ``beta = 0.9``
+    asked for with Python floats should be the float64 answer (3.8, not float32's
+    3.7999999523), and a scalar costs microseconds either way. Inside, x64 is on,
+    operations run eagerly even while an enclosing function is traced (their
+    arguments are Python constants there) and arrays live on the CPU. Results made
+    inside must leave as Python numbers or numpy arrays (`python_scalars_out` does
+    that), never as float64 JAX arrays into a float32 program.
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(jax.enable_x64(True))
+        stack.enter_context(jax.ensure_compile_time_eval())
+        stack.enter_context(jax.default_device(jax.devices("cpu")[0]))
+        yield
+
+
 def python_scalars_out(fn):
-    """Decorator: Python scalars in, Python scalars out.
+    """Decorator: Python scalars in, Python scalars out, computed in float64.
 
     When every numeric argument of ``fn`` is a Python ``int``/``float`` (options
-    such as ``momentum`` strings and ``DelayDistribution`` delays do not count), each
-    0-d array in the result (a leaf of a NamedTuple too) comes back as a Python
-    ``float`` (``bool`` for flags). Array arguments give arrays as before, and under
-    ``jax.jit``/``vmap``/``grad`` the arguments and results are tracers, which are
-    never converted.
+    such as ``momentum`` strings and ``DelayDistribution`` delays do not count),
+    ``fn`` runs in float64 on the host (`host_float64`, whatever ``jax_enable_x64``
+    says) and each 0-d array in the result (a leaf of a NamedTuple too) comes back as
+    a Python ``float`` (``bool`` for flags; any larger array as a numpy array). Array
+    arguments give arrays in their own dtype as before, and under
+    ``jax.jit``/``vmap``/``grad`` traced arguments give tracers, never converted.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        out = fn(*args, **kwargs)
         if all(_scalar_or_option(x) for x in (*args, *kwargs.values())):
-            return jax.tree_util.tree_map(_to_python, out)
-        return out
+            with host_float64():
+                out = fn(*args, **kwargs)
+                return jax.tree_util.tree_map(_to_python, out)
+        return fn(*args, **kwargs)
 
     return wrapper
 

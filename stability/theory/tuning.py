@@ -9,6 +9,7 @@ rate ``lr / (1 - beta)``.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -16,7 +17,13 @@ import numpy as np
 
 from stability.theory import mean_square
 from stability.theory.boundary_locus import stability_threshold
-from stability.theory.rules import MOMENTUM_RULES, check_delay, float_dtype, python_scalars_out
+from stability.theory.rules import (
+    MOMENTUM_RULES,
+    check_delay,
+    float_dtype,
+    host_float64,
+    python_scalars_out,
+)
 from stability.validation import check_beta, check_lr, check_momentum, check_positive
 
 DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -123,6 +130,17 @@ def lr_for_delay(
     return jnp.asarray(lr, dtype) * ratio
 
 
+def _times_one_minus(x: float, beta: float) -> float:
+    """``x (1 - beta)`` rounded once, from the decimals the floats were typed as.
+
+    In binary ``1 - 0.99`` is 0.010000000000000009, so ``0.1 * (1 - 0.99)`` prints
+    as 0.0010000000000000009; the shortest decimals that round-trip (``repr``) are
+    what was meant, and their exact product rounds to 0.001.
+    """
+    exact = Decimal(repr(float(x))) * (1 - Decimal(repr(float(beta))))
+    return float(exact)
+
+
 class MomentumCandidate(NamedTuple):
     """One row of the momentum table (all at the same effective learning rate)."""
 
@@ -186,10 +204,11 @@ def recommend_momentum(
     eff = float(effective_lr)
     rows = []
     for m in momenta:
-        t = stability_threshold(tau, jnp.asarray(betas), momentum=m)
-        q = np.where(np.asarray(t.reliable), np.asarray(t.q_max, dtype=np.float64), np.nan)
+        with host_float64():  # Python floats out: float64 whatever jax_enable_x64 says
+            t = stability_threshold(tau, np.asarray(betas), momentum=m)
+            q = np.where(np.asarray(t.reliable), np.asarray(t.q_max, np.float64), np.nan)
         for b, qb in zip(betas.tolist(), q.tolist(), strict=True):
-            lr = eff * (1.0 - b)  # Python floats throughout (not numpy scalars)
+            lr = _times_one_minus(eff, b)  # Python floats throughout (not numpy scalars)
             rows.append(MomentumCandidate(m, b, lr, qb / lr))
     base_q = stability_threshold(tau, 0.0, momentum=momenta[0])
     base = float(base_q.q_max) / eff if bool(base_q.reliable) else float("nan")
