@@ -47,9 +47,11 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -68,9 +70,11 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "EVAL_FLAGS",
+    "BatchEntry",
     "INPUT_KEYS",
     "LABEL_KEYS",
     "TRAIN_FLAGS",
+    "batch_entry",
     "cross_entropy",
     "inputs_and_labels",
     "loss_from_model",
@@ -162,39 +166,37 @@ def _check_batch_keys(batch_keys):
     return tuple(batch_keys)
 
 
-def _pick(keys, names, what):
+def _pick(keys, names, what, preferred=None):
+    if preferred is not None and preferred in keys:
+        return preferred
     found = [k for k in names if k in keys]
     if len(found) == 1:
         return found[0]
     how = "none of" if not found else f"several ({found}) of"
+    also = f" nor the model's input name {preferred!r}" if preferred is not None else ""
     raise InputError(
         f"data: a dict batch must name its {what} with one key; its keys {sorted(keys)} hold "
-        f"{how} {list(names)}: pass batch_keys=(input_key, label_key)"
+        f"{how} {list(names)}{also}: pass batch_keys=(input_key, label_key)"
     )
 
 
-def inputs_and_labels(batch, batch_keys=None):
-    """``(inputs, labels)`` of one batch: a pair, or a dict (see the module docstring).
-
-    Raises ``TypeError`` / ``ValueError`` naming ``data`` for anything else
-    (e.g. inputs without labels) and checks that inputs and labels hold the
-    same number of examples.
-    """
-    batch_keys = _check_batch_keys(batch_keys)
+def _parse_batch(batch, batch_keys, input_name=None):
+    """``(inputs, labels, (input_key, label_key) or None)`` of one batch."""
+    keys = None
     if isinstance(batch, Mapping):
-        keys = list(batch.keys())
+        names = list(batch.keys())
         if batch_keys is not None:
             missing = [k for k in batch_keys if k not in batch]
             if missing:
                 raise InputError(
                     f"batch_keys {batch_keys!r}: the batch has no key {missing[0]!r}; its keys "
-                    f"are {sorted(keys)}"
+                    f"are {sorted(names)}"
                 )
-            in_key, label_key = batch_keys
+            keys = batch_keys
         else:
-            in_key = _pick(keys, INPUT_KEYS, "inputs")
-            label_key = _pick(keys, LABEL_KEYS, "labels")
-        inputs, labels = batch[in_key], batch[label_key]
+            label_key = _pick(names, LABEL_KEYS, "labels")
+            keys = (_pick(names, INPUT_KEYS, "inputs", input_name), label_key)
+        inputs, labels = batch[keys[0]], batch[keys[1]]
     elif isinstance(batch, (tuple, list)) and len(batch) == 2:
         inputs, labels = batch
     elif hasattr(batch, "shape") and hasattr(batch, "dtype"):
@@ -210,13 +212,28 @@ def inputs_and_labels(batch, batch_keys=None):
             f"data: a batch for a model must be a pair (inputs, labels) or a dict such as "
             f"{{'image': inputs, 'label': labels}}; got a {got}"
         )
-    sizes = {jnp.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(inputs) if jnp.ndim(leaf)}
-    n_labels = {jnp.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(labels) if jnp.ndim(leaf)}
+    sizes = _leading(inputs)
+    n_labels = _leading(labels)
     if sizes and n_labels and sizes != n_labels:
         raise InputError(
             f"data: inputs and labels must hold the same number of examples (leading axis); "
             f"got {sorted(sizes)} inputs and {sorted(n_labels)} labels"
         )
+    return inputs, labels, keys
+
+
+def _leading(tree) -> set:
+    return {jnp.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(tree) if jnp.ndim(leaf)}
+
+
+def inputs_and_labels(batch, batch_keys=None):
+    """``(inputs, labels)`` of one batch: a pair, or a dict (see the module docstring).
+
+    Raises ``TypeError`` / ``ValueError`` naming ``data`` for anything else
+    (e.g. inputs without labels) and checks that inputs and labels hold the
+    same number of examples.
+    """
+    inputs, labels, _ = _parse_batch(batch, _check_batch_keys(batch_keys))
     return inputs, labels
 
 
@@ -248,6 +265,90 @@ class _TrainRngs:
 _TRAIN_RNGS = _TrainRngs()
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchEntry:
+    """A ``call_kwargs`` value: the ``__call__`` argument is the dict batch's entry
+    ``key``, one value per example (made by `batch_entry`)."""
+
+    key: str
+
+    def __repr__(self) -> str:
+        return f"batch_entry({self.key!r})"
+
+
+def batch_entry(key: str) -> BatchEntry:
+    """``call_kwargs={"lengths": batch_entry("length")}``: pass the dict batch's entry
+    ``"length"`` as the ``__call__`` argument ``lengths``, per example.
+
+    The entry is sliced and placed with the batch like the inputs, so every batch
+    (and every part of one) gives the model its own values. An entry named as the
+    parameter needs no declaration when the first batch is in memory (``data`` a
+    batch or a list); `batch_entry` declares it for other names and for data that
+    is an iterator.
+    """
+    if not isinstance(key, str):
+        raise InputTypeError(f"batch_entry takes the dict batch's key, a str; got {key!r}")
+    return BatchEntry(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CallPlan:
+    """How a batch becomes the arguments of the module's ``__call__``."""
+
+    input_name: str | None = None  # __call__'s input parameter (None: passed by position)
+    input_keyword: bool = False  # the input parameter is keyword-only: inputs=...
+    by_name: tuple[str, ...] = ()  # parameters that a dict entry of the same name fills
+    entries: tuple[tuple[str, str], ...] = ()  # (parameter, batch key) from batch_entry
+    required: tuple[str, ...] = ()  # parameters that only the batch can give
+    batch_keys: tuple[str, str] | None = None
+
+    def split(self, batch):
+        """``(inputs, labels, extras)``: ``extras`` the per-example keyword arguments."""
+        inputs, labels, keys = _parse_batch(batch, self.batch_keys, self.input_name)
+        extras = {}
+        if keys is not None:
+            for name in self.by_name:
+                if name in batch and name not in keys:
+                    extras[name] = batch[name]
+            for name, key in self.entries:
+                if key not in batch:
+                    raise InputError(
+                        f"data: call_kwargs[{name!r}] is batch_entry({key!r}), but the batch has "
+                        f"no entry {key!r}; its keys are {sorted(batch.keys())}"
+                    )
+                extras[name] = batch[key]
+        elif self.entries:
+            name, key = self.entries[0]
+            raise InputTypeError(
+                f"data: call_kwargs[{name!r}] is batch_entry({key!r}), which needs dict batches "
+                f"such as {{'image': ..., {key!r}: ..., 'label': ...}}; got a "
+                f"{type(batch).__name__}"
+            )
+        missing = [name for name in self.required if name not in extras]
+        if missing:
+            raise InputTypeError(
+                f"data: the model's __call__ requires {', '.join(missing)}: the batch has no "
+                f"entry {missing[0]!r} (give one value per example under that key, or "
+                f"call_kwargs={{{missing[0]!r}: batch_entry(key)}} for another key)"
+            )
+        n_inputs = _leading(inputs)
+        for name, value in extras.items():
+            if n_inputs and _leading(value) and _leading(value) != n_inputs:
+                raise InputError(
+                    f"data: the batch entry for {name!r} must hold one value per example "
+                    f"(leading axis {sorted(n_inputs)}, as the inputs); got "
+                    f"{_describe(value) if hasattr(value, 'shape') else type(value).__name__}"
+                )
+        return inputs, labels, extras
+
+    def arguments(self, inputs, extras, kwargs):
+        """``(args, keywords)`` of the module call on ``inputs``."""
+        keywords = {**kwargs, **extras}
+        if self.input_keyword:
+            return (), {self.input_name: inputs, **keywords}
+        return (inputs,), keywords
+
+
 def _check_call_kwargs(call_kwargs) -> dict:
     if call_kwargs is None:
         return {}
@@ -259,16 +360,28 @@ def _check_call_kwargs(call_kwargs) -> dict:
     return dict(call_kwargs)
 
 
-def _call_keywords(fn, train: bool, call_kwargs: dict, nnx_rngs: bool) -> dict:
-    """The keywords the module is called with (rules 1-4 of the module docstring)."""
+def _plan_call(fn, train, call_kwargs, nnx_rngs, probe, batch_keys):
+    """``(keywords, plan)``: the constant keywords the module is called with (rules 1-4
+    of the module docstring) and how each batch gives the rest (rules 5-6)."""
+    entries = tuple(sorted((k, v.key) for k, v in call_kwargs.items() if isinstance(v, BatchEntry)))
+    given = {k: v for k, v in call_kwargs.items() if not isinstance(v, BatchEntry)}
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return dict(call_kwargs)
+        return given, _CallPlan(entries=entries, batch_keys=batch_keys)
     params = list(sig.parameters.values())[1:]  # drop self
+    input_name, input_keyword = None, False
     if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
-        params = params[1:]  # the inputs
-    kwargs, missing = {}, []
+        input_name, params = params[0].name, params[1:]
+    elif not any(p.kind is p.VAR_POSITIONAL for p in params):
+        # no positional input (nlp_seq: __call__(self, *, inputs, train)): the first
+        # keyword-only parameter that is not a mode flag, rngs or given in call_kwargs
+        taken = {*TRAIN_FLAGS, *EVAL_FLAGS, *call_kwargs, *(("rngs",) if nnx_rngs else ())}
+        first = next((p for p in params if p.kind is p.KEYWORD_ONLY and p.name not in taken), None)
+        if first is not None:
+            input_name, input_keyword = first.name, True
+            params = [p for p in params if p is not first]
+    kwargs, by_name, required = {}, [], []
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in call_kwargs:
             continue
@@ -281,23 +394,89 @@ def _call_keywords(fn, train: bool, call_kwargs: dict, nnx_rngs: bool) -> dict:
                 kwargs["rngs"] = _TRAIN_RNGS
             elif p.default is p.empty:
                 kwargs["rngs"] = None
+        elif p.kind is not p.POSITIONAL_ONLY:
+            by_name.append(p.name)
+            if p.default is p.empty:
+                required.append(p.name)
         elif p.default is p.empty:
-            missing.append(p.name)
+            required.append(p.name)  # positional-only: nothing can pass it
+    in_memory = set(probe.keys()) if isinstance(probe, Mapping) else set()
+    missing = [n for n in required if n not in in_memory or n not in by_name]
     if missing:
-        example = ", ".join(f"{name!r}: ..." for name in missing)
+        one = missing[0]
         raise InputTypeError(
-            f"model: its __call__ requires {', '.join(missing)}, which stability cannot supply; "
-            f"pass call_kwargs={{{example}}}"
+            f"model: its __call__ requires {', '.join(missing)}, which stability cannot supply: "
+            f"give one value per example as a dict batch entry {one!r} beside the inputs and "
+            f"labels (call_kwargs={{{one!r}: batch_entry(key)}} for another key or for batches "
+            f"not in memory), or a constant as call_kwargs={{"
+            + ", ".join(f"{name!r}: ..." for name in missing)
+            + "}"
         )
-    return kwargs | call_kwargs
+    plan = _CallPlan(
+        input_name=input_name,
+        input_keyword=input_keyword,
+        by_name=tuple(by_name),
+        entries=entries,
+        required=tuple(required),
+        batch_keys=batch_keys,
+    )
+    return kwargs | given, plan
 
 
-def _hashable(items) -> bool:
+# ------------------------------------------------------ cache keys (issue 20)
+
+
+class _Handle:
+    """A cache key for an unhashable value (a linen module with a list attribute, as
+    ``partial(ResNet, stage_sizes=[2, 2, 2, 2])`` makes): equal by value when its
+    lists, dicts and sets hold hashable values, otherwise by identity (the cached
+    function keeps the value alive, so its id is not reused while cached)."""
+
+    __slots__ = ("_key", "value")
+
+    def __init__(self, value):
+        self.value = value
+        try:
+            self._key = ("value", type(value), _frozen(value))
+            hash(self._key)
+        except TypeError:
+            self._key = ("id", id(value))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Handle) and self._key == other._key
+
+
+def _frozen(value, depth=0):
+    """A hashable stand-in for ``value`` built from its contents; TypeError if none."""
+    if depth > 32:
+        raise TypeError("too deep")
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_frozen(v, depth + 1) for v in value))
+    if isinstance(value, Mapping):
+        return ("map", frozenset((k, _frozen(v, depth + 1)) for k, v in value.items()))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_frozen(v, depth + 1) for v in value))
+    if nn is not None and isinstance(value, nn.Module):
+        fields = [f.name for f in dataclasses.fields(value) if f.name != "parent"]
+        return (type(value), tuple((f, _frozen(getattr(value, f), depth + 1)) for f in fields))
+    hash(value)
+    return value
+
+
+def _handle(value):
+    """``value`` if hashable, otherwise a `_Handle` on it."""
     try:
-        hash(items)
+        hash(value)
     except TypeError:
-        return False
-    return True
+        return _Handle(value)
+    return value
+
+
+def _unhandle(value):
+    return value.value if isinstance(value, _Handle) else value
 
 
 def _quiet_model():
@@ -318,83 +497,161 @@ def _quiet_model():
 # ----------------------------------------------------------- input hints
 
 
-def _first_kernel_shape_nnx(module, depth=0):
-    if depth > 8:
-        return None
+_HINT_CANDIDATES = 8  # distinct first-layer kernels tried when a call fails
+
+
+def _kernel_shapes_nnx(module, found=None, depth=0):
+    """Kernel shapes of an nnx module in attribute (usually call) order."""
+    found = [] if found is None else found
+    if depth > 8 or len(found) >= _HINT_CANDIDATES:
+        return found
     items = list(vars(module).values()) if hasattr(module, "__dict__") else []
     if isinstance(module, (list, tuple)):
         items = list(module)
     for value in items:
         kernel = getattr(value, "kernel", None) if isinstance(value, nnx.Module) else None
         if kernel is not None and hasattr(kernel, "shape"):
-            return tuple(kernel.shape)
-        if isinstance(value, (nnx.Module, list, tuple)):
-            found = _first_kernel_shape_nnx(value, depth + 1)
-            if found is not None:
-                return found
-    return None
+            shape = tuple(kernel.shape)
+            if shape not in found:
+                found.append(shape)
+        elif isinstance(value, (nnx.Module, list, tuple)):
+            _kernel_shapes_nnx(value, found, depth + 1)
+    return found
 
 
-def _first_kernel_shape_dict(tree):
-    """The first ``kernel`` in insertion (call) order of a linen params dict."""
-    if not isinstance(tree, Mapping):
-        return None
+def _kernel_shapes_dict(tree, found=None):
+    """Kernel shapes of a linen params dict in its key order (call order as ``init``
+    returns it, sorted after a ``jax.tree.map``)."""
+    found = [] if found is None else found
+    if not isinstance(tree, Mapping) or len(found) >= _HINT_CANDIDATES:
+        return found
     for key, value in tree.items():
         if key == "kernel" and hasattr(value, "shape"):
-            return tuple(value.shape)
-        found = _first_kernel_shape_dict(value)
-        if found is not None:
-            return found
-    return None
+            if tuple(value.shape) not in found:
+                found.append(tuple(value.shape))
+        else:
+            _kernel_shapes_dict(value, found)
+    return found
 
 
-def _input_hint(kernel, inputs) -> str | None:
-    """What inputs the first layer (kernel shape) likely expects, when these do not fit."""
+def _input_hint(kernel, inputs):
+    """``(hint, shape)``: what inputs a first layer of this kernel shape expects when
+    these do not fit, and an input shape to check the claim on; ``(None, None)``."""
     if kernel is None or not hasattr(inputs, "shape"):
-        return None
+        return None, None
     shape = tuple(inputs.shape)
     if len(kernel) >= 3:  # convolution: (*window, in_channels, out_channels)
         spatial, cin = len(kernel) - 2, kernel[-2]
         if len(shape) == spatial + 2 and shape[-1] == cin:
-            return None
+            return None, None
         dims = ", ".join(["height", "width", "depth"][:spatial]) if spatial <= 3 else "..."
         hint = (
             f"its first layer is a {spatial}-D convolution over {cin} channel(s), so it likely "
             f"expects inputs of shape (batch, {dims}, {cin})"
         )
-        if len(shape) == 2 and spatial == 2 and shape[1] % cin == 0:
+        suggested = None
+        if len(shape) == spatial + 2:
+            suggested = shape[:-1] + (cin,)
+        elif len(shape) == spatial + 1:
+            suggested = shape + (cin,)
+        elif len(shape) == 2 and spatial == 2 and shape[1] % cin == 0:
             side = math.isqrt(shape[1] // cin)
             if side * side * cin == shape[1]:
                 hint += f": reshape them with inputs.reshape(-1, {side}, {side}, {cin})"
-        return hint
+                suggested = (shape[0], side, side, cin)
+        return hint, suggested
     if len(kernel) == 2:  # dense: (in_features, out_features)
         fin = kernel[0]
         if shape[-1:] == (fin,):
-            return None
+            return None, None
         hint = (
             f"its first layer is dense with {fin} input features, so it likely expects inputs "
             f"of shape (batch, {fin})"
         )
         if len(shape) > 2 and math.prod(shape[1:]) == fin:
             hint += ": flatten them with inputs.reshape(len(inputs), -1)"
-        return hint
-    return None
+        return hint, (shape[0], fin)
+    return None, None
 
 
-def _call_model(call, inputs, kernel):
-    try:
-        return call()
-    except (InputError, InputTypeError):
-        raise
-    except Exception as err:
-        hint = _input_hint(kernel, inputs)
-        if hint is None:
+# Raised by a collective (lax.pmean, psum) over an axis name that nothing binds:
+# "unbound axis name: batch" (JAX 0.4) / "Found an unbound axis name: batch. ..." (0.10).
+_UNBOUND_AXIS = re.compile(r"unbound axis name:? *'?([A-Za-z_][\w]*)")
+
+
+def _on_axes(call, axes):
+    """``call`` with each named axis of ``axes`` bound, with one member."""
+    for name in axes:
+        call = _one_member(call, name)
+    return call
+
+
+def _one_member(call, name):
+    mapped = jax.vmap(call, in_axes=None, axis_size=1, axis_name=name)
+    return lambda x: jax.tree_util.tree_map(lambda y: y[0], mapped(x))
+
+
+def _call_model(call, inputs, kernels, axes: list, constants: dict):
+    """``call(inputs)``: the module's outputs.
+
+    A collective over a named axis that nothing binds (the imagenet example's
+    ``BatchNorm(axis_name="batch")`` in train mode, written for ``jax.pmap``) runs
+    with that axis bound to one member (``jax.vmap`` of size 1): the statistics are
+    those of the batch, as ``pmap`` on one device computes them. The names found are
+    kept in ``axes``, shared by the evaluations of one loss function.
+
+    Any other failure is put in words only when the cause is shown: the inputs'
+    shape when the same call runs on inputs of the shape a first layer expects
+    (``kernels()``: candidate kernel shapes), a ``call_kwargs`` array that is not
+    one value per example of this batch; otherwise the module's own error.
+    """
+    while True:
+        try:
+            return _on_axes(call, axes)(inputs)
+        except (InputError, InputTypeError):
             raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(
-            f"data: the model cannot take inputs of shape {tuple(inputs.shape)}; {hint} "
-            f"(it raised {type(err).__name__}: {first})"
-        ) from err
+        except NameError as err:
+            match = _UNBOUND_AXIS.search(str(err))
+            if match is None or match.group(1) in axes or len(axes) >= 8:
+                raise
+            axes.append(match.group(1))
+        except Exception as err:
+            found = _diagnosis(err, call, inputs, kernels, tuple(axes), constants)
+            if found is None:
+                raise
+            raise found from err
+
+
+def _runs(call, shape, dtype) -> bool:
+    try:
+        jax.eval_shape(call, jax.ShapeDtypeStruct(shape, dtype))
+    except Exception:  # noqa: BLE001 - any failure: the claim is not shown
+        return False
+    return True
+
+
+def _diagnosis(err, call, inputs, kernels, axes, constants):
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    raised = f"(it raised {type(err).__name__}: {first})"
+    bound = _on_axes(call, axes)
+    for kernel in kernels():
+        hint, shape = _input_hint(kernel, inputs)
+        if hint is not None and shape is not None and _runs(bound, shape, inputs.dtype):
+            return InputError(
+                f"data: the model cannot take inputs of shape {tuple(inputs.shape)}; {hint} "
+                f"{raised}"
+            )
+    n = _leading(inputs)
+    for name, value in constants.items():
+        if hasattr(value, "shape") and jnp.ndim(value) and {jnp.shape(value)[0]} != n:
+            return InputError(
+                f"data: the model failed on a batch of {sorted(n)} examples with "
+                f"call_kwargs[{name!r}] of shape {tuple(jnp.shape(value))}, a constant that "
+                f"is not sliced with the batch; give a per-example input as a dict batch "
+                f"entry beside the inputs and labels, or call_kwargs={{{name!r}: "
+                f"batch_entry(key)}} {raised}"
+            )
+    return None
 
 
 # ------------------------------------------------------------------ adapter
@@ -434,7 +691,9 @@ def loss_from_model(
         shape or a non-scalar loss fail here with one sentence naming the
         argument. Iterators and callables are not consumed.
       call_kwargs: extra keyword arguments for the module's ``__call__``
-        (rule 3 of the module docstring), e.g. ``{"deterministic": True}``.
+        (rule 3 of the module docstring), e.g. ``{"deterministic": True}``;
+        a value ``batch_entry(key)`` takes the argument from each dict batch,
+        per example (rule 6).
       batch_keys: ``(input_key, label_key)`` of dict batches, e.g.
         ``("image", "label")`` (default: found by name, see `INPUT_KEYS`).
 
@@ -451,11 +710,13 @@ def loss_from_model(
     out_loss = cross_entropy if loss is None else loss
     probe = _first_batch(data) if data is not None else None
     if nn is not None and isinstance(model, nn.Module):
-        loss_fn, params = _linen_loss(
+        loss_fn, params, plan = _linen_loss(
             model, params, out_loss, train, probe, call_kwargs, batch_keys
         )
     elif nnx is not None and isinstance(model, nnx.Module):
-        loss_fn, params = _nnx_loss(model, params, out_loss, train, call_kwargs, batch_keys)
+        loss_fn, params, plan = _nnx_loss(
+            model, params, out_loss, train, probe, call_kwargs, batch_keys
+        )
     elif callable(model):
         if loss is not None:
             raise InputError(
@@ -476,7 +737,7 @@ def loss_from_model(
         # Batch statistics couple the examples: hessian_spectrum must not split a batch.
         loss_fn.couples_examples = True
     if probe is not None:
-        _check_on_data(loss_fn, params, probe, batch_keys)
+        _check_on_data(loss_fn, params, probe, plan)
     return loss_fn, params
 
 
@@ -500,48 +761,52 @@ def _linen_loss(model, variables, out_loss, train, probe, call_kwargs, batch_key
             f"(as returned by model.init); got {type(variables).__name__}"
             + (f" with keys {sorted(variables.keys())}" if hasattr(variables, "keys") else "")
         )
-    kwargs = _call_keywords(type(model).__call__, train, call_kwargs, nnx_rngs=False)
-    others = tuple(c for c in variables.keys() if c != "params")
-    kernel = _first_kernel_shape_dict(variables["params"])
+    kwargs, plan = _plan_call(
+        type(model).__call__, train, call_kwargs, nnx_rngs=False, probe=probe,
+        batch_keys=batch_keys,
+    )  # fmt: skip
+    others = tuple(sorted(c for c in variables.keys() if c != "params"))
     if probe is not None:
-        _check_linen_structure(model, variables, probe, kwargs, batch_keys, train)
-    items = tuple(sorted(kwargs.items()))
-    if _hashable((model, out_loss, items)):
-        # The same function object for the same module and loss: jitted
-        # consumers (hessian_spectrum, simulate_async) key their compiled code
-        # on it, so a second is_accessible call does not compile again.
-        fn = _cached_linen_loss(model, out_loss, train, others, items, batch_keys, kernel)
-    else:  # an unhashable module, loss or keyword value: a fresh function
-        fn = _linen_loss_fn(model, out_loss, train, others, items, batch_keys, kernel)
-    return fn, variables
+        _check_linen_structure(model, variables, probe, kwargs, plan, train)
+    items = tuple(sorted((k, _handle(v)) for k, v in kwargs.items()))
+    # The same function object for the same (equal) module, loss and keywords:
+    # jitted consumers (hessian_spectrum's hvp_sum, simulate_async) key their
+    # compiled code on it, so a second is_accessible call compiles nothing. An
+    # unhashable module (a list attribute, as the imagenet example's
+    # ``partial(ResNet, stage_sizes=[...])``) is keyed by value (`_Handle`).
+    fn = _cached_linen_loss(_handle(model), _handle(out_loss), train, others, items, plan)
+    return fn, variables, plan
 
 
-def _linen_loss_fn(model, out_loss, train, others, items, batch_keys, kernel):
-    kwargs = dict(items)
+@functools.lru_cache(maxsize=64)
+def _cached_linen_loss(model, out_loss, train, others, items, plan):
+    model, out_loss = _unhandle(model), _unhandle(out_loss)
+    kwargs = {k: _unhandle(v) for k, v in items}
+    axes = []  # named axes found unbound, kept for later traces (see _call_model)
 
     def loss_fn(variables, batch):
-        inputs, labels = inputs_and_labels(batch, batch_keys)
+        inputs, labels, extras = plan.split(batch)
         fixed = {c: jax.lax.stop_gradient(variables[c]) for c in variables if c != "params"}
         full = {"params": variables["params"], **fixed}
+
+        def call(x):
+            args, keywords = plan.arguments(x, extras, kwargs)
+            return _apply_linen(model, full, args, keywords, train, others)
+
         with _quiet_model():
             outputs = _call_model(
-                lambda: _apply_linen(model, full, inputs, train, list(others), kwargs),
-                inputs,
-                kernel,
+                call, inputs, lambda: _kernel_shapes_dict(variables["params"]), axes, kwargs
             )
         return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
     return loss_fn
 
 
-_cached_linen_loss = functools.lru_cache(maxsize=64)(_linen_loss_fn)
-
-
-def _apply_linen(model, full, inputs, train, others, kwargs):
+def _apply_linen(model, full, args, keywords, train, others):
     if not train:
-        return model.apply(full, inputs, **kwargs)
+        return model.apply(full, *args, **keywords)
     outputs, _ = model.apply(
-        full, inputs, mutable=others, rngs={"dropout": jax.random.key(0)}, **kwargs
+        full, *args, mutable=list(others), rngs={"dropout": jax.random.key(0)}, **keywords
     )
     return outputs
 
@@ -549,13 +814,18 @@ def _apply_linen(model, full, inputs, train, others, kwargs):
 _LINEN_COMPARED = ("params", "batch_stats")
 
 
-def _check_linen_structure(model, variables, probe, kwargs, batch_keys, train) -> None:
-    inputs, _ = inputs_and_labels(probe, batch_keys)
-    sample = jax.tree_util.tree_map(lambda x: x[:1], inputs)
+def _check_linen_structure(model, variables, probe, kwargs, plan, train) -> None:
+    inputs, _, extras = plan.split(probe)
+    first = jax.tree_util.tree_map(lambda x: x[:1], (inputs, extras))
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+
+    def init(x, extra):
+        args, keywords = plan.arguments(x, extra, kwargs)
+        return model.init(rngs, *args, **keywords)
+
     try:
         with _quiet_model():
-            expected = jax.eval_shape(lambda x: model.init(rngs, x, **kwargs), sample)
+            expected = jax.eval_shape(init, *first)
     except Exception:  # noqa: BLE001 - init may need rngs we cannot guess; apply still checks
         return
     names = [c for c in _LINEN_COMPARED if c in expected and (c == "params" or not train)]
@@ -569,24 +839,27 @@ def _check_linen_structure(model, variables, probe, kwargs, batch_keys, train) -
 # ---------------------------------------------------------------------- nnx
 
 
-def _nnx_loss(model, params, out_loss, train, call_kwargs, batch_keys):
+def _nnx_loss(model, params, out_loss, train, probe, call_kwargs, batch_keys):
     graphdef, state = nnx.split(model)
     copy = nnx.merge(graphdef, state)  # a copy that shares arrays: mode set on it only
     copy.train() if train else copy.eval()
     graphdef, rng_state, own = nnx.split(copy, nnx.RngState, ...)
     params = own if params is None else _nnx_params(params, own, rng_state)
-    kwargs = _call_keywords(type(model).__call__, train, call_kwargs, nnx_rngs=True)
-    kernel = _first_kernel_shape_nnx(model)
+    kwargs, plan = _plan_call(
+        type(model).__call__, train, call_kwargs, nnx_rngs=True, probe=probe,
+        batch_keys=batch_keys,
+    )  # fmt: skip
+    kernels = tuple(_kernel_shapes_nnx(model))
     rng_leaves, rng_def = jax.tree_util.tree_flatten(rng_state)
     rng_spec = tuple(_rng_spec(leaf) for leaf in rng_leaves)
     # nnx objects among the keywords (an nnx.Rngs) are split once and merged
     # afresh at every evaluation: the same keys every time, nothing mutated.
     objects = {k: nnx.split(v) for k, v in kwargs.items() if isinstance(v, (nnx.Module, nnx.Rngs))}
-    plain = tuple(sorted((k, v) for k, v in kwargs.items() if k not in objects))
-    key = (graphdef, rng_def, rng_spec, out_loss, plain, batch_keys, kernel)
-    if not objects and _hashable(key):
-        return _cached_nnx_loss(*key), params
-    return _nnx_loss_fn(*key, objects), params
+    plain = tuple(sorted((k, _handle(v)) for k, v in kwargs.items() if k not in objects))
+    key = (graphdef, rng_def, rng_spec, _handle(out_loss), plain, plan, kernels)
+    if not objects:
+        return _cached_nnx_loss(*key), params, plan
+    return _nnx_loss_fn(*key, objects), params, plan
 
 
 def _rng_spec(leaf):
@@ -603,24 +876,34 @@ def _fixed_rng_leaf(spec):
     return key if shape == () else jax.random.split(key, shape)
 
 
-def _nnx_loss_fn(graphdef, rng_def, rng_spec, out_loss, plain, batch_keys, kernel, objects=None):
+def _nnx_loss_fn(graphdef, rng_def, rng_spec, out_loss, plain, plan, kernels, objects=None):
+    out_loss = _unhandle(out_loss)
+    axes = []  # named axes found unbound, kept for later traces (see _call_model)
+
     def loss_fn(state, batch):
-        inputs, labels = inputs_and_labels(batch, batch_keys)
+        inputs, labels, extras = plan.split(batch)
         trained, rest = nnx.split_state(state, nnx.Param, ...)
-        # Fresh Variable objects made here (tree_map), so that a module update
-        # during the call (batch statistics in train mode) stays local.
-        trained = jax.tree_util.tree_map(lambda x: x, trained)
         rest = jax.tree_util.tree_map(jax.lax.stop_gradient, rest)
-        rngs = jax.tree_util.tree_unflatten(rng_def, [_fixed_rng_leaf(s) for s in rng_spec])
-        module = nnx.merge(graphdef, trained, rest, rngs)
-        kwargs = dict(plain)
-        for name, value in kwargs.items():
-            if value is _TRAIN_RNGS:
-                kwargs[name] = nnx.Rngs(0)
-        for name, (gdef, st) in (objects or {}).items():
-            kwargs[name] = nnx.merge(gdef, jax.tree_util.tree_map(lambda x: x, st))
+
+        def call(x):
+            # Fresh Variable objects made here, in the trace that runs the module
+            # (tree_map), so that a module update during the call (batch
+            # statistics in train mode) stays local.
+            fresh = jax.tree_util.tree_map(lambda a: a, (trained, rest))
+            rngs = jax.tree_util.tree_unflatten(rng_def, [_fixed_rng_leaf(s) for s in rng_spec])
+            module = nnx.merge(graphdef, *fresh, rngs)
+            kwargs = {k: _unhandle(v) for k, v in plain}
+            for name, value in kwargs.items():
+                if value is _TRAIN_RNGS:
+                    kwargs[name] = nnx.Rngs(0)
+            for name, (gdef, st) in (objects or {}).items():
+                kwargs[name] = nnx.merge(gdef, jax.tree_util.tree_map(lambda a: a, st))
+            args, keywords = plan.arguments(x, extras, kwargs)
+            return module(*args, **keywords)
+
+        constants = {k: _unhandle(v) for k, v in plain}
         with _quiet_model():
-            outputs = _call_model(lambda: module(inputs, **kwargs), inputs, kernel)
+            outputs = _call_model(call, inputs, lambda: kernels, axes, constants)
         return _scalar(out_loss(outputs, labels), "loss(outputs, labels)")
 
     return loss_fn
@@ -719,8 +1002,8 @@ def _compare_flat(name, given: dict, expected: dict) -> None:
         raise InputError(f"{name} do not match the model (params of another model?): {shown}")
 
 
-def _check_on_data(loss_fn, params, probe, batch_keys) -> None:
-    inputs_and_labels(probe, batch_keys)  # the batch's own errors first
+def _check_on_data(loss_fn, params, probe, plan) -> None:
+    plan.split(probe)  # the batch's own errors first
     sample = jax.tree_util.tree_map(lambda x: x[:2], probe)
     try:
         jax.eval_shape(loss_fn, params, sample)
@@ -732,7 +1015,7 @@ def _check_on_data(loss_fn, params, probe, batch_keys) -> None:
             f"data: the model could not be applied to params on a slice of data: "
             f"{type(err).__name__}: {first}"
         ) from err
-    _, labels = inputs_and_labels(probe, batch_keys)
+    _, labels, _ = plan.split(probe)
     if hasattr(labels, "dtype") and jnp.issubdtype(labels.dtype, jnp.integer):
         low = int(np.min(np.asarray(labels))) if np.size(labels) else 0
         if low < 0:
