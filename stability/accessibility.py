@@ -34,7 +34,19 @@ needs an upper bound on ``lambda_max``; two are used:
   random-start bound measures).
 
 Either certifies "stable"; the report says which one did. Every error includes the
-rounding error of the products (``HessianSpectrum.rounding_error``). The estimation
+rounding error of the products (``HessianSpectrum.rounding_error``).
+
+Precision. In float32 (JAX's default), bfloat16 or float16 the products themselves
+can be a few per cent from the network's Hessian (saturated softmax, ReLU kinks), so
+no certificate rests on them: at the end of the run the certifying Ritz vectors are
+multiplied once more in float64 (`stability.curvature.verification`), and the verdict
+is judged on their float64 Rayleigh quotients and residuals, with the difference
+between the two precisions (``product_error``) added to every bar; a Ritz value
+certifies instability only when it less that difference is at or above the limit.
+Where the float64 residual no longer decides, the run goes on in float64 from those
+vectors. A difference above ``1e-4 x sharpness`` marks a non-smooth point (the
+precisions select different pieces) or a loss that loses precision; the reason
+says so, and a verdict that the difference could flip is undecided. The estimation
 is decision-driven: ``is_accessible`` stops as soon as the verdict is decided (the
 smallest eigenvalue costs no extra products unless ``require_minimum=True``); near the
 limit it runs to ``max_hvps`` and answers None (undecided) if still undecided.
@@ -70,6 +82,7 @@ from stability.curvature.nonuniformity import (
     nonuniformity_spectrum,
     wu_ma_e_spectrum,
 )
+from stability.curvature.verification import PRECISION_TOLERANCE
 from stability.networks.models import loss_from_model
 from stability.theory import boundary_locus, companion, delays, mean_square
 from stability.validation import check_beta, check_lr, check_momentum
@@ -136,6 +149,10 @@ class Accessibility:
         sharpness is stable.
       num_hvps: Hessian-vector products spent (0 for a reused spectrum).
       tau, lr, beta, momentum, require_minimum, failure_probability: as judged.
+      product_error: below float64, how far the working-precision products are from
+        float64 products along the top Ritz vector (``HessianSpectrum.product_error``,
+        0 in float64); included in ``sharpness_error``. Above ``1e-4 x sharpness`` it
+        marks a non-smooth point or a loss that loses precision, and the reason says so.
       spectrum: the `HessianSpectrum` used (reuse it with ``spectrum=``).
 
     With ``batch_size`` (None otherwise, and left out of `to_dict`):
@@ -187,6 +204,7 @@ class Accessibility:
     momentum: str
     require_minimum: bool = False
     failure_probability: float = 1e-6
+    product_error: float = 0.0
     spectrum: HessianSpectrum | None = dataclasses.field(default=None, repr=False)
     batch_size: int | None = None
     num_examples: int | None = None
@@ -327,13 +345,17 @@ def _judge(spectrum: HessianSpectrum, limit: float, require_minimum: bool,
     low, low_err = float(spectrum.smallest), float(spectrum.smallest_error)
     upper, lower = spectrum.bounds(failure_probability)
     chance = f"with probability >= 1 - {failure_probability:g} (random-start bound)"
+    # The products' own error (float32 against float64 along the top Ritz vector): at a
+    # non-smooth point the two precisions differ, and neither piece may decide alone.
+    spread = float(spectrum.product_error)
 
     # The sharp side: a Ritz value is a lower bound on lambda_max.
-    if top >= limit:
+    if top - spread >= limit:
         sharp, by = False, "ritz_value"
+        less = f" (less the products' error {spread:.2g})" if spread else ""
         why = (
-            f"unstable: a Ritz value {top:.4g} is already at or above the stable limit "
-            f"{limit:.4g}, so the sharpness is at least {_percent(top / limit)} of it"
+            f"unstable: a Ritz value {top:.4g}{less} is already at or above the stable limit "
+            f"{limit:.4g}, so the sharpness is at least {_percent((top - spread) / limit)} of it"
         )
     elif upper < limit:
         sharp, by = True, "random_start"
@@ -357,6 +379,13 @@ def _judge(spectrum: HessianSpectrum, limit: float, require_minimum: bool,
                 f"{limit:.4g}) has not converged"
             )
         why += f" after {spectrum.num_hvps} Hessian-vector products"
+    if spread > PRECISION_TOLERANCE * abs(top):
+        why += (
+            f"; the working-precision and float64 products differ by {spread:.2g} "
+            f"({_percent(spread / abs(top))} of the sharpness) along the top direction: a "
+            "non-smooth point (a ReLU at 0, a max-pool tie) or a loss that loses precision; "
+            "the error bar includes the difference"
+        )
 
     # The minimum: a Ritz value is an upper bound on lambda_min.
     flat = FLAT_TOLERANCE * abs(top)
@@ -559,6 +588,7 @@ def _verdict(
         momentum=momentum,
         require_minimum=bool(require_minimum),
         failure_probability=float(failure_probability),
+        product_error=float(spectrum.product_error),
         spectrum=spectrum,
         **extra,
     )

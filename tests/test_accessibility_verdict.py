@@ -228,7 +228,7 @@ def test_every_field_of_a_gd_report():
         fraction_of_limit=0.75, spectral_radius=abs(1 - LR * 3.0),
         smallest_growth=abs(1 - LR * -1.0), max_stable_lr=2 / 3.0, num_hvps=11, tau=0,
         lr=LR, beta=0.0, momentum="heavy_ball", require_minimum=False,
-        failure_probability=1e-6,
+        failure_probability=1e-6, product_error=0.0,
     )  # fmt: skip
     got = rep.to_dict()
     reason = got.pop("reason")

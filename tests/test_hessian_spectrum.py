@@ -279,8 +279,13 @@ def test_float32():
     b64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), batch)
     ev = _dense_eigs(mlp_loss, p64, b64)
     res = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-5, max_hvps=200, devices=one())
-    assert res.eigenvalues.dtype == np.float32
+    assert res.eigenvalues.dtype == np.float64  # float64 Rayleigh quotients (verify=None)
+    assert 0 < res.product_error < 1e-4 * res.sharpness  # smooth: rounding only
     _check(res, ev, 3, 1e-4)
+    raw = hessian_spectrum(mlp_loss, p, batch, k=3, tol=1e-5, max_hvps=200, devices=one(),
+                           verify=False)  # fmt: skip
+    assert raw.eigenvalues.dtype == np.float32 and raw.product_error == 0
+    _check(raw, ev, 3, 1e-4)
 
 
 def test_cnn_float64():

@@ -82,6 +82,7 @@ Accuracy
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -95,6 +96,7 @@ import numpy as np
 from stability.curvature import host_loop as _loop
 from stability.curvature import hvp as _hvp
 from stability.curvature import lanczos as _lz
+from stability.curvature import verification as _check
 from stability.curvature.backend import host_is_device
 from stability.validation import check_int, check_positive
 
@@ -138,6 +140,7 @@ class HessianSpectrum(NamedTuple):
     lanczos_steps: int = 0
     rounding_error: float = 0.0
     random_start: bool = True
+    product_error: float = 0.0
 
     @property
     def sharpness(self) -> float:
@@ -413,11 +416,10 @@ def _fused(
     want_smallest, return_vectors,
 ):  # fmt: skip
     """The device loop, one program: the product over one placed batch (or none),
-    :func:`stability.curvature.lanczos.run_in_jit`, the eigenvectors (from the basis,
-    or by :func:`_replay_vectors` without one), the loss value and whether every
-    product was finite."""
+    :func:`stability.curvature.lanczos.run_in_jit`, the Ritz vectors as flat rows
+    (:func:`_solve_on_device`; from the basis, or by :func:`_replay_vectors` without
+    one), the loss value and whether every product was finite."""
     n_total = sum(_hvp.batch_size(p) for p in (main, rem) if p is not None) or 1
-    fp = _hvp.flatten_params(params, mask)
     matvec = _hvp.flat_hvp(loss, mask, params, main, rem, n_total)
     loss_value = _hvp.weighted_objective(loss, params, main, rem) / n_total
     state, ext, count = _lz.run_in_jit(
@@ -427,13 +429,12 @@ def _fused(
     vecs = None
     if return_vectors:
         if method == "lanczos" and not reorthogonalize:
-            vecs = _unit_rows(_replay_vectors(matvec, v0, ext.coeffs, count, max_hvps)[:k])
+            vecs = _unit_rows(_replay_vectors(matvec, v0, ext.coeffs, count, max_hvps))
             count = count + jnp.maximum(count - 1, 0)
         elif method == "power":
             vecs = state.vecs
         else:
-            vecs = _unit_rows((ext.coeffs @ state.basis[: ext.coeffs.shape[1]])[:k])
-        vecs = jax.vmap(fp.unravel)(vecs)
+            vecs = _unit_rows(ext.coeffs @ state.basis[: ext.coeffs.shape[1]])
     finite = jnp.all(jnp.isfinite(state.alphas if method == "lanczos" else state.top))
     return ext._replace(coeffs=None), count, vecs, loss_value, finite
 
@@ -679,6 +680,7 @@ def hessian_spectrum(
     stop_when: Callable[[HessianSpectrum], bool] | None = None,
     start=None,
     memory_budget: int | None = None,
+    verify: bool | None = None,
 ) -> HessianSpectrum:
     """The ``k`` largest and the smallest eigenvalue of the Hessian of the mean loss.
 
@@ -734,6 +736,15 @@ def hessian_spectrum(
         warning, the run switches to the basis-free recurrence
         (``reorthogonalize=False``: three vectors; eigenvectors by a second pass),
         so a long run never runs out of memory halfway.
+      verify: products below float64 (float32, JAX's default; bfloat16, float16)
+        are checked in float64 at the end (default None: whenever the parameters
+        are narrower than float64; False skips it): the Ritz vectors are multiplied
+        once more with parameters and data cast to float64, and the result reports
+        their float64 Rayleigh quotients, residuals and the products' own error
+        (``product_error``), so a converged value is within its bar of an
+        eigenvalue of the float64 Hessian. When the float64 residuals no longer
+        pass the stopping test, Lanczos goes on in float64 from those vectors
+        (module docstring, "Precision"). Costs ``k + 1`` float64 products.
 
     Returns:
       :class:`HessianSpectrum`.
@@ -748,8 +759,10 @@ def hessian_spectrum(
                              progress=progress, stop_when=stop_when)  # fmt: skip
     spectrum = partial(_spectrum, n=args.n, tol=tol, dtype=args.dtype, method=method,
                        want_smallest=args.want_smallest, random_start=start is None)  # fmt: skip
+    verify = _wants_verification(verify, args.dtype)
+    want_rows = bool(return_vectors) or verify
     if product.on_device:
-        ext, count, steps, vecs = _solve_on_device(product, args, bool(return_vectors))
+        ext, count, steps, rows = _solve_on_device(product, args, want_rows)
     else:
         stop = None
         if stop_when is not None:
@@ -757,8 +770,179 @@ def hessian_spectrum(
             def stop(ext, count, steps):
                 return bool(stop_when(spectrum(ext, count, steps, None)))
 
-        ext, count, steps, vecs = _solve_on_host(product, args, bool(return_vectors), stop)
-    return spectrum(ext, count, steps, vecs)
+        ext, count, steps, rows = _solve_on_host(product, args, want_rows, stop)
+    result = spectrum(ext, count, steps, None)
+    if verify:
+        again = dict(
+            loss=loss,
+            params=params,
+            data=data,
+            devices=devices,
+            progress=progress,
+            loop=loop,
+            stop_when=stop_when,
+            memory_budget=memory_budget,
+            seed=seed,
+        )
+        result, rows = _verify(result, rows, args, again)  # fmt: skip
+    if return_vectors:
+        vecs = _unravel_rows(product.params, jnp.asarray(rows[: args.k], args.dtype),
+                             mask=args.mask)  # fmt: skip
+        result = result._replace(eigenvectors=vecs)
+    return result
+
+
+def _wants_verification(verify, dtype) -> bool:
+    """``verify`` resolved: None (default) checks products below float64; float64
+    products are the reference and are never re-checked."""
+    if verify is not None and not isinstance(verify, (bool, np.bool_)):
+        raise TypeError(f"verify must be True, False or None; got {verify!r}")
+    return _check.needs_verification(dtype) and verify is not False
+
+
+def _float64_product(loss, params, data, args, devices):
+    """Step 5's product: ``hv(v) -> (sum_i H_i v, 1 / N)`` in float64 over the same
+    data (floating leaves cast up exactly, batch by batch), on
+    :func:`stability.curvature.verification.float64_devices`. Call under
+    ``jax.enable_x64(True)``."""
+    args64 = args._replace(dtype=np.dtype(np.float64))
+    product = _build_product(loss, _check.to_float64(params), _float64_data(data), args64,
+                             devices=_check.float64_devices(devices), loop="host",
+                             progress=False, stop_when=_never)  # fmt: skip
+    return product
+
+
+def _float64_data(data):
+    """``data`` with floating leaves cast to float64, batch by batch as a pass reads
+    them (several batches are never all copied at once)."""
+    kind, payload = _classify_data(data)
+    if kind == "single":
+        return _check.to_float64(payload)
+    if kind == "many":
+        return lambda: map(_check.to_float64, payload())
+    return data
+
+
+def _float64_scope():
+    """float64 enabled, and JAX's standard dtype promotion: a loss written for float32
+    (float32 constants) meets float64 parameters here."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.enable_x64(True))
+    stack.enter_context(jax.numpy_dtype_promotion("standard"))
+    return stack
+
+
+def _never(estimate) -> bool:
+    return False
+
+
+def _verify(result, rows, args, again):
+    """Step 5, below float64: the working-precision Ritz vectors (top ``k``, then
+    the smallest when its vector is known) multiplied once more in float64
+    (`stability.curvature.verification`): the values become their float64 Rayleigh
+    quotients, the errors their float64 residuals plus the products' own error
+    ``|theta_working - theta_64|`` (so no certificate depends on which precision's
+    Hessian is the right one at a non-smooth point), the converged flags are those of
+    the float64 residuals. When that no longer passes the stopping test (``stop_when``,
+    else every wanted value converged), the run goes on in float64 from the top Ritz
+    vectors with the products left, the products' error still added.
+    Returns ``(spectrum, rows)``."""
+    k, tol = args.k, args.tol
+    rows = np.asarray(rows)
+    has_smallest = rows.shape[0] > k
+    try:
+        with _float64_scope():
+            product = _float64_product(again["loss"], again["params"], again["data"], args,
+                                       again["devices"])  # fmt: skip
+            sums, scale = product.hv(_loop.put(rows.astype(np.float64), product.mesh))
+            theta, residual = _check.ritz_pairs(rows, np.asarray(sums) * float(scale))
+    except (TypeError, ValueError, RuntimeError) as err:
+        # A loss that cannot run in float64 (e.g. numpy float constants it closes over,
+        # which JAX caches in float32 once traced in float32): nothing is verified, so
+        # nothing is certified.
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        warnings.warn(
+            f"the float64 check of the float32 products failed ({type(err).__name__}: "
+            f"{first[:200]}); the spectrum's error bars are infinite. Pass constants of the "
+            "loss as data or parameters, or enable jax_enable_x64 for the whole run.",
+            stacklevel=3,
+        )
+        inf = np.full(k, np.inf)
+        unverified = result._replace(errors=inf, converged=np.zeros(k, bool),
+                                     smallest_error=float("inf"), smallest_converged=False,
+                                     random_start=False, product_error=float("inf"))  # fmt: skip
+        return unverified, rows
+    working = np.concatenate([np.asarray(result.eigenvalues, np.float64),
+                              [result.smallest] if has_smallest else []])  # fmt: skip
+    spread = np.abs(working - theta)
+    spread = np.where(np.isfinite(spread), spread, np.inf)
+    checked = _from_float64(result, theta, residual, spread, k, tol, has_smallest,
+                            result.num_hvps + rows.shape[0])  # fmt: skip
+    stop_when = again["stop_when"]
+    passed = stop_when(checked) if stop_when is not None else _done(checked, args)
+    left = args.max_hvps - checked.num_hvps
+    if passed or left < max(args.k, 1) or args.method != "lanczos":
+        return checked, rows
+    return _continue_in_float64(checked, rows, args, again, float(spread[0]), left)
+
+
+def _from_float64(result, theta, residual, spread, k, tol, has_smallest, count):
+    """The :class:`HessianSpectrum` of float64 Ritz pairs (:func:`_verify`)."""
+    scale = float(np.nanmax(np.abs(theta), initial=0.0))
+    floor = 10.0 * float(np.finfo(np.float64).eps) * scale
+    res = np.maximum(residual, floor)
+    errors = res + spread
+    converged = res <= tol * scale
+    small = dict(smallest=result.smallest, smallest_error=result.smallest_error,
+                 smallest_converged=result.smallest_converged)  # fmt: skip
+    if has_smallest:
+        small = dict(smallest=float(theta[k]), smallest_error=float(errors[k]),
+                     smallest_converged=bool(converged[k]))  # fmt: skip
+    return result._replace(
+        eigenvalues=theta[:k], errors=errors[:k], converged=converged[:k], num_hvps=int(count),
+        rounding_error=floor, random_start=False, product_error=float(spread[0]), **small,
+    )  # fmt: skip
+
+
+def _done(spectrum, args) -> bool:
+    """The stopping test of a run without ``stop_when``: every wanted value converged."""
+    return bool(np.all(spectrum.converged)) and (
+        not args.want_smallest or bool(spectrum.smallest_converged)
+    )
+
+
+def _continue_in_float64(checked, rows, args, again, spread, left):
+    """The run resumed in float64 (:func:`_verify`): Lanczos from the unit sum of the
+    top Ritz vectors with ``left`` products, each estimate's errors widened by the
+    products' error ``spread`` before the stopping test and in the result."""
+    stop_when = again["stop_when"]
+
+    def widened(est):
+        return est._replace(errors=np.asarray(est.errors) + spread,
+                            smallest_error=float(est.smallest_error) + spread,
+                            product_error=spread, random_start=False)  # fmt: skip
+
+    with _float64_scope():
+        params = _check.to_float64(again["params"])
+        fp = _hvp.flatten_params(params, args.mask)
+        start = fp.unravel(jnp.asarray(rows[: args.k].sum(axis=0), jnp.float64))
+        treedef = jax.tree_util.tree_structure(params)
+        trainable = jax.tree_util.tree_unflatten(treedef, list(args.mask))
+        cont = hessian_spectrum(
+            again["loss"], params, _float64_data(again["data"]), k=args.k, tol=args.tol,
+            max_hvps=left, seed=again["seed"], method="lanczos",
+            reorthogonalize=args.reorthogonalize, return_vectors=True,
+            converge_smallest=args.want_smallest, trainable=trainable,
+            devices=_check.float64_devices(again["devices"]), progress=again["progress"],
+            loop=again["loop"], start=start, memory_budget=again["memory_budget"],
+            stop_when=None if stop_when is None else (lambda est: stop_when(widened(est))),
+        )  # fmt: skip
+        leaves = jax.tree_util.tree_leaves(cont.eigenvectors)
+        flat = np.concatenate([np.asarray(x, np.float64).reshape(args.k, -1)
+                               for x, m in zip(leaves, args.mask, strict=True) if m],
+                              axis=1)  # fmt: skip
+    out = widened(cont)._replace(num_hvps=checked.num_hvps + cont.num_hvps, eigenvectors=None)
+    return out, flat
 
 
 class _Args(NamedTuple):
@@ -892,7 +1076,9 @@ def _build_product(loss, params, data, args, *, devices, loop, progress, stop_wh
 
 def _solve_on_device(product, args, return_vectors):
     """Step 3 on the device: Lanczos or power iteration in one jit
-    (:func:`_fused`). Returns ``(extremes, products, Lanczos steps, eigenvectors)``."""
+    (:func:`_fused`). Returns ``(extremes, products, Lanczos steps, Ritz vectors)``,
+    the vectors (or None) as flat unit rows: Lanczos the top ``k`` then the smallest,
+    power iteration its block (the smallest last with ``want_smallest``)."""
     ext, count, vecs, loss_value, finite = _fused(
         product.loss, args.mask, product.params, product.main, product.rem,
         _hvp.replicate(args.v0, product.mesh), args.tol, k=args.k, max_hvps=args.max_hvps,
@@ -913,7 +1099,8 @@ def _solve_on_host(product, args, return_vectors, stop):
     """Step 3 on the host (`stability.curvature.host_loop`): Lanczos (eigenvectors
     from the basis, or by a replay without one) or power iteration, a progress bar
     over the products when there are several batches. Returns ``(extremes,
-    products, Lanczos steps, eigenvectors)``."""
+    products, Lanczos steps, Ritz vectors)``, the vectors as flat rows like
+    :func:`_solve_on_device`'s."""
     k, mesh, v0 = args.k, product.mesh, args.v0
     bar = _progress_bar(args.max_hvps, product.progress)
     vecs = None
@@ -926,14 +1113,14 @@ def _solve_on_host(product, args, return_vectors, stop):
             )  # fmt: skip
             steps = count
             if return_vectors and not args.reorthogonalize:
-                y, extra = _loop.host_replay(product.hv, v0, mesh, ext.coeffs[:k], count)
+                y, extra = _loop.host_replay(product.hv, v0, mesh, ext.coeffs, count)
                 vecs = _unit_rows(jnp.asarray(y))
                 count += extra
             elif return_vectors:
                 # Coefficients padded to the basis rows: the product's shape does not
                 # depend on the count, so a later call compiles nothing new.
-                coeffs = np.zeros((k, basis.shape[0]), ext.coeffs.dtype)
-                coeffs[:, :count] = ext.coeffs[:k]
+                coeffs = np.zeros((ext.coeffs.shape[0], basis.shape[0]), ext.coeffs.dtype)
+                coeffs[:, :count] = ext.coeffs
                 vecs = _unit_rows(jnp.asarray(coeffs) @ basis)
         else:
             state, ext, count = _loop.host_power(
@@ -946,8 +1133,6 @@ def _solve_on_host(product, args, return_vectors, stop):
                 vecs = state.vecs
     finally:
         bar.close()
-    if vecs is not None:
-        vecs = _unravel_rows(product.params, vecs[:k], mask=args.mask)
     return jax.device_get(ext), count, steps, vecs
 
 

@@ -59,7 +59,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+from stability.networks import cross_entropy as _ce
 
 try:  # flax is optional for plain callables
     from flax import linen as nn
@@ -103,7 +104,10 @@ def _describe(x) -> str:
 def cross_entropy(outputs, labels):
     """Mean softmax cross-entropy of logits ``outputs`` (B, C) on integer ``labels`` (B,).
 
-    Raises ``TypeError`` for float labels and ``ValueError`` for one-hot or
+    Its derivatives are free of cancellation when the softmax saturates
+    (`stability.networks.cross_entropy`), so float32 Hessian-vector products keep
+    the curvature of confidently classified examples. Raises ``TypeError`` for
+    float labels and ``ValueError`` for one-hot or
     otherwise mis-shaped labels, naming what was expected.
     """
     labels = jnp.asarray(labels)
@@ -125,7 +129,9 @@ def cross_entropy(outputs, labels):
             f"data: labels must have shape {out_shape[:-1]} (one class index per example) to "
             f"match the model's outputs of shape {out_shape}; got {_describe(labels)}"
         )
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, labels))
+    # Saturation-safe (stability.networks.cross_entropy): optax's float32 products lose
+    # the curvature of examples whose softmax maximum rounds to 1.
+    return jnp.mean(_ce.softmax_cross_entropy_with_integer_labels(outputs, labels))
 
 
 def mean_squared_error(outputs, targets):
@@ -707,7 +713,7 @@ def loss_from_model(
         raise InputTypeError(f"loss must be a callable loss(outputs, labels); got {loss!r}")
     call_kwargs = _check_call_kwargs(call_kwargs)
     batch_keys = _check_batch_keys(batch_keys)
-    out_loss = cross_entropy if loss is None else loss
+    out_loss = cross_entropy if loss is None else _ce.saturation_safe(loss)
     probe = _first_batch(data) if data is not None else None
     if nn is not None and isinstance(model, nn.Module):
         loss_fn, params, plan = _linen_loss(

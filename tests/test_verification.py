@@ -1,0 +1,154 @@
+"""The float64 check of float32 spectra (stability.curvature.verification).
+
+Oracles: a loss whose float32 and float64 evaluations sit on different pieces of a
+ReLU by construction (so the float64 truth and the float32 piece are known in closed
+form), and a ReLU CNN trained in float32 with cross-entropy to saturation, against
+its dense float64 Hessian. Everything runs with JAX's default float32
+(``jax.enable_x64(False)``), as users run it; the truths are float64.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+import stability as st
+from stability.curvature import hvp as _hvp
+
+# Coordinate 0: curvature 1 plus a ReLU kink of curvature 1/2 that is active in float64
+# and not in float32: ((w + s) - s) - c with s = 1 (data, so that XLA cannot fold the
+# shift away) is 1e-9 - 5e-10 > 0 exactly, but w + 1 rounds to 1 in float32. The
+# others: curvatures 0.1 .. 0.9.
+# (The constants are made inside the loss, in the dtype of the run: JAX caches a numpy
+# constant closed over by a traced function in the dtype of its first trace.)
+KINK, OFFSET = 0.5, 5e-10
+
+
+SHIFT = np.ones(1, np.float32)  # one example: the shift s
+
+
+def kink_loss(params, shift):
+    w = params["w"]
+    curvatures = jnp.concatenate([jnp.ones(1, w.dtype), jnp.linspace(0.1, 0.9, 9, dtype=w.dtype)])
+    z = jnp.mean((w[0] + shift) - shift) - OFFSET
+    return 0.5 * jnp.sum(curvatures * w**2) + 0.5 * KINK * jax.nn.relu(z) ** 2
+
+
+def _kink_params():
+    w = np.zeros(10, np.float32)
+    w[0] = 1e-9
+    return {"w": jnp.asarray(w)}
+
+
+def test_kink_is_where_the_precisions_differ():
+    """The oracle itself: float32 computes the piece without the kink, float64 with."""
+    with jax.enable_x64(False):
+        h32 = jax.hessian(kink_loss)(_kink_params(), SHIFT)["w"]["w"]
+    h64 = jax.hessian(kink_loss)(
+        jax.tree.map(lambda x: x.astype(jnp.float64), _kink_params()), SHIFT.astype(np.float64)
+    )
+    assert float(h32[0, 0]) == 1.0 and float(h64["w"]["w"][0, 0]) == 1.5
+
+
+def test_non_smooth_point_widens_the_bar_and_is_reported():
+    with jax.enable_x64(False):
+        params = _kink_params()
+        spec = st.hessian_spectrum(kink_loss, params, SHIFT, tol=1e-6, progress=False)
+        raw = st.hessian_spectrum(kink_loss, params, SHIFT, tol=1e-6, progress=False, verify=False)
+    assert abs(raw.sharpness - 1.0) < 1e-6  # float32's piece, "converged" on its own
+    assert abs(spec.sharpness - 1.5) < 1e-6  # the float64 Rayleigh quotient
+    assert abs(spec.product_error - 0.5) < 1e-6  # the spread between the pieces
+    assert spec.sharpness - spec.sharpness_error <= 1.0 <= spec.sharpness + spec.sharpness_error
+    verdicts = {}
+    for limit in (0.4, 1.2, 3.0):  # below both pieces, between them, above both
+        lr = float(st.max_stable_lr(limit, 0))
+        with jax.enable_x64(False):
+            report = st.is_accessible(kink_loss, _kink_params(), 0, lr, data=SHIFT, progress=False)
+        verdicts[limit] = report.verdict
+        if limit > 1:  # decided on the converged top vector: the whole spread shows
+            assert report.product_error == pytest.approx(0.5, abs=1e-6)
+            assert "non-smooth point" in report.reason
+    assert verdicts == {0.4: False, 1.2: None, 3.0: True}
+
+
+class _CNN(nn.Module):
+    """A ReLU CNN with a max-pool, as the Flax examples write one."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(12)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(x)
+
+
+@pytest.fixture(scope="module")
+def saturated_cnn():
+    """The CNN trained in float32 with optax's cross-entropy until the softmax
+    saturates (training accuracy 1), and its dense float64 Hessian's top eigenvalue."""
+    x, y = st.load_digits(256, dtype=np.float32)
+    x, y = np.asarray(x).reshape(-1, 8, 8, 1), np.asarray(y)
+    model = _CNN()
+    # As users train: float32 and JAX's standard dtype promotion.
+    with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):
+        variables = model.init(jax.random.key(0), x[:1])
+        tx = optax.adam(1e-2)
+
+        @jax.jit
+        def step(v, opt):
+            def loss(v):
+                return optax.softmax_cross_entropy_with_integer_labels(model.apply(v, x), y).mean()
+
+            g = jax.grad(loss)(v)
+            u, opt = tx.update(g, opt)
+            return optax.apply_updates(v, u), opt
+
+        opt = tx.init(variables)
+        for _ in range(800):
+            variables, opt = step(variables, opt)
+        accuracy = float(jnp.mean(model.apply(variables, x).argmax(-1) == y))
+    loss_fn, p64 = st.loss_from_model(
+        model, jax.tree.map(lambda a: a.astype(jnp.float64), variables)
+    )
+    mask = _hvp.trainable_mask(p64)
+    fp = _hvp.flatten_params(p64, mask)
+    batch64 = (x.astype(np.float64), y)
+    dense = jax.hessian(lambda w: loss_fn(fp.unravel(w), batch64))(fp.flat)
+    truth = float(np.linalg.eigvalsh(np.asarray(dense))[-1])
+    return model, variables, (x, y), truth, accuracy
+
+
+def test_saturated_cnn_bars_contain_the_float64_truth_whatever_the_batching(saturated_cnn):
+    """One batch and the same examples in 2 and 3 batches: float32 runs whose
+    converged bars all contain the float64 truth (so they agree with each other)."""
+    model, variables, (x, y), truth, accuracy = saturated_cnn
+    assert accuracy == 1.0
+    splits = {1: [(x, y)], 2: [(x[:128], y[:128]), (x[128:], y[128:])],
+              3: [(x[:100], y[:100]), (x[100:200], y[100:200]), (x[200:], y[200:])]}  # fmt: skip
+    bars = []
+    with jax.enable_x64(False):
+        loss_fn, params = st.loss_from_model(model, variables, data=(x, y))
+        for batches in splits.values():
+            spec = st.hessian_spectrum(loss_fn, params, batches, tol=1e-4, progress=False)
+            assert spec.converged[0]
+            bars.append(
+                (spec.sharpness - spec.sharpness_error, spec.sharpness + spec.sharpness_error)
+            )
+    for low, high in bars:
+        assert low <= truth <= high, (bars, truth)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.97, 0.999, 1.001, 1.03, 2.0])
+def test_saturated_cnn_verdict_never_certifies_wrong(saturated_cnn, ratio):
+    """The default float32 call, true sharpness / limit = ``ratio``: True only below
+    the limit, False only above it, None only near it or at a non-smooth point."""
+    model, variables, batch, truth, _ = saturated_cnn
+    lr = float(st.max_stable_lr(truth / ratio, 4))
+    with jax.enable_x64(False):
+        report = st.is_accessible(model, variables, 4, lr, data=batch, progress=False)
+    if report.verdict is not None:
+        assert report.verdict == (ratio < 1), report
+    else:
+        near = abs(ratio - 1) < 0.01
+        assert near or "non-smooth point" in report.reason, report
