@@ -20,7 +20,11 @@ import numpy as np
 
 from stability.theory import delay_locus
 from stability.theory.delays import DelayDistribution
-from stability.theory.dominant_root import certified_spectral_radius, sparse_characteristic
+from stability.theory.dominant_root import (
+    certified_spectral_radius,
+    log_spectral_radius,
+    sparse_characteristic,
+)
 from stability.theory.rules import (
     characteristic_polynomial,
     check_delay,
@@ -138,12 +142,22 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     method on the sparse characteristic polynomial and certified by two root
     counts (argument principle), O(log tau) per point with no eigenvalues
     (``stability.theory.dominant_root``; certified to relative 1e-10, in practice exact
-    to rounding). Points that cannot be certified (near-multiple dominant roots,
-    sharpness 0) and all other cases (tau < 2, float32) use
-    the eigenvalues of the companion matrix (``jnp.linalg.eigvals``, backward
-    stable, O(m^3) per point), the fast path's few uncertified points on the host
-    through ``jax.pure_callback``. Differentiable (``jax.grad``/``jvp``): derivatives
-    come from the companion eigenvalues.
+    to rounding). Above ``HOST_DELAY`` (any dtype) and in float32 (any ``tau >= 2``)
+    the same certificate runs in log coordinates on the host, in float64 numpy
+    (`stability.theory.dominant_root.log_spectral_radius`: O(1) per point for any
+    tau up to 2**53, nothing compiled per delay; traced arguments through
+    ``jax.pure_callback``); its uncertified points (rare) use companion
+    eigenvalues up to tau = ``DENSE_DELAY`` and are NaN beyond. Where ``rho`` is
+    within rounding of 1 the result is the dtype's neighbour of 1 on the proven
+    side (float32 at tau = 1000, q = 1e-9: ``1 - 2**-24``, not 1.0), so ``rho < 1``
+    still decides stability; exactly 1.0 only where that side is not proven (q = 0:
+    rho = 1). Points the float64 fast path cannot certify (near-multiple dominant
+    roots, sharpness 0) and tau < 2 use the eigenvalues of the companion matrix
+    (``jnp.linalg.eigvals``, backward stable, O(m^3) per point), the fast path's few
+    uncertified points on the host through ``jax.pure_callback``. Python scalars are
+    computed in float64 on the host whatever ``jax_enable_x64`` says.
+    Differentiable (``jax.grad``/``jvp``): derivatives come from the companion
+    eigenvalues.
 
     A delay distribution with support 0..K: ``stability.theory.delay_locus`` (numpy on the
     host, O(K log K) per point, no eigenvalues): Newton's method on the dominant root,
@@ -171,11 +185,10 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     ):
         return _host_spectral_radius(float(lr) * float(sharpness), float(beta), int(tau), momentum)
     dtype = float_dtype(sharpness, lr, beta)
-    fast = (
-        not isinstance(tau, DelayDistribution)
-        and dtype == jnp.float64
-        and static_delay(tau, "tau") >= 2
-    )
+    delay = static_delay(tau, "tau")
+    if delay >= 2 and (delay > HOST_DELAY or dtype != jnp.float64):
+        return _log_spectral_radius(sharpness, lr, beta, delay, momentum, dtype)
+    fast = dtype == jnp.float64 and delay >= 2
     if not fast:
         return spectral_radius_from_coefficients(_coefficients(sharpness, lr, tau, beta, momentum))
     tau = int(tau)
@@ -221,8 +234,77 @@ def _distribution_spectral_radius(sharpness, lr, dist, beta, momentum):
 
 # Python scalars and 2 <= tau <= HOST_DELAY: numpy companion eigenvalues, float64
 # (at most ~10 ms at tau = 256), instead of compiling a program for each new delay
-# (about 0.3 s each; a verdict report needs two radii).
+# (about 0.3 s each; a verdict report needs two radii). Above it (and in float32):
+# the log-coordinate certificate on the host (`_log_spectral_radius`).
 HOST_DELAY = 256
+# Uncertified points of the log-coordinate path: companion eigenvalues up to this
+# delay (a (tau + 2)^2 matrix, about 1 s at 1024), NaN above.
+DENSE_DELAY = 1024
+
+
+def _sparse_coefficients(q, beta, tau: int, momentum: str):
+    """numpy ``(m, u1, u0, v1, v0)`` of `dominant_root.sparse_characteristic`."""
+    zero, one = np.zeros_like(q), np.ones_like(q)
+    if momentum == "heavy_ball":
+        return tau - 1, -(one + beta), beta, zero, q
+    if momentum == "nesterov":
+        return tau, -(one + beta), beta, q * (1.0 + beta), -q * beta
+    return tau, -one, zero, q - beta, beta
+
+
+def _host_log_radius(sharpness, lr, beta, tau: int, momentum: str, dtype) -> np.ndarray:
+    """Spectral radii by the log-coordinate certificate, float64 numpy, cast to dtype.
+
+    A certified side of 1 survives the cast: a radius that rounds onto (or across)
+    1 comes back as the dtype's neighbour of 1 on its side.
+    """
+    sharpness, lr, beta = np.broadcast_arrays(
+        *(np.asarray(x, np.float64) for x in (sharpness, lr, beta))
+    )
+    q = lr * sharpness
+    ell, certified, side = log_spectral_radius(q, beta, tau, momentum)
+    rho = np.exp(ell)
+    todo = ~certified
+    if np.any(todo):
+        if tau <= DENSE_DELAY:
+            m, *coeffs = _sparse_coefficients(q, beta, tau, momentum)
+            rho = _host_fill(m, rho, certified, *coeffs)
+        else:
+            rho = np.where(todo, np.nan, rho)
+    dtype = np.dtype(dtype)
+    out = rho.astype(dtype)
+    one = dtype.type(1)
+    out = np.where((side < 0) & (out >= one), np.nextafter(one, dtype.type(0)), out)
+    out = np.where((side > 0) & (out <= one), np.nextafter(one, dtype.type(2)), out)
+    return out.astype(dtype)
+
+
+def _log_spectral_radius(sharpness, lr, beta, tau: int, momentum: str, dtype):
+    """`_host_log_radius` for concrete arguments, through ``jax.pure_callback`` for
+    traced ones (derivatives from the companion eigenvalues, as the fast path's)."""
+    if all(is_concrete(x) for x in (sharpness, lr, beta)):
+        return jnp.asarray(_host_log_radius(sharpness, lr, beta, tau, momentum, dtype))
+    args = jnp.broadcast_arrays(*(jnp.asarray(x, dtype) for x in (sharpness, lr, beta)))
+
+    @jax.custom_jvp
+    def radius(sharpness, lr, beta):
+        out = jax.ShapeDtypeStruct(sharpness.shape, dtype)
+
+        def host(s, l, b):
+            return _host_log_radius(s, l, b, tau, momentum, dtype)
+
+        return jax.pure_callback(host, out, sharpness, lr, beta, vmap_method="broadcast_all")
+
+    @radius.defjvp
+    def _radius_jvp(primals, tangents):
+        def by_eigenvalues(sharpness, lr, beta):
+            poly = characteristic_polynomial(tau, beta, momentum=momentum)
+            return spectral_radius_from_coefficients(poly.coefficients(lr * sharpness))
+
+        _, tangent = jax.jvp(by_eigenvalues, primals, tangents)
+        return radius(*primals), tangent
+
+    return radius(*args)
 
 
 def _python_number(x) -> bool:

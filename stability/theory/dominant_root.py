@@ -40,6 +40,15 @@ multiple dominant roots, a zero or pole of the parts on a test circle) come back
 with ``certified = False``; ``stability.theory.companion.spectral_radius`` computes those
 from the companion-matrix eigenvalues instead.
 
+`log_spectral_radius` is the same certificate in log coordinates (w = log z, the
+radius as ``ell = log R``), in float64 numpy on the host, for any delay up to 2**53
+and for float32 arguments: near the unit circle ``z - 1`` and ``|z - a|^2`` keep
+their relative precision there (``expm1``), z^m is ``exp(m w)`` (m need not be
+static: nothing is compiled per delay), and the counts are of the roots *outside*
+a circle, so the ``m pi`` of a full count never cancels against ``m + 2``. The
+float64 ``root_count`` above expands ``|U|^2`` and loses 1 - R below about 1e-8:
+at tau = 1e9 it certified 1 of 6 test points, the log form all of them.
+
 Reference: the argument principle and Newton's method, e.g. P. Henrici, *Applied
 and Computational Complex Analysis*, vol. 1 (1974), sections 4.10 and 6.10; the
 sparse form of P is docs/theory.md section 3.
@@ -48,9 +57,11 @@ sparse form of P is docs/theory.md section 3.
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NUM_STARTS = 3
@@ -255,3 +266,235 @@ def certified_spectral_radius(q, beta, tau: int, momentum: str):
     below = root_count(p, rho * (1 - RELATIVE_TOLERANCE))
     certified = (rho > 0) & (jnp.abs(above - n) < 0.25) & (below < n - 0.75)
     return rho, certified
+
+
+# ----------------------------------------------------------------------------
+# Any delay, on the host: the same certificate in log coordinates (numpy, float64)
+#
+# Near the unit circle z = 1 + (tiny) loses the tiny part: in float32 a radius 1 -
+# 1e-9 is 1.0, and in float64 the expanded |U|^2 of `root_count` cancels to noise
+# once 1 - R is below 1e-8 (its counts fail from tau ~ 1e6 on). Written in w = log z
+# (z = e^w, w = ell + i theta) every quantity keeps its relative precision: z - a =
+# (expm1(ell) + (1 - a)) - 2 e^ell sin^2(theta / 2) + i e^ell sin(theta), z^m =
+# exp(m w) (no repeated squaring, m any size, no program per delay), |z - a|^2 =
+# (R - a)^2 + 4 R a s with s = sin^2(theta / 2). Newton runs on w; the counts use
+# the radius' logarithm ell, and count the roots OUTSIDE the circle, so the m pi
+# of a full count never has to cancel against m + 2.
+
+LOG_NEWTON_STEPS = 40
+
+
+class _Sparse(NamedTuple):
+    """The sparse form (module docstring) with what log coordinates need exactly:
+    ``1 - a2``, ``V(z)`` written without cancellation at z = 1, V's zero ``v_zero``
+    and ``1 - v_zero``; m a float, its parity an integer."""
+
+    m: float
+    parity: int
+    a2: np.ndarray
+    one_minus_a2: np.ndarray
+    q: np.ndarray
+    beta: np.ndarray
+    momentum: str
+
+
+def _sparse_host(q, beta, tau: int, momentum: str) -> _Sparse:
+    m = tau - 1 if momentum == "heavy_ball" else tau
+    a2 = np.zeros_like(beta) if momentum == "shifted" else beta
+    return _Sparse(float(m), m % 2, a2, 1.0 - a2, q, beta, momentum)
+
+
+def _z_minus(ell, theta, a, one_minus_a):
+    """e^(ell + i theta) - a, accurate when the point is near a (complex128)."""
+    r = np.exp(ell)
+    half = np.sin(0.5 * theta)
+    re = (np.expm1(ell) + one_minus_a) - 2.0 * r * half * half
+    return re + 1j * (r * np.sin(theta))
+
+
+def _v_and_zero(p: _Sparse, ell, theta):
+    """V at e^(ell + i theta) (no cancellation at z = 1), V's slope v1, its zero and
+    1 - zero (where v1 != 0; NaN elsewhere)."""
+    d1 = _z_minus(ell, theta, 1.0, 0.0)
+    q, beta = p.q, p.beta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if p.momentum == "heavy_ball":
+            v, v1 = q + 0j * d1, np.zeros_like(q)
+            zero = one_minus = np.full_like(q, np.nan)
+        elif p.momentum == "nesterov":
+            v = q * ((1.0 + beta) * d1 + 1.0)  # q ((1 + beta) z - beta)
+            v1 = q * (1.0 + beta)
+            zero, one_minus = beta / (1.0 + beta), 1.0 / (1.0 + beta)
+        else:
+            v = q * (d1 + 1.0) - beta * d1  # (q - beta) z + beta
+            v1 = q - beta
+            zero, one_minus = beta / (beta - q), -q / (beta - q)
+    return v, v1, zero, one_minus
+
+
+def _log_newton(p: _Sparse, w):
+    """Newton's method on P in w = log z: dw = -P / (z P')."""
+    m = p.m
+    for _ in range(LOG_NEWTON_STEPS):
+        ell, theta = w.real, w.imag
+        d1 = _z_minus(ell, theta, 1.0, 0.0)
+        d2 = _z_minus(ell, theta, p.a2, p.one_minus_a2)
+        z = np.exp(w)
+        e = np.exp(m * w)
+        v, v1, _, _ = _v_and_zero(p, ell, theta)
+        u = d1 * d2
+        value = e * u + v
+        slope = e * (m * u + z * (d1 + d2)) + v1 * z  # z P'(z)
+        dw = -value / slope
+        # steps are cut back to |dw| <= 1/4 and, outwards, to Re dw <= 2 / m (z^m grows
+        # by at most e^2 a step: a longer step lands where z^m U swamps everything and
+        # Newton crawls back by 1/m a step)
+        size = np.maximum(np.abs(dw) / 0.25, dw.real * m / 2.0)
+        w = w + np.where(size > 1, 1.0 / np.where(size > 1, size, 1.0), 1.0) * dw
+    return w, np.abs(dw)
+
+
+def _log_starts(p: _Sparse):
+    """w = 0 (z = 1), w = 1 / (m + 1), and on |z^m U| = |V| NUM_STARTS points in the
+    first sector, as many in the last and z = -1 (a dominant root of negative q can
+    lie on or near the real axis, on either side)."""
+    m = p.m
+    first = np.pi * (np.arange(NUM_STARTS) + 0.5) / (m + 1)
+    theta = np.concatenate([first, np.pi - first, [np.pi]])
+    shape = p.q.shape + theta.shape
+    theta = np.broadcast_to(theta, shape)
+    sub = p._replace(**{k: getattr(p, k)[..., None] for k in ("a2", "one_minus_a2", "q", "beta")})
+    ell = np.zeros(shape)
+    for _ in range(3):  # fixed point of ell = (log|V| - log|U|) / m at this angle
+        u = np.abs(_z_minus(ell, theta, 1.0, 0.0) * _z_minus(ell, theta, sub.a2, sub.one_minus_a2))
+        v = np.abs(_v_and_zero(sub, ell, theta)[0])
+        step = (np.log(v) - np.log(u)) / m
+        ell = np.where(np.isfinite(step), step, 0.0)
+    # on the real axis: z = 1 and z = e^(1 / (m + 1)), from where Newton walks out to
+    # a real root above 1 (negative q) in steps of at most 2 / m
+    real = np.broadcast_to(np.array([0.0, 1.0 / (m + 1)]), p.q.shape + (2,))
+    starts = np.concatenate([real, ell], axis=-1) + 1j * np.concatenate(
+        [np.zeros_like(real), theta], axis=-1
+    )
+    return sub, starts
+
+
+def outside_count(p: _Sparse, ell):
+    """The number of roots of P with modulus above e^ell (argument principle).
+
+    ``pi * (n - N) = sum over arcs`` of, where ``|z^m U| > |V|``: ``sum_a [(hi - lo)
+    - change of arg(z - a)] - change of arg(1 + V / (z^m U))``; where ``|V|``
+    dominates: ``(m + 2)(hi - lo) - change of arg V - change of arg(1 + z^m U / V)``.
+    The arcs are the sign changes of ``R^(2m) |U|^2 - |V|^2``, a quadratic in s.
+    A float, an integer up to rounding (far from one when a root is on the circle).
+    """
+    m = p.m
+    big = 700.0
+    r = np.exp(ell)
+    rm1 = np.expm1(ell)
+    t = np.exp(np.clip(2 * m * ell, -big, big))
+    one_minus = (np.zeros_like(p.a2), p.one_minus_a2)
+    coef_a = [(rm1 + om) ** 2 for om in one_minus]  # (R - a)^2
+    coef_b = [4.0 * r, 4.0 * r * p.a2]  # 4 R a
+    v_r, v1, v_zero, v_one_minus = _v_and_zero(p, ell, np.zeros_like(ell))
+    v_r = v_r.real
+    v0v1 = v1 * (v_r - v1 * r)  # v1 v0 (V(R) = v1 R + v0)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        c2 = t * coef_b[0] * coef_b[1]
+        c1 = t * (coef_a[0] * coef_b[1] + coef_a[1] * coef_b[0]) + 4.0 * v0v1 * r
+        c0 = t * coef_a[0] * coef_a[1] - v_r * v_r
+        disc = c1 * c1 - 4 * c2 * c0
+        sq = np.sqrt(np.maximum(disc, 0.0))
+        half = -0.5 * (c1 + np.where(c1 >= 0, sq, -sq))
+        quadratic = c2 != 0
+        s1 = np.where(
+            quadratic, half / np.where(quadratic, c2, 1.0), -c0 / np.where(c1 != 0, c1, 1.0)
+        )
+        s2 = np.where(quadratic & (half != 0), c0 / np.where(half != 0, half, 1.0), np.nan)
+
+    def angle(s):
+        ok = (disc >= 0) & (s > 0) & (s < 1)
+        return np.where(ok, 2 * np.arcsin(np.sqrt(np.where(ok, s, 0.0))), np.pi)
+
+    th1, th2 = angle(s1), angle(s2)
+    ends = [
+        np.zeros_like(ell),
+        np.minimum(th1, th2),
+        np.maximum(th1, th2),
+        np.full_like(ell, np.pi),
+    ]
+    # m theta at an interior arc end carries the rounding m theta eps: beyond 0.1 rad
+    # (tau ~ 1e14 and more) the count is not trusted (NaN: no certificate)
+    interior = np.where(ends[2] < np.pi, ends[2], np.where(ends[1] < np.pi, ends[1], 0.0))
+    trusted = m * interior * np.finfo(np.float64).eps <= 0.1
+
+    def parts(theta):
+        """log|z^m U / V|, arg(z^m U / V), the args of z - 1, z - a2 and V's factor."""
+        d1 = _z_minus(ell, theta, 1.0, 0.0)
+        d2 = _z_minus(ell, theta, p.a2, p.one_minus_a2)
+        v = _v_and_zero(p, ell, theta)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_ratio = m * ell + np.log(np.abs(d1)) + np.log(np.abs(d2)) - np.log(np.abs(v))
+        # m theta exactly at theta = pi (z real): the parity of m
+        m_theta = np.where(theta == np.pi, np.pi * p.parity, m * theta)
+        phase = m_theta + np.angle(d1) + np.angle(d2) - np.angle(v)
+        dv = _z_minus(ell, theta, v_zero, v_one_minus)
+        return log_ratio, phase, np.angle(d1), np.angle(d2), np.angle(dv)
+
+    def arg_one_plus(log_w, phase):
+        """arg(1 + w), w = exp(log_w + i phase)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = np.exp(log_w)
+            return np.arctan2(w * np.sin(phase), 1 + w * np.cos(phase))
+
+    total = np.zeros_like(ell)
+    for lo, hi in zip(ends[:-1], ends[1:], strict=True):
+        lr_lo, ph_lo, a1_lo, a2_lo, v_lo = parts(lo)
+        lr_hi, ph_hi, a1_hi, a2_hi, v_hi = parts(hi)
+        lr_mid = parts(0.5 * (lo + hi))[0]
+        width = hi - lo
+        u_side = (
+            (width - (a1_hi - a1_lo))
+            + (width - (a2_hi - a2_lo))
+            - (arg_one_plus(-lr_hi, -ph_hi) - arg_one_plus(-lr_lo, -ph_lo))
+        )
+        v_arg = np.where(v1 != 0, v_hi - v_lo, 0.0)
+        v_side = (m + 2) * width - v_arg - (arg_one_plus(lr_hi, ph_hi) - arg_one_plus(lr_lo, ph_lo))
+        total = total + np.where(width > 0, np.where(lr_mid > 0, u_side, v_side), 0.0)
+    return np.where(trusted, total / np.pi, np.nan)
+
+
+def log_spectral_radius(q, beta, tau: int, momentum: str):
+    """``log rho`` of the rule's recurrence for any delay ``tau >= 2``, certified.
+
+    numpy float64 on the host, O(1) per point whatever tau (up to ``MAX_DELAY``):
+    Newton in w = log z from the same starts as `certified_spectral_radius`, then
+    three counts of the roots outside a circle: none outside ``ell_hat + delta``, at
+    least one outside ``ell_hat - delta`` (``delta = RELATIVE_TOLERANCE``), which
+    proves ``|log rho - ell_hat| <= delta``; and at ``ell_hat / 2``, which proves
+    the side of 1 (``rho < 1`` or ``> 1``) even when ``|ell_hat|`` is below delta
+    (1 - rho = 1e-11 at tau = 1e9: float32 rounds rho to 1.0, log rho keeps it).
+
+    Returns:
+      ``(ell, certified, side)``: ell the log radius; certified as above; side +1 or
+      -1 where the side of 1 is proven, 0 where not (or rho = 1 exactly).
+    """
+    q, beta = np.broadcast_arrays(np.asarray(q, np.float64), np.asarray(beta, np.float64))
+    p = _sparse_host(q, beta, int(tau), momentum)
+    with np.errstate(all="ignore"):
+        sub, starts = _log_starts(p)
+        w, last = _log_newton(sub, starts)
+        converged = np.isfinite(w.real) & np.isfinite(w.imag) & (last <= 1e-3 * RELATIVE_TOLERANCE)
+        ell = np.max(np.where(converged, w.real, -np.inf), axis=-1)
+        found = np.isfinite(ell)
+        ell = np.where(found, ell, 0.0)
+        above = outside_count(p, ell + RELATIVE_TOLERANCE)
+        below = outside_count(p, ell - RELATIVE_TOLERANCE)
+        certified = found & (np.abs(above) < 0.25) & (below > 0.75)
+        middle = outside_count(p, 0.5 * ell)
+    side = np.where(
+        certified & (ell < 0) & (np.abs(middle) < 0.25),
+        -1,
+        np.where(certified & (ell > 0) & (middle > 0.75), 1, 0),
+    )
+    return ell, certified, side
