@@ -78,6 +78,16 @@ Accuracy
     with a stated probability over the random start (Kuczynski and Wozniakowski 1992).
     A value is converged when its error is ``<= tol * max(|theta_max|, |theta_min|)``.
     Unconverged values are flagged, never hidden.
+
+Precision
+    Products below float64 (float32, JAX's default; bfloat16; float16) are exact for
+    the arithmetic they run, which can be a few per cent from the Hessian of a network
+    trained to a minimum (saturated softmax, ReLU kinks). At the end of such a run the
+    top Ritz vectors are multiplied once more in float64
+    (`stability.curvature.verification`; ``verify=None``): the values become float64
+    Rayleigh quotients, the errors float64 residuals plus ``product_error``, the
+    difference between the two precisions along the top vector, and when that no
+    longer passes the stopping test the run goes on in float64 from those vectors.
 """
 
 from __future__ import annotations
@@ -738,13 +748,15 @@ def hessian_spectrum(
         so a long run never runs out of memory halfway.
       verify: products below float64 (float32, JAX's default; bfloat16, float16)
         are checked in float64 at the end (default None: whenever the parameters
-        are narrower than float64; False skips it): the Ritz vectors are multiplied
-        once more with parameters and data cast to float64, and the result reports
+        are narrower than float64; False skips it): the top Ritz vectors (and the
+        smallest with ``converge_smallest``) are multiplied once more with parameters
+        and data cast to float64, and the result reports
         their float64 Rayleigh quotients, residuals and the products' own error
         (``product_error``), so a converged value is within its bar of an
         eigenvalue of the float64 Hessian. When the float64 residuals no longer
         pass the stopping test, Lanczos goes on in float64 from those vectors
-        (module docstring, "Precision"). Costs ``k + 1`` float64 products.
+        Costs ``k`` float64 products (``k + 1`` with ``converge_smallest``), about
+        three float32 products' time each on a CPU.
 
     Returns:
       :class:`HessianSpectrum`.
@@ -838,18 +850,23 @@ def _never(estimate) -> bool:
 
 def _verify(result, rows, args, again):
     """Step 5, below float64: the working-precision Ritz vectors (top ``k``, then
-    the smallest when its vector is known) multiplied once more in float64
+    the smallest when it is waited for, ``converge_smallest``) multiplied once more
+    in float64
     (`stability.curvature.verification`): the values become their float64 Rayleigh
     quotients, the errors their float64 residuals plus the products' own error
     ``|theta_working - theta_64|`` (so no certificate depends on which precision's
     Hessian is the right one at a non-smooth point), the converged flags are those of
     the float64 residuals. When that no longer passes the stopping test (``stop_when``,
     else every wanted value converged), the run goes on in float64 from the top Ritz
-    vectors with the products left, the products' error still added.
+    vectors with the products left, the products' error still added. An unchecked
+    smallest value keeps its working-precision Ritz value, its error widened by the
+    top's product error (an estimate, not a bound: one float64 product costs about
+    three float32 ones on a CPU, so it is checked only when waited for).
     Returns ``(spectrum, rows)``."""
     k, tol = args.k, args.tol
     rows = np.asarray(rows)
-    has_smallest = rows.shape[0] > k
+    has_smallest = rows.shape[0] > k and args.want_smallest
+    rows = rows[: k + 1] if has_smallest else rows[:k]
     try:
         with _float64_scope():
             product = _float64_product(again["loss"], again["params"], again["data"], args,
@@ -893,7 +910,7 @@ def _from_float64(result, theta, residual, spread, k, tol, has_smallest, count):
     res = np.maximum(residual, floor)
     errors = res + spread
     converged = res <= tol * scale
-    small = dict(smallest=result.smallest, smallest_error=result.smallest_error,
+    small = dict(smallest=result.smallest, smallest_error=result.smallest_error + spread[0],
                  smallest_converged=result.smallest_converged)  # fmt: skip
     if has_smallest:
         small = dict(smallest=float(theta[k]), smallest_error=float(errors[k]),
