@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from flax import struct
+from flax import nnx, struct
 
 import stability as st
 from stability.networks.models import batch_entry, cross_entropy
@@ -207,15 +207,18 @@ def sentences(n=8, length=5, seed=0):
 def sst2_model():
     model = TextClassifier()
     batch = sentences()
-    variables = model.init(
-        jax.random.key(0), batch["token_ids"][:2], batch["length"][:2], deterministic=True
-    )
+    init = jax.jit(lambda key, x, n: model.init(key, x, n, deterministic=True))
+    variables = init(jax.random.key(0), batch["token_ids"][:2], batch["length"][:2])
     return model, variables, batch
 
 
 def sst2_loss(model, variables, batch):
-    logits = model.apply(variables, batch["token_ids"], batch["length"], deterministic=True)
-    return float(cross_entropy(logits, batch["label"]))
+    @jax.jit
+    def loss(variables, batch):
+        logits = model.apply(variables, batch["token_ids"], batch["length"], deterministic=True)
+        return cross_entropy(logits, batch["label"])
+
+    return float(loss(variables, batch))
 
 
 # ------------------------------------------------------------ imagenet
@@ -352,6 +355,7 @@ def test_c_a_second_per_example_input_from_the_batch_as_sst2_names_it():
     loss_fn, params = st.loss_from_model(
         model, variables, data=batch, call_kwargs={"lengths": batch_entry("length")}
     )
+    loss_fn = jax.jit(loss_fn)
     assert float(loss_fn(params, batch)) == pytest.approx(
         sst2_loss(model, variables, batch), rel=1e-13
     )
@@ -363,7 +367,7 @@ def test_c_a_second_per_example_input_from_the_batch_as_sst2_names_it():
     # an entry named as the parameter needs no declaration
     named = {"token_ids": batch["token_ids"], "lengths": batch["length"], "label": batch["label"]}
     by_name, _ = st.loss_from_model(model, variables, data=named)
-    assert float(by_name(params, named)) == float(loss_fn(params, batch))
+    assert float(jax.jit(by_name)(params, named)) == float(loss_fn(params, batch))
     # one batch or its split: the same Hessian
     args = dict(tau=0, lr=0.05, progress=False, tol=1e-10, call_kwargs={"lengths":
                 batch_entry("length")})  # fmt: skip
@@ -389,6 +393,14 @@ def test_c_whole_data_lengths_in_call_kwargs_are_diagnosed_as_such():
     # nothing given: the parameter is named with both ways to give it
     with pytest.raises(TypeError, match=r"requires lengths.*dict batch.*call_kwargs"):
         st.loss_from_model(model, variables, data=(batch["token_ids"], batch["label"]))
+    # batches from an iterator are not looked at: the entry is declared
+    named = {"token_ids": batch["token_ids"], "lengths": batch["length"], "label": batch["label"]}
+    with pytest.raises(TypeError, match=r"requires lengths.*batch_entry"):
+        st.loss_from_model(model, variables, data=iter([named]))
+    declared = {"lengths": batch_entry("lengths")}
+    loss_fn, params = st.loss_from_model(model, variables, data=iter([named]), call_kwargs=declared)
+    with pytest.raises(ValueError, match=r"batch_entry\('lengths'\).*no entry 'lengths'"):
+        loss_fn(params, batch)
 
 
 # ------------------------------------------------------------------- (d)
@@ -427,3 +439,25 @@ def test_d_input_shape_is_blamed_only_when_it_is_the_cause():
         loss_fn, p = st.loss_from_model(model, bad)
         loss_fn(p, batch)
     assert "first layer" not in str(err.value)
+
+
+class NnxNormed(nnx.Module):
+    """An nnx conv net whose BatchNorm averages over a pmap axis."""
+
+    def __init__(self, axis_name, rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), param_dtype=F64, rngs=rngs)
+        self.norm = nnx.BatchNorm(4, axis_name=axis_name, param_dtype=F64, rngs=rngs)
+        self.head = nnx.Linear(4, 3, param_dtype=F64, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(nnx.relu(self.norm(self.conv(x))).mean((1, 2)))
+
+
+def test_d_nnx_batchnorm_over_a_named_axis_in_train_mode():
+    batch = images()
+    model = NnxNormed("batch", nnx.Rngs(0))
+    loss_fn, params = st.loss_from_model(model, train=True, data=batch)
+    twin_fn, _ = st.loss_from_model(NnxNormed(None, nnx.Rngs(0)), train=True)
+    value = float(jax.jit(loss_fn)(params, batch))
+    assert value == pytest.approx(float(twin_fn(params, batch)), rel=1e-13)
+    np.testing.assert_array_equal(model.norm.mean[...], 0.0)  # the user's module is left alone

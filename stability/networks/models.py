@@ -4,14 +4,20 @@ Conventions:
 
 - A batch is ``(inputs, labels)`` or a dict with an input and a label entry,
   as the Flax examples write them (``{"image": ..., "label": ...}``). The keys
-  are ``batch_keys=(input_key, label_key)`` when given, otherwise the one key
-  of the dict found in `INPUT_KEYS` and the one found in `LABEL_KEYS` (other
-  entries are ignored). The loss is the mean over the batch of
+  are ``batch_keys=(input_key, label_key)`` when given; otherwise the labels
+  are the one key of the dict found in `LABEL_KEYS` and the inputs the key
+  named as ``__call__``'s input parameter (the sst2 example's ``token_ids``),
+  else the one found in `INPUT_KEYS`. Other entries go to the model by rule 4
+  or are ignored. The loss is the mean over the batch of
   ``loss(outputs, labels)`` (default: softmax cross-entropy on integer
   labels).
 - The model is called as ``model(inputs, **keywords)`` (nnx) or
-  ``model.apply(variables, inputs, **keywords)`` (linen). The keywords follow
-  one rule, read from the signature of the module's ``__call__``:
+  ``model.apply(variables, inputs, **keywords)`` (linen): the inputs go to
+  ``__call__``'s first parameter after ``self``, by position; when it takes
+  none by position (the nlp_seq example's ``__call__(self, *, inputs,
+  train)``), by keyword to its first keyword-only parameter that is not
+  named by rules 1-3. The keywords follow one rule, read from the signature
+  of the module's ``__call__``:
 
   1. a parameter named in `TRAIN_FLAGS` (``train``, ``training``,
      ``is_training``) receives ``train``; one named in `EVAL_FLAGS`
@@ -22,10 +28,31 @@ Conventions:
      receives ``None`` when it is required and keeps its default otherwise;
   3. ``call_kwargs`` (a dict) is passed as well and wins over 1 and 2; an
      ``nnx.Rngs`` in it is copied at every evaluation, so it too gives the
-     same keys every time;
-  4. any other parameter without a default is an error naming it (give it in
-     ``call_kwargs``).
+     same keys every time. Its values are constants, the same for every
+     batch;
+  4. per-example inputs beside the inputs (the sst2 example's ``lengths``):
+     a dict batch entry whose key is the name of a ``__call__`` parameter is
+     passed to it, sliced and placed with the batch like the inputs, so each
+     batch (and each part of one) gives its own values;
+     ``call_kwargs={"lengths": batch_entry("length")}`` takes the entry of
+     another key (the sst2 pipeline's ``"length"``);
+  5. any other parameter without a default is an error naming it, unless the
+     first in-memory batch of ``data`` holds an entry of its name (declare it
+     with `batch_entry` when ``data`` is an iterator).
 
+- A collective over a named axis that nothing binds, as in modules written
+  for ``jax.pmap`` (the imagenet example's ``BatchNorm(axis_name="batch")``
+  in train mode), runs with that axis bound to one member (``jax.vmap`` of
+  size 1): the batch statistics are those of the whole batch, as ``pmap`` on
+  one device computes them.
+- The same loss function object is returned for the same (or an equal)
+  module, loss and keywords; a module with list attributes (the imagenet
+  example's ``partial(ResNet, stage_sizes=[...])``) is compared by value. Jitted
+  consumers key their compiled code on it, so a second `is_accessible` call
+  on the same model and shapes compiles nothing.
+- A failing call is blamed on the inputs' shape (a conv net given flattened
+  images) only when the model runs on inputs of the shape its first layer
+  expects; otherwise the module's own error is raised.
 - Eval mode by default: batch norm uses its running statistics and dropout is
   off (rule 1; for nnx also ``.eval()`` on a copy of the module). ``train=True``
   evaluates in training mode: batch statistics of the batch (their
@@ -367,8 +394,8 @@ def _check_call_kwargs(call_kwargs) -> dict:
 
 
 def _plan_call(fn, train, call_kwargs, nnx_rngs, probe, batch_keys):
-    """``(keywords, plan)``: the constant keywords the module is called with (rules 1-4
-    of the module docstring) and how each batch gives the rest (rules 5-6)."""
+    """``(keywords, plan)``: the constant keywords the module is called with (rules 1-3
+    of the module docstring) and how each batch gives the rest (rule 4); rule 5."""
     entries = tuple(sorted((k, v.key) for k, v in call_kwargs.items() if isinstance(v, BatchEntry)))
     given = {k: v for k, v in call_kwargs.items() if not isinstance(v, BatchEntry)}
     try:
@@ -699,7 +726,7 @@ def loss_from_model(
       call_kwargs: extra keyword arguments for the module's ``__call__``
         (rule 3 of the module docstring), e.g. ``{"deterministic": True}``;
         a value ``batch_entry(key)`` takes the argument from each dict batch,
-        per example (rule 6).
+        per example (rule 4).
       batch_keys: ``(input_key, label_key)`` of dict batches, e.g.
         ``("image", "label")`` (default: found by name, see `INPUT_KEYS`).
 
