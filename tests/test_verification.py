@@ -152,3 +152,42 @@ def test_saturated_cnn_verdict_never_certifies_wrong(saturated_cnn, ratio):
     else:
         near = abs(ratio - 1) < 0.01
         assert near or "non-smooth point" in report.reason, report
+
+
+def _mlp_loss(p, batch):
+    x, y = batch
+    h = jnp.tanh(x.astype(p["w1"].dtype) @ p["w1"])
+    return st.mean_squared_error(h @ p["w2"], y)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_params_against_the_float64_truth(dtype):
+    """bfloat16 / float16 parameters (as large models are stored): products in that
+    dtype, the recurrence in float32, the bars from the float64 check, against the
+    dense float64 Hessian of the same (rounded) parameters. The tracker and the
+    verdict accept them too."""
+    rng = np.random.default_rng(0)
+    x, y = st.load_digits(200, dtype=np.float32)
+    batch = (np.asarray(x), np.asarray(y))
+    p32 = {"w1": rng.normal(size=(64, 8)) * 0.3, "w2": rng.normal(size=(8, 10)) * 0.3}
+    with jax.enable_x64(False):
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), p32)
+        spec = st.hessian_spectrum(_mlp_loss, params, batch, tol=1e-3, progress=False,
+                                   return_vectors=True)  # fmt: skip
+        raw = st.hessian_spectrum(_mlp_loss, params, batch, tol=1e-3, progress=False,
+                                  verify=False)  # fmt: skip
+        tracker = st.SharpnessTracker(_mlp_loss, batch, lr=0.1, tol=1e-3)
+        record = tracker(params)
+        report = st.is_accessible(_mlp_loss, params, 0, 0.1, data=batch, progress=False)
+    p64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    fp = _hvp.flatten_params(p64, _hvp.trainable_mask(p64))
+    b64 = (batch[0].astype(np.float64), batch[1])
+    dense = jax.hessian(lambda w: _mlp_loss(fp.unravel(w), b64))(fp.flat)
+    truth = float(np.linalg.eigvalsh(np.asarray(dense))[-1])
+    assert spec.converged[0] and abs(spec.sharpness - truth) <= spec.sharpness_error
+    assert spec.sharpness_error < 0.01 * truth  # the check resolves it to a per cent
+    assert jax.tree.leaves(spec.eigenvectors)[0].dtype == dtype
+    # Unchecked, the bar is that of the half-precision rounding (10 eps x sharpness).
+    assert raw.rounding_error == pytest.approx(10 * float(jnp.finfo(dtype).eps) * raw.sharpness)
+    assert abs(record.sharpness - truth) <= record.error
+    assert report.verdict == (truth < report.max_stable_sharpness)

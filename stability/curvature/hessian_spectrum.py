@@ -208,7 +208,10 @@ def _host_view(x):
         return np.asarray(x)
     devs = x.devices()
     if len(devs) == 1 and next(iter(devs)).platform == "cpu":
-        return np.from_dlpack(x)
+        try:
+            return np.from_dlpack(x)
+        except (RuntimeError, TypeError, BufferError):  # dtypes DLPack lacks (bfloat16)
+            return np.asarray(x)
     return None
 
 
@@ -769,9 +772,9 @@ def hessian_spectrum(
     )  # fmt: skip
     product = _build_product(loss, params, data, args, devices=devices, loop=loop,
                              progress=progress, stop_when=stop_when)  # fmt: skip
-    spectrum = partial(_spectrum, n=args.n, tol=tol, dtype=args.dtype, method=method,
+    spectrum = partial(_spectrum, n=args.n, tol=tol, dtype=args.product_dtype, method=method,
                        want_smallest=args.want_smallest, random_start=start is None)  # fmt: skip
-    verify = _wants_verification(verify, args.dtype)
+    verify = _wants_verification(verify, args.product_dtype)
     want_rows = bool(return_vectors) or verify
     if product.on_device:
         ext, count, steps, rows = _solve_on_device(product, args, want_rows)
@@ -817,7 +820,7 @@ def _float64_product(loss, params, data, args, devices):
     data (floating leaves cast up exactly, batch by batch), on
     :func:`stability.curvature.verification.float64_devices`. Call under
     ``jax.enable_x64(True)``."""
-    args64 = args._replace(dtype=np.dtype(np.float64))
+    args64 = args._replace(dtype=np.dtype(np.float64), product_dtype=np.dtype(np.float64))
     product = _build_product(loss, _check.to_float64(params), _float64_data(data), args64,
                              devices=_check.float64_devices(devices), loop="host",
                              progress=False, stop_when=_never)  # fmt: skip
@@ -973,8 +976,9 @@ class _Args(NamedTuple):
     want_smallest: bool
     mask: Any  # which leaves are differentiated
     n: int  # the order of the Hessian
-    dtype: np.dtype
+    dtype: np.dtype  # of the Lanczos vectors: the parameters' dtype, at least float32
     v0: np.ndarray  # the start vector (power iteration: the start rows)
+    product_dtype: np.dtype  # of the products: the widest differentiated leaf's
 
 
 def _check_arguments(
@@ -1010,14 +1014,17 @@ def _check_arguments(
         raise ValueError(
             f"max_hvps must be >= {k + want_smallest} for power iteration; got {max_hvps}"
         )
-    dtype = np.dtype(_hvp.flat_dtype(params, mask))
+    product_dtype = np.dtype(_hvp.flat_dtype(params, mask))
+    # The recurrence runs in float32 or better: bfloat16 / float16 Lanczos vectors would
+    # lose orthogonality at once; the products stay in the parameters' dtype.
+    dtype = product_dtype if product_dtype.itemsize >= 4 else np.dtype(np.float32)
     if method == "lanczos" and reorthogonalize:
         reorthogonalize = _basis_fits(n, dtype, max_hvps, memory_budget)
     v0 = _start(int(seed), n, dtype, k, method, want_smallest)
     if start is not None:
         v0 = _warm_start(_start_directions(start, params, mask, n), v0, method)
     return _Args(k, tol, max_hvps, method, bool(reorthogonalize), want_smallest, mask, n,
-                 dtype, v0)  # fmt: skip
+                 dtype, v0, product_dtype)  # fmt: skip
 
 
 class _Product(NamedTuple):

@@ -228,8 +228,9 @@ def flat_hvp(loss, mask, params, main, rem, n_total):
     g = jax.grad(f)
     scale = 1.0 / n_total
 
-    def matvec(v):
-        return jax.jvp(g, (fp.flat,), (v,))[1] * scale
+    def matvec(v):  # in the parameters' dtype; the result in the vector's
+        hv = jax.jvp(g, (fp.flat,), (v.astype(fp.flat.dtype),))[1] * scale
+        return hv.astype(v.dtype)
 
     return matvec
 
@@ -242,7 +243,9 @@ def hvp_sum(loss, mask, params, main, rem, vecs, acc=None):
     no zero accumulator."""
     one = vecs.ndim == 1
     val, _, hvs = loss_and_hvp(loss, mask, params, main, rem, vecs[None] if one else vecs)
-    hvs = hvs[0] if one else hvs
+    # Products in the parameters' dtype (bfloat16 too), returned in the vectors' (float32
+    # or better: the recurrence's).
+    hvs = (hvs[0] if one else hvs).astype(vecs.dtype)
     return (hvs if acc is None else acc + hvs), val
 
 

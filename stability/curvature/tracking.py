@@ -85,7 +85,8 @@ class SharpnessRecord(NamedTuple):
     fraction_of_limit: ``sharpness / threshold``. stable: True (``sharpness + error
     < threshold``; presumes that ``sharpness`` is the top eigenvalue, see the module
     docstring), False (``sharpness >= threshold``: certain, a Ritz value is a lower
-    bound on ``lambda_max``) or None (undecided).
+    bound on ``lambda_max``; below float64, less the products' error) or None
+    (undecided).
     converged: ``error <= tol * |sharpness|``. num_hvps: products of this check.
     warm: whether it was warm-started.
     """
@@ -119,8 +120,10 @@ def _distance(xs, ys) -> float:
     )
 
 
-def _stable(sharpness: float, error: float, threshold: float) -> bool | None:
-    if sharpness >= threshold:
+def _stable(sharpness: float, error: float, threshold: float, product_error=0.0) -> bool | None:
+    # Below float64 a Ritz value proves instability only less the products' own error
+    # (HessianSpectrum.product_error; the error bar includes it already).
+    if sharpness - product_error >= threshold:
         return False
     if sharpness + error < threshold:
         return True
@@ -251,7 +254,7 @@ class SharpnessTracker:
             error=err,
             threshold=self.threshold,
             fraction_of_limit=lam / self.threshold,
-            stable=_stable(lam, err, self.threshold),
+            stable=_stable(lam, err, self.threshold, spec.product_error),
             converged=bool(spec.converged[0]),
             num_hvps=spec.num_hvps,
             warm=bool(warm),
