@@ -492,7 +492,8 @@ def _frozen(value, depth=0):
         return ("map", frozenset((k, _frozen(v, depth + 1)) for k, v in value.items()))
     if isinstance(value, (set, frozenset)):
         return ("set", frozenset(_frozen(v, depth + 1) for v in value))
-    if nn is not None and isinstance(value, nn.Module):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # a linen module (its parent left out) or a config dataclass it holds
         fields = [f.name for f in dataclasses.fields(value) if f.name != "parent"]
         return (type(value), tuple((f, _frozen(getattr(value, f), depth + 1)) for f in fields))
     hash(value)
