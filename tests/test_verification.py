@@ -191,3 +191,48 @@ def test_half_precision_params_against_the_float64_truth(dtype):
     assert raw.rounding_error == pytest.approx(10 * float(jnp.finfo(dtype).eps) * raw.sharpness)
     assert abs(record.sharpness - truth) <= record.error
     assert report.verdict == (truth < report.max_stable_sharpness)
+
+
+def test_a_tolerance_below_float32_resolution_is_reached_in_float64():
+    """tol=1e-6 on float32 (below the 20 eps it resolves): converged through the float64
+    continuation, not left "not converged" (issue 21, item 5); without the check the
+    tolerance is raised to what float32 resolves, with a warning."""
+    rng = np.random.default_rng(1)
+    x, y = st.load_digits(100, dtype=np.float32)
+    batch = (np.asarray(x), np.asarray(y))
+    p32 = {"w1": rng.normal(size=(64, 8)) * 0.3, "w2": rng.normal(size=(8, 10)) * 0.3}
+    with jax.enable_x64(False):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p32)
+        spec = st.hessian_spectrum(_mlp_loss, params, batch, tol=1e-6, progress=False)
+        with pytest.warns(UserWarning, match="below what float32 products resolve"):
+            raw = st.hessian_spectrum(_mlp_loss, params, batch, tol=1e-6, progress=False,
+                                      verify=False)  # fmt: skip
+    assert spec.converged[0] and spec.sharpness_error <= 1e-6 * spec.sharpness + spec.product_error
+    assert raw.converged[0]  # at the raised tolerance
+
+
+def test_data_that_change_between_passes_are_refused():
+    """A callable returning another subset of the same size on every pass (issue 21,
+    item 9) is refused; the same examples reshuffled and rebatched are not."""
+    x, y = st.load_digits(300)
+    x, y = np.asarray(x), np.asarray(y)
+    params = {"w1": jnp.asarray(np.random.default_rng(0).normal(size=(64, 8)) * 0.3),
+              "w2": jnp.asarray(np.random.default_rng(1).normal(size=(8, 10)) * 0.3)}  # fmt: skip
+    calls = {"n": 0}
+
+    def changing():
+        calls["n"] += 1
+        idx = np.random.default_rng(calls["n"]).choice(300, 200, replace=False)
+        return iter([(x[idx[:100]], y[idx[:100]]), (x[idx[100:]], y[idx[100:]])])
+
+    def reshuffled():
+        calls["n"] += 1
+        idx = np.random.default_rng(calls["n"]).permutation(200)
+        cut = 40 + calls["n"] % 50
+        return iter([(x[idx[:cut]], y[idx[:cut]]), (x[idx[cut:]], y[idx[cut:]])])
+
+    with pytest.raises(ValueError, match="same examples on every pass"):
+        st.hessian_spectrum(_mlp_loss, params, changing, progress=False)
+    spec = st.hessian_spectrum(_mlp_loss, params, reshuffled, tol=1e-6, progress=False)
+    dense = st.hessian_spectrum(_mlp_loss, params, (x[:200], y[:200]), tol=1e-6, progress=False)
+    assert spec.sharpness == pytest.approx(dense.sharpness, rel=1e-9)

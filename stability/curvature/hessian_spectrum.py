@@ -580,7 +580,7 @@ class _Pass:
         """This process's ``(sum over its examples of H_i v, examples, loss sums or
         None after the first pass)``."""
         acc = _loop.put(np.zeros(vecs.shape, vecs.dtype), self.mesh)  # no compiled zeros
-        total, lsum = 0, []
+        total, lsum, prints = 0, [], []
         for batch in self.factory():
             if not self.checked:
                 _check_loss_shape(self.loss, self.params, batch)
@@ -589,12 +589,50 @@ class _Pass:
             if nb == 0:
                 continue
             acc, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, vecs, acc)
+            # where the batch already is; the split into main and rem varies with its size
+            prints += [_fingerprint(part) for part in (main, rem) if part is not None]
             total += nb
             if self.n_examples is None:
                 lsum.append(val)
+        self._check_same_examples(prints)
         if self.n_examples is not None:
             lsum = None
         return (np.asarray(acc) if to_host else acc), total, lsum
+
+    def _check_same_examples(self, prints):
+        """Raise when this pass's examples differ from the first pass's: the sums of
+        every leaf's entries and squares over the pass (:func:`_fingerprint`), equal up
+        to the rounding of a reordered sum (relative ``FINGERPRINT_RTOL``) for the
+        same examples in any order or batching."""
+        if not prints:
+            return
+        now = np.sum(np.asarray(jax.device_get(prints), np.float64), axis=0)
+        first = getattr(self, "fingerprint", None)
+        if first is None:
+            self.fingerprint = now
+            return
+        scale = np.maximum(np.abs(first), 1.0)
+        if np.any(np.abs(now - first) > FINGERPRINT_RTOL * scale):
+            raise ValueError(
+                "data must yield the same examples on every pass (each Hessian-vector "
+                "product is a full pass over them); a later pass held other examples (their "
+                "sums changed): a loader that samples a new subset or augments at random? "
+                "Pass a fixed list of batches or a callable that returns the same ones"
+            )
+
+
+# Relative change of a pass's data sums that is not the rounding of a reordered sum.
+FINGERPRINT_RTOL = 1e-5
+
+
+@jax.jit
+def _fingerprint(batch):
+    """Per leaf of ``batch``, the sum of its entries and of their squares (float32 or
+    better): a pass's sums identify its examples whatever their order or batching."""
+    leaves = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(batch)]
+    wide = any(x.dtype == jnp.float64 for x in leaves)
+    leaves = [x.astype(jnp.float64 if wide else jnp.float32) for x in leaves]
+    return jnp.stack([s for x in leaves for s in (jnp.sum(x), jnp.sum(x * x))])
 
 
 class _NoBar:
@@ -757,8 +795,10 @@ def hessian_spectrum(
         their float64 Rayleigh quotients, residuals and the products' own error
         (``product_error``), so a converged value is within its bar of an
         eigenvalue of the float64 Hessian. When the float64 residuals no longer
-        pass the stopping test, Lanczos goes on in float64 from those vectors
-        Costs ``k`` float64 products (``k + 1`` with ``converge_smallest``), about
+        pass the stopping test, Lanczos goes on in float64 from those vectors. A
+        ``tol`` below what the products' dtype resolves (``RESOLVABLE_EPS`` eps)
+        is then reached in float64; with ``verify=False`` it is raised to that
+        with a warning. Costs ``k`` float64 products (``k + 1`` with ``converge_smallest``), about
         three float32 products' time each on a CPU.
 
     Returns:
@@ -772,9 +812,11 @@ def hessian_spectrum(
     )  # fmt: skip
     product = _build_product(loss, params, data, args, devices=devices, loop=loop,
                              progress=progress, stop_when=stop_when)  # fmt: skip
-    spectrum = partial(_spectrum, n=args.n, tol=tol, dtype=args.product_dtype, method=method,
-                       want_smallest=args.want_smallest, random_start=start is None)  # fmt: skip
     verify = _wants_verification(verify, args.product_dtype)
+    args = _resolvable_tolerance(args, verify)
+    spectrum = partial(_spectrum, n=args.n, tol=args.tol, dtype=args.product_dtype,
+                       method=method, want_smallest=args.want_smallest,
+                       random_start=start is None)  # fmt: skip
     want_rows = bool(return_vectors) or verify
     if product.on_device:
         ext, count, steps, rows = _solve_on_device(product, args, want_rows)
@@ -807,6 +849,28 @@ def hessian_spectrum(
     return result
 
 
+# The smallest relative tolerance a run in a given dtype can meet: its errors are
+# floored at 10 eps x scale (_spectrum), so a tol below 20 eps never converges.
+RESOLVABLE_EPS = 20
+
+
+def _resolvable_tolerance(args, verify):
+    """``args`` with the working run's ``tol`` at least ``RESOLVABLE_EPS`` eps of the
+    products' dtype, and the requested one in ``args.requested_tol`` (what the float64
+    check and its continuation are held to). Without the check a raise is warned of."""
+    low = RESOLVABLE_EPS * float(np.finfo(args.product_dtype).eps)
+    if args.tol >= low:
+        return args._replace(requested_tol=args.tol)
+    if not verify:
+        warnings.warn(
+            f"tol={args.tol:g} is below what {args.product_dtype} products resolve "
+            f"({low:.2g}: their rounding floors every error at 10 eps); using tol={low:.2g}. "
+            "Leave verify on to reach it with float64 products.",
+            stacklevel=3,
+        )
+    return args._replace(tol=low, requested_tol=args.tol)
+
+
 def _wants_verification(verify, dtype) -> bool:
     """``verify`` resolved: None (default) checks products below float64; float64
     products are the reference and are never re-checked."""
@@ -820,7 +884,8 @@ def _float64_product(loss, params, data, args, devices):
     data (floating leaves cast up exactly, batch by batch), on
     :func:`stability.curvature.verification.float64_devices`. Call under
     ``jax.enable_x64(True)``."""
-    args64 = args._replace(dtype=np.dtype(np.float64), product_dtype=np.dtype(np.float64))
+    args64 = args._replace(dtype=np.dtype(np.float64), product_dtype=np.dtype(np.float64),
+                           tol=args.requested_tol)  # fmt: skip
     product = _build_product(loss, _check.to_float64(params), _float64_data(data), args64,
                              devices=_check.float64_devices(devices), loop="host",
                              progress=False, stop_when=_never)  # fmt: skip
@@ -866,7 +931,7 @@ def _verify(result, rows, args, again):
     top's product error (an estimate, not a bound: one float64 product costs about
     three float32 ones on a CPU, so it is checked only when waited for).
     Returns ``(spectrum, rows)``."""
-    k, tol = args.k, args.tol
+    k, tol = args.k, args.requested_tol
     rows = np.asarray(rows)
     has_smallest = rows.shape[0] > k and args.want_smallest
     rows = rows[: k + 1] if has_smallest else rows[:k]
@@ -949,7 +1014,7 @@ def _continue_in_float64(checked, rows, args, again, spread, left):
         treedef = jax.tree_util.tree_structure(params)
         trainable = jax.tree_util.tree_unflatten(treedef, list(args.mask))
         cont = hessian_spectrum(
-            again["loss"], params, _float64_data(again["data"]), k=args.k, tol=args.tol,
+            again["loss"], params, _float64_data(again["data"]), k=args.k, tol=args.requested_tol,
             max_hvps=left, seed=again["seed"], method="lanczos",
             reorthogonalize=args.reorthogonalize, return_vectors=True,
             converge_smallest=args.want_smallest, trainable=trainable,
@@ -979,6 +1044,7 @@ class _Args(NamedTuple):
     dtype: np.dtype  # of the Lanczos vectors: the parameters' dtype, at least float32
     v0: np.ndarray  # the start vector (power iteration: the start rows)
     product_dtype: np.dtype  # of the products: the widest differentiated leaf's
+    requested_tol: float = 0.0  # tol as given (the working run's may be raised to resolve)
 
 
 def _check_arguments(
