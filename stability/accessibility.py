@@ -230,17 +230,23 @@ class Accessibility:
 
     def __repr__(self) -> str:
         word = {True: "ACCESSIBLE", False: "NOT ACCESSIBLE", None: "UNDECIDED"}[self.verdict]
-        contracts = "it contracts" if self.spectral_radius < 1 else "it grows"
+        if self.is_minimum is False and self.verdict is not False:
+            word += " (not a minimum)"
+        rho = self.spectral_radius
+        contracts = "n/a" if not math.isfinite(rho) else "it contracts" if rho < 1 else "it grows"
+        if self.verdict is None:
+            contracts += " at the estimate; not certified"
+        sharp, limit = _distinct(self.sharpness, self.max_stable_sharpness)
         return (
             f"Accessibility: {word}\n"
             f"  verdict           {self.reason}\n"
-            f"  sharpness         {self.sharpness:.6g} +- {self.sharpness_error:.2g}: "
-            f"{_percent(self.fraction_of_limit)} of the stable limit "
-            f"{self.max_stable_sharpness:.6g}\n"
+            f"  sharpness         {sharp} +- {_number(self.sharpness_error, '.2g')}: "
+            f"{_percent(self.fraction_of_limit)} of the stable limit {limit}\n"
             f"  minimum           {self._minimum_line()}\n"
-            f"  per-step factor   {self.spectral_radius:.8f} along the sharpest direction "
+            f"  per-step factor   {_number(rho, '.8f')} along the sharpest direction "
             f"({contracts})\n"
-            f"  max stable lr     {self.max_stable_lr:.6g} at this tau, beta and rule\n"
+            f"  max stable lr     {_number(self.max_stable_lr, '.6g')} at this tau, beta and "
+            "rule\n"
             f"  hyperparameters   tau={_describe_tau(self.tau)}  lr={self.lr:.6g}  "
             f"beta={self.beta:g}  momentum={self.momentum}\n"
             f"  cost              {self.num_hvps} Hessian-vector products" + self._minibatch_lines()
@@ -259,37 +265,47 @@ class Accessibility:
                          "top Ritz vector is not resolved)")  # fmt: skip
         else:
             lines.append(
-                f"  non-uniformity    s={self.nonuniformity:.6g} along the sharp direction: "
-                f"second-moment gain {self.noise_gain:.4g} (< 1 stable)"
+                f"  non-uniformity    s={_number(self.nonuniformity, '.6g')} along the sharp "
+                "direction: "
+                f"second-moment gain {_number(self.noise_gain, '.4g')} (< 1 stable)"
             )
             if self.max_nonuniformity is not None:
                 lines.append(
-                    f"  max non-unif.     s={self.max_nonuniformity:.6g} along the most "
-                    f"non-uniform direction (curvature {self.max_nonuniformity_curvature:.4g}): "
-                    f"gain {self.noise_gain_nonuniform:.4g}"
+                    f"  max non-unif.     s={_number(self.max_nonuniformity, '.6g')} along the "
+                    "most non-uniform direction (curvature "
+                    f"{_number(self.max_nonuniformity_curvature, '.4g')}): "
+                    f"gain {_number(self.noise_gain_nonuniform, '.4g')}"
                 )
             if self.wu_ma_e_lambda_max is not None:
                 worst = (
                     "no direction above 1"
                     if self.noise_gain_worst is None
-                    else f"its top direction (curvature {self.worst_curvature:.4g}, s="
-                    f"{self.worst_nonuniformity:.6g}): gain {self.noise_gain_worst:.4g}"
+                    else f"its top direction (curvature {_number(self.worst_curvature, '.4g')}, s="
+                    f"{_number(self.worst_nonuniformity, '.6g')}): gain "
+                    f"{_number(self.noise_gain_worst, '.4g')}"
                 )
                 lines.append(
-                    f"  Wu-Ma-E matrix    lambda_max {self.wu_ma_e_lambda_max:.8f}; {worst}"
+                    f"  Wu-Ma-E matrix    lambda_max {_number(self.wu_ma_e_lambda_max, '.8f')}; "
+                    f"{worst}"
                 )
-            grows = "decays" if self.second_moment_growth < 1 else "grows"
+            growth = self.second_moment_growth
+            grows = "n/a" if growth is None or math.isnan(growth) else (
+                "it decays" if growth < 1 else "it grows"
+            )  # fmt: skip
             lines.append(
-                f"  second moment     per-step factor {self.second_moment_growth:.8f} (it "
-                f"{grows}); max stable lr {self.max_stable_lr_minibatch:.6g} with these "
-                "mini-batches"
+                f"  second moment     per-step factor {_number(self.second_moment_growth, '.8f')} ("
+                f"{grows}); max stable lr {_number(self.max_stable_lr_minibatch, '.6g')} with "
+                "these mini-batches"
             )
         if self.binding is not None:
             lines.append(f"  binding           {self.binding} condition")
         return "\n" + "\n".join(lines)
 
     def _minimum_line(self) -> str:
-        low = f"smallest eigenvalue {self.smallest_eigenvalue:.4g} +- {self.smallest_error:.2g}"
+        low = (
+            f"smallest eigenvalue {_number(self.smallest_eigenvalue, '.4g')} +- "
+            f"{_number(self.smallest_error, '.2g')}"
+        )
         rel = self.smallest_eigenvalue / abs(self.sharpness) if self.sharpness else math.nan
         if self.is_minimum is True:
             return f"yes: {low} (flat or positive curvature)"
@@ -302,7 +318,8 @@ class Accessibility:
         return f"not established: {low}{judged}"
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict of the numbers (the spectrum object left out)."""
+        """A JSON-ready dict of the numbers (the spectrum object left out); a value that
+        is not a finite number (an unbounded bound, an undefined factor) is None."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("spectrum")
         if self.batch_size is None:
@@ -311,14 +328,37 @@ class Accessibility:
         out["tau"] = _describe_tau(self.tau)
         for key, value in out.items():
             if isinstance(value, float) and not math.isfinite(value):
-                out[key] = None if math.isnan(value) else str(value)
+                out[key] = None  # JSON numbers are numbers or null (no "inf", no NaN)
         return out
 
 
+def _number(x, spec: str) -> str:
+    """``x`` formatted with ``spec``; "n/a" for None or NaN (a report never shows nan)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, spec)
+
+
+def _distinct(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with the fewest significant digits (at least 6) that show them
+    apart when they differ (1.851 against a limit of 1.851 shows their order)."""
+    for digits in range(6, 18):
+        sa, sb = _number(a, f".{digits}g"), _number(b, f".{digits}g")
+        if a == b or sa != sb:
+            return sa, sb
+    return repr(a), repr(b)
+
+
 def _percent(x: float) -> str:
+    """``x`` as a percentage, with enough digits that a value other than 1 never
+    reads as 100 % (100.3 % is not "100 %")."""
     if not math.isfinite(x):
-        return str(x)
-    return f"{100 * x:.3g} %"
+        return "n/a" if math.isnan(x) else str(x)
+    for digits in range(3, 12):
+        text = f"{100 * x:.{digits}g}"
+        if x == 1 or float(text) != 100:
+            return f"{text} %"
+    return f"{100 * x!r} %"
 
 
 def _describe_tau(tau) -> object:
@@ -352,10 +392,12 @@ def _judge(spectrum: HessianSpectrum, limit: float, require_minimum: bool,
     # The sharp side: a Ritz value is a lower bound on lambda_max.
     if top - spread >= limit:
         sharp, by = False, "ritz_value"
-        less = f" (less the products' error {spread:.2g})" if spread else ""
+        shown, shown_limit = _distinct(top - spread, limit)
+        if spread:
+            shown = f"{top:.6g} (less the products' error {spread:.2g}: {shown})"
         why = (
-            f"unstable: a Ritz value {top:.4g}{less} is already at or above the stable limit "
-            f"{limit:.4g}, so the sharpness is at least {_percent((top - spread) / limit)} of it"
+            f"unstable: a Ritz value {shown} is already at or above the stable limit "
+            f"{shown_limit}, so the sharpness is at least {_percent((top - spread) / limit)} of it"
         )
     elif upper < limit:
         sharp, by = True, "random_start"
@@ -609,7 +651,12 @@ def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampli
         extra["binding"] = "deterministic"
         return verdict, certified_by, reason, extra
     if num_examples is None:
-        return None, None, reason + "; mini-batch noise not judged (no num_examples)", extra
+        return (
+            None,
+            None,
+            _noise_undecided(reason, "mini-batch noise not judged (no num_examples)"),
+            extra,
+        )
     usable = _resolved(spectrum)
     if s_sharp is None or not usable:
         gap = (
@@ -619,11 +666,11 @@ def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampli
             if len(spectrum.eigenvalues) > 1
             else ", not converged)"
         )
-        reason += (
-            "; mini-batch noise not judged (the top Ritz vector is not resolved: residual "
+        why = (
+            "mini-batch noise not judged (the top Ritz vector is not resolved: residual "
             f"{float(spectrum.errors[0]):.2g}{gap}"
         )
-        return None, None, reason, extra
+        return None, None, _noise_undecided(reason, why), extra
     args = (lr, tau, beta, momentum, sampling)
     sharp = _judge_noise(top, float(spectrum.errors[0]), float(s_sharp),
                          "along the sharp direction", *args)  # fmt: skip
@@ -667,17 +714,28 @@ def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampli
             f"stable (sharpness {_percent(top / limit)} of its limit)"
         )
         return False, "mean_square", reason, extra
-    reason += "; " + "; ".join(n.why for n in found)
-    if s_noisy is None:
-        reason += "; the most non-uniform direction not judged"
     if any(n.verdict is None for n in found) or s_noisy is None:
         extra["mean_square_verdict"] = None
-        return None, None, reason, extra
+        open_ = [n.why for n in found if n.verdict is None]
+        if s_noisy is None:
+            open_.append("the most non-uniform direction not judged")
+        decided = [n.why for n in found if n.verdict is not None]
+        reason = _noise_undecided(reason, "; ".join(open_))
+        return None, None, reason + "".join("; " + w for w in decided), extra
+    reason += "; " + "; ".join(n.why for n in found)
     extra["mean_square_verdict"] = True
     if verdict is True:
         lowered = extra["max_stable_lr_minibatch"] < (1 - BINDING_TOLERANCE) * max_lr
         extra["binding"] = "stochastic" if lowered else "deterministic"
     return verdict, certified_by, reason, extra
+
+
+def _noise_undecided(reason: str, why: str) -> str:
+    """The reason of a verdict left undecided by the mini-batch condition: what is
+    undecided first, then what the full-batch side found."""
+    if reason.startswith("undecided"):
+        return f"{reason}; {why}"
+    return f"undecided: {why}; full batch: {reason}"
 
 
 def _num_params(params) -> int:

@@ -455,7 +455,9 @@ def test_without_num_examples_the_noise_is_not_judged_and_the_report_says_so():
     # gamma needs n: the verdict is undecided, the report prints n=? and no gamma.
     rep = st.verdict_from_spectrum(_spectrum(A), 0, 0.5, nonuniformity=3.0, batch_size=4)
     assert rep.verdict is None and rep.variance_factor is None
-    assert rep.reason.endswith("mini-batch noise not judged (no num_examples)")
+    # What is undecided comes first (issue 21, item 13), then the full-batch side.
+    assert rep.reason.startswith("undecided: mini-batch noise not judged (no num_examples); "
+                                 "full batch: stable: sharpness 2")  # fmt: skip
     text = repr(rep)
     assert "  mini-batch        B=4 of n=?, without replacement\n" in text
     assert "variance factor" not in text

@@ -654,7 +654,9 @@ def _progress_bar(total, progress):
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="Hessian-vector products", leave=False)
+    # No total: a run stops when its answer is decided, usually long before max_hvps, so an
+    # ETA to max_hvps would mislead; the bar counts products and their rate.
+    return tqdm(total=None, desc="Hessian-vector products", unit="product", leave=False)
 
 
 def default_memory_budget() -> int:
