@@ -656,7 +656,7 @@ def _progress_bar(total, progress):
 
     # No total: a run stops when its answer is decided, usually long before max_hvps, so an
     # ETA to max_hvps would mislead; the bar counts products and their rate.
-    return tqdm(total=None, desc="Hessian-vector products", unit="product", leave=False)
+    return tqdm(total=None, desc="Hessian-vector products", unit=" products", leave=False)
 
 
 def default_memory_budget() -> int:
