@@ -134,7 +134,13 @@ def simulate_async(
         ``tracker(w_t, t)`` is called before the first step and after each
         chunk: its ``history`` is the sharpness record of the run. The
         trajectory is the same as without a tracker (same steps, delays and
-        mini-batches); ``record_every`` must divide ``tracker.every``.
+        mini-batches); ``record_every`` must divide ``tracker.every``. At the
+        last step a tracker with a ``check`` method (`SharpnessTracker`) checks
+        even when ``steps`` is not a multiple of ``every``. Once the loss or
+        the distance is non-finite (a diverged run) the tracker is no longer
+        called (its check of non-finite weights would raise and lose the
+        run): the run goes on to ``steps`` and ``diverged`` is True, as without
+        a tracker; the tracker's history ends at the last finite chunk end.
 
     Returns:
       An `AsyncTrajectory`.
@@ -277,7 +283,9 @@ def _simulate_tracked(
         params, data, key, schedule=schedule, steps=steps, **options
     )
     losses, dists, delays = [l0[None]], [d0[None]], []
-    tracker(carry.w, 0)
+    finite = _finite(l0, d0)
+    if finite:
+        tracker(carry.w, 0)
     for lo in range(0, steps, every):
         part = jax.tree_util.tree_map(lambda a, lo=lo: a[lo : lo + every], xs)
         carry, (lc, dc), dl = _simulate_segment(
@@ -294,8 +302,29 @@ def _simulate_tracked(
         losses.append(lc)
         dists.append(dc)
         delays.append(dl)
-        tracker(carry.w, min(lo + every, steps))
+        # A diverged run goes on untracked (the same steps as without a tracker):
+        # a sharpness check of non-finite weights would raise and lose the record.
+        finite = finite and _finite(lc, dc)
+        if finite:
+            _track(tracker, carry.w, min(lo + every, steps), steps)
     return jnp.concatenate(losses), jnp.concatenate(dists), carry.w, jnp.concatenate(delays)
+
+
+def _finite(*arrays) -> bool:
+    """Whether every value of every array is finite (read back to the host)."""
+    return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in arrays)
+
+
+def _track(tracker, params, step: int, steps: int) -> None:
+    """``tracker(params, step)``; at the last step a tracker with a ``check`` method
+    (`stability.SharpnessTracker`) checks whatever ``step % every`` is, so that a
+    run's sharpness record ends at its final weights. Shared with `train_async`."""
+    every = getattr(tracker, "every", 1)
+    last_unchecked = step == steps and isinstance(every, int) and every > 0 and step % every
+    if last_unchecked and callable(getattr(tracker, "check", None)):
+        tracker.check(params, step)
+    else:
+        tracker(params, step)
 
 
 def _record_steps(steps: int, every: int) -> np.ndarray:
