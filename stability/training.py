@@ -94,6 +94,28 @@ class TrainingRun(NamedTuple):
     steps_per_epoch: int
     seconds: float
 
+    def __repr__(self) -> str:
+        """One line: the steps, the loss at the start and the end, the verdict of
+        the run and the sizes of the arrays (never their values: a network's
+        parameters would fill the screen)."""
+        leaves = jax.tree_util.tree_leaves(self.params)
+        size = sum(int(np.size(x)) for x in leaves)
+        loss = self.train_loss
+        losses = f"{loss[0]:.4g} -> {loss[-1]:.4g}" if len(loss) else "none"
+        checks = (
+            ""
+            if self.sharpness is None
+            else f", {len(self.sharpness.get('step', ()))} sharpness checks"
+        )
+        evals = f", eval {sorted(self.eval)}" if self.eval else ""
+        last = int(self.step[-1]) if len(self.step) else 0
+        return (
+            f"TrainingRun({last} steps ({last / self.steps_per_epoch:g} epochs), "
+            f"{len(self.step)} records, train_loss {losses}{evals}{checks}, "
+            f"diverged={self.diverged}, params: {len(leaves)} arrays, {size} values, "
+            f"{self.seconds:.1f} s)"
+        )
+
 
 def batch_indices(num_examples: int, batch_size: int, epochs: int, seed: int = 0) -> np.ndarray:
     """The example indices of every mini-batch of a `train_async` run.
@@ -189,9 +211,12 @@ def train_async(
         when a tracker is given); records fall on chunk ends.
       tracker: optional ``tracker(params, step)`` (e.g. a
         `stability.SharpnessTracker` with the run's tau, lr, beta and momentum)
-        called at step 0 and after every chunk; its ``history`` is returned as
-        ``sharpness``.
-      progress: a tqdm bar over chunks.
+        called at step 0 and after every chunk while the training loss is
+        finite; at the last step a tracker with a ``check`` method checks even
+        when ``steps`` is not a multiple of its ``every``. Its ``history`` is
+        returned as ``sharpness``.
+      progress: a tqdm bar over chunks, only when stderr is a terminal (none
+        in a redirected log), erased when the run ends.
 
     Returns:
       A `TrainingRun`.
@@ -262,7 +287,7 @@ def train_async(
         train_rec.append(float(tl))
         eval_rec.append({k: float(v) for k, v in metrics.items()})
         if tracker is not None and math.isfinite(train_rec[-1]):
-            tracker(w, t)
+            _sim._track(tracker, w, t, steps)  # the last step is checked, whatever `every`
         return math.isfinite(train_rec[-1])
 
     bar = _bar(-(-steps // chunk), progress)
@@ -353,8 +378,12 @@ class _NoBar:
 
 
 def _bar(total, progress):
+    """A tqdm bar over chunks, or none. ``disable=None``: no bar when stderr is not
+    a terminal (a redirected log would get every carriage-return redraw, and the
+    redraws of bars nested in an experiment's bar interleave); ``leave=False``:
+    the bar is erased when the run ends, so an enclosing bar keeps its line."""
     if not progress:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="chunk", leave=False)
+    return tqdm(total=total, unit="chunk", desc="train_async", leave=False, disable=None)

@@ -824,4 +824,4 @@ def _bar(total, progress, desc):
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc)
+    return tqdm(total=total, desc=desc, disable=None)  # no bar unless stderr is a terminal
