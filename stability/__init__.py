@@ -23,59 +23,149 @@ spectrum -> threshold -> verdict):
 - `app/`: `cli`, `demo`, `plotting`, `experiments`.
 """
 
-from stability.accessibility import Accessibility, is_accessible, verdict_from_spectrum
-from stability.app.plotting import plot_stability_region, plot_thresholds, plot_trajectories
-from stability.compilation_cache import enable_compilation_cache
-from stability.curvature import nonuniformity as nonuniformity
-from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
-from stability.curvature.nonuniformity import (
-    DirectionalNonuniformity,
-    NonuniformitySpectrum,
-    WuMaESpectrum,
-    directional_nonuniformity,
-    nonuniformity_spectrum,
-    wu_ma_e_spectrum,
-)
-from stability.curvature.tracking import SharpnessRecord, SharpnessTracker
-from stability.networks.examples import load_digits, train_to_minimum
-from stability.networks.models import loss_from_model, mean_squared_error
-from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
-from stability.theory import mean_square as mean_square
-from stability.theory.boundary_locus import (
-    Threshold,
-    dense_threshold,
-    max_stable_lr,
-    max_stable_sharpness,
-    stability_threshold,
-)
-from stability.theory.companion import companion_matrix, spectral_radius
-from stability.theory.delays import (
-    DelayDistribution,
-    delay_distribution,
-    fixed_delay,
-    random_order,
-    round_robin,
-)
-from stability.theory.linearize import LinearizedOptimizer, linearize
-from stability.theory.mean_square import (
-    MeanSquareStability,
-    MeanSquareThreshold,
-    lr_for_delay_minibatch,
-    max_stable_lr_minibatch,
-    mean_square_stability,
-    mean_square_threshold,
-    noise_gain,
-    second_moment_growth,
-    variance_factor,
-)
-from stability.theory.rules import CharacteristicPolynomial, characteristic_polynomial
-from stability.theory.tuning import (
-    MomentumCandidate,
-    MomentumRecommendation,
-    lr_for_delay,
-    recommend_momentum,
-)
-from stability.training import TrainingRun, batch_indices, train_async
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc tools
+    from stability.accessibility import Accessibility, is_accessible, verdict_from_spectrum
+    from stability.app.plotting import plot_stability_region, plot_thresholds, plot_trajectories
+    from stability.compilation_cache import enable_compilation_cache
+    from stability.curvature import nonuniformity as nonuniformity
+    from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
+    from stability.curvature.nonuniformity import (
+        DirectionalNonuniformity,
+        NonuniformitySpectrum,
+        WuMaESpectrum,
+        directional_nonuniformity,
+        nonuniformity_spectrum,
+        wu_ma_e_spectrum,
+    )
+    from stability.curvature.tracking import SharpnessRecord, SharpnessTracker
+    from stability.networks.examples import load_digits, train_to_minimum
+    from stability.networks.models import loss_from_model, mean_squared_error
+    from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
+    from stability.theory import mean_square as mean_square
+    from stability.theory.boundary_locus import (
+        Threshold,
+        dense_threshold,
+        max_stable_lr,
+        max_stable_sharpness,
+        stability_threshold,
+    )
+    from stability.theory.companion import companion_matrix, spectral_radius
+    from stability.theory.delays import (
+        DelayDistribution,
+        delay_distribution,
+        fixed_delay,
+        random_order,
+        round_robin,
+    )
+    from stability.theory.linearize import LinearizedOptimizer, linearize
+    from stability.theory.mean_square import (
+        MeanSquareStability,
+        MeanSquareThreshold,
+        lr_for_delay_minibatch,
+        max_stable_lr_minibatch,
+        mean_square_stability,
+        mean_square_threshold,
+        noise_gain,
+        second_moment_growth,
+        variance_factor,
+    )
+    from stability.theory.rules import CharacteristicPolynomial, characteristic_polynomial
+    from stability.theory.tuning import (
+        MomentumCandidate,
+        MomentumRecommendation,
+        lr_for_delay,
+        recommend_momentum,
+    )
+    from stability.training import TrainingRun, batch_indices, train_async
+
+# Public name -> the module that defines it. Imported on first use (PEP 562), so that
+# `import stability` and the command line's `stability --help` cost no JAX import until
+# a name is used.
+_EXPORTS = {
+    "Accessibility": "stability.accessibility",
+    "is_accessible": "stability.accessibility",
+    "verdict_from_spectrum": "stability.accessibility",
+    "plot_stability_region": "stability.app.plotting",
+    "plot_thresholds": "stability.app.plotting",
+    "plot_trajectories": "stability.app.plotting",
+    "enable_compilation_cache": "stability.compilation_cache",
+    "HessianSpectrum": "stability.curvature.hessian_spectrum",
+    "hessian_spectrum": "stability.curvature.hessian_spectrum",
+    "DirectionalNonuniformity": "stability.curvature.nonuniformity",
+    "NonuniformitySpectrum": "stability.curvature.nonuniformity",
+    "WuMaESpectrum": "stability.curvature.nonuniformity",
+    "directional_nonuniformity": "stability.curvature.nonuniformity",
+    "nonuniformity_spectrum": "stability.curvature.nonuniformity",
+    "wu_ma_e_spectrum": "stability.curvature.nonuniformity",
+    "SharpnessRecord": "stability.curvature.tracking",
+    "SharpnessTracker": "stability.curvature.tracking",
+    "load_digits": "stability.networks.examples",
+    "train_to_minimum": "stability.networks.examples",
+    "loss_from_model": "stability.networks.models",
+    "mean_squared_error": "stability.networks.models",
+    "AsyncTrajectory": "stability.simulate",
+    "growth_rate": "stability.simulate",
+    "simulate_async": "stability.simulate",
+    "stationary_tilt": "stability.simulate",
+    "Threshold": "stability.theory.boundary_locus",
+    "dense_threshold": "stability.theory.boundary_locus",
+    "max_stable_lr": "stability.theory.boundary_locus",
+    "max_stable_sharpness": "stability.theory.boundary_locus",
+    "stability_threshold": "stability.theory.boundary_locus",
+    "companion_matrix": "stability.theory.companion",
+    "spectral_radius": "stability.theory.companion",
+    "DelayDistribution": "stability.theory.delays",
+    "delay_distribution": "stability.theory.delays",
+    "fixed_delay": "stability.theory.delays",
+    "random_order": "stability.theory.delays",
+    "round_robin": "stability.theory.delays",
+    "LinearizedOptimizer": "stability.theory.linearize",
+    "linearize": "stability.theory.linearize",
+    "MeanSquareStability": "stability.theory.mean_square",
+    "MeanSquareThreshold": "stability.theory.mean_square",
+    "lr_for_delay_minibatch": "stability.theory.mean_square",
+    "max_stable_lr_minibatch": "stability.theory.mean_square",
+    "mean_square_stability": "stability.theory.mean_square",
+    "mean_square_threshold": "stability.theory.mean_square",
+    "noise_gain": "stability.theory.mean_square",
+    "second_moment_growth": "stability.theory.mean_square",
+    "variance_factor": "stability.theory.mean_square",
+    "CharacteristicPolynomial": "stability.theory.rules",
+    "characteristic_polynomial": "stability.theory.rules",
+    "MomentumCandidate": "stability.theory.tuning",
+    "MomentumRecommendation": "stability.theory.tuning",
+    "lr_for_delay": "stability.theory.tuning",
+    "recommend_momentum": "stability.theory.tuning",
+    "TrainingRun": "stability.training",
+    "batch_indices": "stability.training",
+    "train_async": "stability.training",
+}
+
+
+# Submodules re-exported as names.
+_SUBMODULES = {
+    "nonuniformity": "stability.curvature.nonuniformity",
+    "mean_square": "stability.theory.mean_square",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'stability' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))
+
 
 __version__ = "0.1.0"
 

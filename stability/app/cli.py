@@ -20,34 +20,57 @@ class UsageError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+EXIT_CODES = """exit status:
+  0  done (check: the verdict is decided, yes or no)
+  1  an error in the model or a library failure (STABILITY_DEBUG=1 shows the traceback)
+  2  bad input: an option, a file, a module or data that does not fit (one line on stderr)
+  3  check only: the verdict is undecided (too close to the limit or not converged)
+  130  interrupted (Ctrl-C)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``stability check: error: ...``), exit status 2,
+    instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stability",
         description="Can asynchronous training with delay tau, learning rate lr and momentum "
         "beta reach and stay in a minimum?",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="train a small network on digits and judge its minimum")
+    def add(name, help):
+        return sub.add_parser(name, help=help, description=help, epilog=EXIT_CODES,
+                              formatter_class=_HelpFormatter)  # fmt: skip
+
+    demo = add("demo", "train a small network on digits and judge its minimum")
     demo.add_argument("--out", default="stability-demo", help="output folder for the PNG")
     demo.add_argument(
         "--quick", action="store_true", help="fewer delays and shorter simulations (for tests)"
     )
 
-    table = sub.add_parser("table", help="max stable lr*sharpness for delays and momenta")
-    table.add_argument("--tau", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32, 64])
-    table.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.9])
+    table = add("table", "max stable lr*sharpness for delays and momenta")
+    table.add_argument("--tau", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32, 64],
+                       help="delays (integers >= 0)")  # fmt: skip
+    table.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.9],
+                       help="momentum coefficients in [0, 1)")  # fmt: skip
     table.add_argument(
         "--momentum",
         nargs="+",
         default=["heavy_ball", "nesterov", "shifted"],
-        help="one or more of heavy_ball, nesterov, shifted",
+        help="momentum rules, any of heavy_ball, nesterov, shifted",
     )
     table.add_argument("--json", action="store_true", help="machine-readable output")
 
-    experiment = sub.add_parser(
-        "experiment",
-        help="the delayed edge of stability (eos) or the paper's claims (paper) on digits",
+    experiment = add(
+        "experiment", "the delayed edge of stability (eos) or the paper's claims (paper) on digits"
     )
     experiment.add_argument("name", choices=["eos", "paper"], help="which experiment")
     experiment.add_argument(
@@ -61,9 +84,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    check = sub.add_parser("check", help="judge your own model and checkpoint")
+    check = add("check", "judge your own model and checkpoint")
     check.add_argument("--model", required=True, help="PKG.MODULE:FACTORY returning the model")
-    check.add_argument("--params", help="checkpoint: .npz file or Orbax directory")
+    check.add_argument(
+        "--params",
+        help="checkpoint: .npz file or Orbax directory (without it: the factory's initial "
+        "weights, said on stderr)",
+    )
     check.add_argument("--data", required=True, help="PKG.MODULE:BATCHES (callable or iterable)")
     check.add_argument("--loss", help="PKG.MODULE:FN, loss(outputs, labels) for modules")
     check.add_argument(
@@ -82,11 +109,15 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="training mode: batch statistics of the batch, dropout with a fixed key",
     )
-    check.add_argument("--tau", type=int, required=True)
-    check.add_argument("--lr", type=float, required=True)
-    check.add_argument("--beta", type=float, default=0.0)
-    check.add_argument("--momentum", default="heavy_ball")
-    check.add_argument("--max-hvps", type=int, default=200)
+    check.add_argument("--tau", type=int, required=True, help="the delay (integer >= 0)")
+    check.add_argument("--lr", type=float, required=True, help="the learning rate (> 0)")
+    check.add_argument("--beta", type=float, default=0.0, help="momentum coefficient in [0, 1)")
+    check.add_argument(
+        "--momentum", default="heavy_ball",
+        help="momentum rule: heavy_ball, nesterov or shifted",
+    )  # fmt: skip
+    check.add_argument("--max-hvps", type=int, default=200,
+                       help="most Hessian-vector products before answering undecided")  # fmt: skip
     check.add_argument(
         "--require-minimum",
         action="store_true",
@@ -115,15 +146,38 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (unless none or already said), the exit codes'
+    layout kept."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        if isinstance(default, list):
+            default = " ".join(str(x) for x in default)
+        return f"{text} (default: {default})"
+
+
 def _resolve(spec: str, what: str):
-    """Import ``PKG.MODULE:NAME`` and return the object."""
+    """Import ``PKG.MODULE:NAME`` and return the object. The user's own modules are
+    found as ``python -m`` would find them: the current directory first on the import
+    path, while importing only (a folder named like a library, e.g. ``orbax/``, must
+    not shadow it for the rest of the run)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"{what} must look like PKG.MODULE:NAME; got {spec!r}")
+    added = os.getcwd() not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise UsageError(f"{what}: cannot import module {module_name!r} ({err})") from err
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -186,8 +240,17 @@ def _table_number(q: float) -> str:
 
 def _load_data(spec: str):
     obj = _resolve(spec, "--data")
+    if _is_module(obj):
+        raise UsageError(f"--data {spec} is a Flax module; --data names the batches: a list, "
+                         "one batch or a callable returning an iterator of batches")  # fmt: skip
     if callable(obj):
         produced = obj()
+        if _is_module(produced):
+            raise UsageError(
+                f"--data {spec} returned a Flax module ({type(produced).__name__}), not data: "
+                "--data names the batches (a list, one batch or a callable returning an "
+                "iterator of batches); the model goes in --model"
+            )
         if isinstance(produced, (tuple, dict)) or hasattr(produced, "shape"):
             return produced  # a single batch (a tuple, a dict or one array)
         if isinstance(produced, list):
@@ -216,6 +279,7 @@ def _cmd_check(args) -> int:
     factory = _resolve(args.model, "--model")
     model = factory() if callable(factory) and not _is_module(factory) else factory
     params = restore_params(args.params, model, train=args.train) if args.params else None
+    announce = params is None
     data = _load_data(args.data)
     loss = _resolve(args.loss, "--loss") if args.loss else None
     # The model becomes a loss(params, batch) here, with the data's first batch
@@ -229,6 +293,12 @@ def _cmd_check(args) -> int:
         call_kwargs=_call_kwargs(args.call_kwargs),
         batch_keys=tuple(args.batch_keys) if args.batch_keys else None,
     )
+    if announce:  # once the model and the data fit together
+        print(
+            f"stability check: no --params: judging the initial weights that {args.model} "
+            "builds (pass --params CHECKPOINT for a trained network)",
+            file=sys.stderr,
+        )
     extra = {"require_minimum": True} if args.require_minimum else {}
     if args.batch_size is not None:
         extra.update(
@@ -293,11 +363,10 @@ def _cmd_experiment(args) -> int:
 
 def main(argv=None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
-    # `--model mypkg.models:make` names the user's own modules, as `python -m` would
-    # find them: the current directory comes first on the import path.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a one-line usage error (2)
+        return int(done.code or 0)
     handlers = {
         "table": _cmd_table,
         "check": _cmd_check,
@@ -306,18 +375,64 @@ def main(argv=None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        print(f"stability {args.command}: error: {_one_line(err)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"stability {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, FileNotFoundError) as err:
+        print(f"stability {args.command}: error: {_cli_words(_one_line(err))}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, KeyError) as err:
+        if not _raised_by_library(err):
+            if os.environ.get("STABILITY_DEBUG"):
+                raise
+            return _failure(args.command, err)
+        print(f"stability {args.command}: error: {_cli_words(_one_line(err))}", file=sys.stderr)
         return 2
     except Exception as err:  # e.g. a Flax error raised from the user's model
         if os.environ.get("STABILITY_DEBUG"):
             raise
-        print(
-            f"stability {args.command}: error: {type(err).__name__}: {_one_line(err)} "
-            "(set STABILITY_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _failure(args.command, err)
+
+
+def _failure(command: str, err: BaseException) -> int:
+    """Exit status 1: an error in the user's model or a library failure, one line."""
+    print(
+        f"stability {command}: error: {type(err).__name__}: {_one_line(err)} "
+        "(set STABILITY_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _raised_by_library(err: BaseException) -> bool:
+    """Whether ``err`` is one of the library's own input errors: raised by a ``raise``
+    statement in the ``stability`` package (its innermost frame is there), not by
+    numpy, JAX or the user's code inside the library's call (a bug or a model error:
+    exit status 1, not a one-line input error)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
+# Python argument names in the library's advice, as the command line spells them.
+_CLI_WORDS = (
+    ("pass batch_keys=(input_key, label_key)", "pass --batch-keys INPUT_KEY LABEL_KEY"),
+    ("batch_keys=(input_key, label_key)", "--batch-keys INPUT_KEY LABEL_KEY"),
+    ("loss=stability.mean_squared_error", "--loss stability:mean_squared_error"),
+    ("pass call_kwargs=", "pass --call-kwargs "),
+    ("call_kwargs=", "--call-kwargs "),
+    ("batch_keys ", "--batch-keys "),
+)
+
+
+def _cli_words(text: str) -> str:
+    for python, cli in _CLI_WORDS:
+        text = text.replace(python, cli)
+    return text
 
 
 def _one_line(err: BaseException) -> str:
