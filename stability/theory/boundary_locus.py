@@ -109,7 +109,8 @@ class Threshold(NamedTuple):
       ``RESOLUTION`` = 1e-3 (float32 for beta above about 0.9999).
 
     From :func:`stability_threshold` with Python-scalar arguments the fields are a
-    Python float, float and bool; otherwise arrays.
+    Python float, float and bool, computed in float64 whatever ``jax_enable_x64``
+    says; otherwise arrays in the arguments' dtype.
     """
 
     q_max: jnp.ndarray
@@ -304,7 +305,9 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
 
     Returns:
       :class:`Threshold` ``(q_max, theta, reliable)``, broadcast over tau and beta
-      (Python float, float, bool when tau and beta are Python scalars).
+      (Python float, float, bool when tau and beta are Python scalars, computed in
+      float64; arrays keep their dtype, and in float32 ``reliable`` is False where
+      the rounding of beta moves q_max by more than ``RESOLUTION``, see `resolved`).
     """
     dtype = _prepare(tau, beta, momentum)
     if isinstance(tau, DelayDistribution):

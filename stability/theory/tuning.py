@@ -183,6 +183,11 @@ def recommend_momentum(
     tau heavy_ball and nesterov never beat beta = 0, while shifted does.
 
     ``tau``: a scalar integer delay or a ``DelayDistribution``.
+
+    Every number comes back a Python float computed in float64, whatever
+    ``jax_enable_x64`` says; each row's ``lr = effective_lr (1 - beta)`` is rounded
+    once from the decimals typed (0.1 and 0.99 give 0.001, not binary's
+    0.0010000000000000009).
     """
     check_delay(tau, "tau")
     if not hasattr(tau, "probabilities") and np.ndim(tau) != 0:
