@@ -320,7 +320,9 @@ def _track(tracker, params, step: int, steps: int) -> None:
     (`stability.SharpnessTracker`) checks whatever ``step % every`` is, so that a
     run's sharpness record ends at its final weights. Shared with `train_async`."""
     every = getattr(tracker, "every", 1)
-    last_unchecked = step == steps and isinstance(every, int) and every > 0 and step % every
+    last_unchecked = (
+        step == steps and isinstance(every, (int, np.integer)) and every > 0 and step % every
+    )
     if last_unchecked and callable(getattr(tracker, "check", None)):
         tracker.check(params, step)
     else:
