@@ -85,7 +85,7 @@ from stability.curvature.nonuniformity import (
 from stability.curvature.verification import PRECISION_TOLERANCE
 from stability.networks.models import loss_from_model
 from stability.theory import boundary_locus, companion, delays, mean_square
-from stability.validation import check_beta, check_lr, check_momentum
+from stability.validation import check_beta, check_lr, check_momentum, check_scalar
 
 __all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
 
@@ -243,7 +243,7 @@ class Accessibility:
             f"  sharpness         {sharp} +- {_number(self.sharpness_error, '.2g')}: "
             f"{_percent(self.fraction_of_limit)} of the stable limit {limit}\n"
             f"  minimum           {self._minimum_line()}\n"
-            f"  per-step factor   {_number(rho, '.8f')} along the sharpest direction "
+            f"  per-step factor   {_factor(rho)} along the sharpest direction "
             f"({contracts})\n"
             f"  max stable lr     {_number(self.max_stable_lr, '.6g')} at this tau, beta and "
             "rule\n"
@@ -313,7 +313,7 @@ class Accessibility:
         if self.is_minimum is False:
             return (
                 f"no: negative curvature, {low} ({_percent(rel)} of the sharpness); "
-                f"that direction grows x{self.smallest_growth:.6g} per step{judged}"
+                f"that direction grows x{_factor(self.smallest_growth)} per step{judged}"
             )
         return f"not established: {low}{judged}"
 
@@ -337,6 +337,18 @@ def _number(x, spec: str) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return format(x, spec)
+
+
+def _factor(rho) -> str:
+    """A per-step factor with the digits that show its distance from 1 (1 - 1e-11 is
+    not "1.00000000"); "n/a" when undefined."""
+    if rho is None or not math.isfinite(rho):
+        return _number(rho, ".8f")
+    for digits in range(8, 18):
+        text = f"{rho:.{digits}f}"
+        if rho == 1 or float(text) != 1:
+            return text
+    return repr(rho)
 
 
 def _distinct(a: float, b: float) -> tuple[str, str]:
@@ -784,6 +796,7 @@ def _check_hyperparameters(tau, lr, beta, momentum, failure_probability) -> None
     if np.ndim(lr) != 0:
         raise ValueError(f"lr must be a scalar; got {lr!r}")
     check_lr(lr)
+    check_scalar("beta", beta)
     check_beta(beta)
     check_momentum(momentum)
     if not (isinstance(failure_probability, (int, float)) and 0 < failure_probability < 1):

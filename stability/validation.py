@@ -8,6 +8,7 @@ inspected, so the caller is trusted (the same contract as optax and lineax).
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import jax
@@ -40,7 +41,9 @@ def check_number(name: str, x) -> None:
     if not is_concrete(x):
         return
     kind = None
-    if not isinstance(x, (str, bytes, bool, np.bool_)) and x is not None:
+    if isinstance(x, int) and not isinstance(x, bool):
+        kind = "i"  # a Python int of any size (numpy holds those above 2**63 as objects)
+    elif not isinstance(x, (str, bytes, bool, np.bool_)) and x is not None:
         try:
             kind = np.asarray(x).dtype.kind
         except (TypeError, ValueError):
@@ -57,6 +60,13 @@ def check_finite(name: str, x) -> None:
     if not is_concrete(x):
         return
     check_number(name, x)
+    if isinstance(x, int) and not isinstance(x, bool):
+        try:
+            x = float(x)
+        except OverflowError:
+            raise ValueError(
+                f"{name} must be finite; got an integer of {len(str(x))} digits"
+            ) from None
     arr = np.asarray(x)
     bad = ~np.isfinite(arr)
     if np.any(bad):
@@ -128,16 +138,31 @@ def check_tau(x, name: str = "tau") -> None:
         _fail(name, x, "at most 2**53 (about 9.0e15)", bad)
 
 
-def check_int(name: str, x, minimum: int = 0) -> int:
-    """A Python-level integer option (a static argument), returned as ``int``."""
+def check_int(name: str, x, minimum: int = 0, maximum: int | None = None) -> int:
+    """A Python-level integer option (a static argument), returned as ``int``; at most
+    ``maximum`` when given (counts that size an allocation or a loop)."""
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        if isinstance(x, numbers.Real) and float(x).is_integer() and not isinstance(x, bool):
+        if (
+            isinstance(x, numbers.Real)
+            and not isinstance(x, bool)
+            and math.isfinite(x)
+            and float(x).is_integer()
+        ):
             x = int(x)
         else:
             raise TypeError(f"{name} must be an integer; got {x!r}")
     if x < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {x!r}")
+    if maximum is not None and x > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum:,}; got {x!r}")
     return int(x)
+
+
+def check_scalar(name: str, x) -> None:
+    """Require a single number (not an array): options such as ``tol`` or ``lr`` of a
+    run, whose arrays would be meaningless or broadcast silently."""
+    if is_concrete(x) and np.ndim(x) != 0:
+        raise ValueError(f"{name} must be a single number; got an array of shape {np.shape(x)}")
 
 
 def check_momentum(x, name: str = "momentum") -> str:
@@ -151,7 +176,12 @@ def check_momentum(x, name: str = "momentum") -> str:
 
 def check_probabilities(x, name: str = "probabilities", atol: float = 1e-9) -> np.ndarray:
     """A probability vector: 1-D, non-negative, finite, summing to 1."""
-    arr = np.asarray(x, dtype=np.float64)
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name} must be a vector of real numbers (p_0, ..., p_K); got {x!r} ({err})"
+        ) from None
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D vector; got shape {arr.shape}")
     check_finite(name, arr)

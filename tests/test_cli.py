@@ -312,7 +312,7 @@ def test_stability_debug_leaves_input_errors_one_line(user_project, capsys, monk
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("STABILITY_DEBUG", "1")
     code, _, err = _run(capsys, *_user_check(root, "--lr", "-0.1"))
-    assert code == 2 and err == "stability check: error: lr must be > 0; got -0.1\n"
+    assert code == 2 and err == "stability check: error: --lr must be > 0; got -0.1\n"
 
 
 def _check_argv(params_path):

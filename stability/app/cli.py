@@ -272,6 +272,15 @@ def _call_kwargs(text):
 
 
 def _cmd_check(args) -> int:
+    from stability.validation import check_beta, check_int, check_lr, check_momentum, check_tau
+
+    # The options first, named as typed, before any model or data is loaded.
+    check_tau(args.tau, "--tau")
+    check_lr(args.lr, "--lr")
+    check_beta(args.beta, "--beta")
+    check_momentum(args.momentum, "--momentum")
+    check_int("--max-hvps", args.max_hvps, minimum=1)
+
     from stability.accessibility import is_accessible
     from stability.networks.checkpoints import restore_params
     from stability.networks.models import loss_from_model

@@ -108,7 +108,7 @@ from stability.curvature import hvp as _hvp
 from stability.curvature import lanczos as _lz
 from stability.curvature import verification as _check
 from stability.curvature.backend import host_is_device
-from stability.validation import check_int, check_positive
+from stability.validation import check_int, check_positive, check_scalar
 
 __all__ = ["HessianSpectrum", "hessian_spectrum"]
 
@@ -227,6 +227,16 @@ def _leaves_finite(xs):
     return flags
 
 
+def _check_leaves(params):
+    """Every leaf of ``params`` an array or a number (a string or None names itself)."""
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not (hasattr(x, "dtype") or isinstance(x, (int, float))) or isinstance(x, bool):
+            raise TypeError(
+                f"params must be a pytree of arrays; got a {type(x).__name__} leaf at "
+                f"{jax.tree_util.keystr(path) or '<root>'}: {x!r:.60}"
+            )
+
+
 def _check_params(params, mask):
     leaves = jax.tree_util.tree_leaves(params)
     for x in leaves:
@@ -245,7 +255,11 @@ def _check_params(params, mask):
         raise ValueError(
             f"params must be finite; got NaN or inf in leaves {[paths[i] for i in bad[:5]]}"
         )
-    return sum(int(np.prod(np.shape(x))) for x in sel)
+    n = sum(int(np.prod(np.shape(x))) for x in sel)
+    if n == 0:
+        raise ValueError("params must hold at least one number to differentiate; got 0 (empty "
+                         "arrays)")  # fmt: skip
+    return n
 
 
 def _is_batch_leaf(x) -> bool:
@@ -293,11 +307,14 @@ def _ignore_batch(loss):
 
 def _check_loss_shape(loss, params, batch):
     args = (params,) if batch is None else (params, batch)
+    call = "loss(params)" if batch is None else "loss(params, batch)"
     try:
         out = jax.eval_shape(loss, *args)
     except TypeError as e:
-        call = "loss(params)" if batch is None else "loss(params, batch)"
         raise TypeError(f"loss could not be called as {call}: {e}") from e
+    except ValueError as e:  # e.g. params of other shapes than the loss expects
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"loss could not be evaluated as {call} at these params: {first}") from e
     if not hasattr(out, "shape") or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(
             "loss must return a real scalar (the mean loss over the batch); got "
@@ -594,7 +611,8 @@ class _Pass:
             total += nb
             if self.n_examples is None:
                 lsum.append(val)
-        self._check_same_examples(prints)
+        if self.n_examples is None or total == self.n_examples:  # else the count says it
+            self._check_same_examples(prints)
         if self.n_examples is not None:
             lsum = None
         return (np.asarray(acc) if to_host else acc), total, lsum
@@ -688,6 +706,7 @@ def _basis_fits(n, dtype, max_hvps, budget) -> bool:
     if budget is None:
         budget = default_memory_budget()
     else:
+        check_scalar("memory_budget", budget)
         check_positive("memory_budget", budget)
     need = (max_hvps + 1) * n * np.dtype(dtype).itemsize
     if need <= budget:
@@ -799,9 +818,10 @@ def hessian_spectrum(
         eigenvalue of the float64 Hessian. When the float64 residuals no longer
         pass the stopping test, Lanczos goes on in float64 from those vectors. A
         ``tol`` below what the products' dtype resolves (``RESOLVABLE_EPS`` eps)
-        is then reached in float64; with ``verify=False`` it is raised to that
-        with a warning. Costs ``k`` float64 products (``k + 1`` with ``converge_smallest``), about
-        three float32 products' time each on a CPU.
+        is then reached in float64; with ``verify=False`` (and in float64) a warning
+        says that nothing can be flagged converged. Costs ``k`` float64 products
+        (``k + 1`` with ``converge_smallest``), about three float32 products' time each
+        on a CPU.
 
     Returns:
       :class:`HessianSpectrum`.
@@ -851,25 +871,33 @@ def hessian_spectrum(
     return result
 
 
-# The smallest relative tolerance a run in a given dtype can meet: its errors are
-# floored at 10 eps x scale (_spectrum), so a tol below 20 eps never converges.
+# Errors are floored at 10 eps x scale (_spectrum): a tol below 10 eps never converges,
+# and one near it only once the residual has underflowed the floor. A run checked in
+# float64 stops its working-precision part at this many eps.
 RESOLVABLE_EPS = 20
 
 
 def _resolvable_tolerance(args, verify):
     """``args`` with the working run's ``tol`` at least ``RESOLVABLE_EPS`` eps of the
-    products' dtype, and the requested one in ``args.requested_tol`` (what the float64
-    check and its continuation are held to). Without the check a raise is warned of."""
+    products' dtype when the float64 check follows, and the requested one in
+    ``args.requested_tol`` (what the check and its continuation are held to). Without
+    the check (float64 products, or ``verify=False``) a tol below that is kept and warned
+    of: no value can be flagged converged."""
     low = RESOLVABLE_EPS * float(np.finfo(args.product_dtype).eps)
     if args.tol >= low:
         return args._replace(requested_tol=args.tol)
-    if not verify:
+    if not verify:  # float64, or the check switched off: nothing finer to reach it with
+        if args.tol >= 10 * float(np.finfo(args.product_dtype).eps):
+            return args._replace(requested_tol=args.tol)
         warnings.warn(
             f"tol={args.tol:g} is below what {args.product_dtype} products resolve "
-            f"({low:.2g}: their rounding floors every error at 10 eps); using tol={low:.2g}. "
-            "Leave verify on to reach it with float64 products.",
+            f"({low:.2g}: their rounding floors every error at 10 eps), so no value will be "
+            "flagged converged"
+            + ("" if args.product_dtype == np.float64 else "; leave verify on to reach it "
+               "with float64 products"),
             stacklevel=3,
-        )
+        )  # fmt: skip
+        return args._replace(requested_tol=args.tol)
     return args._replace(tol=low, requested_tol=args.tol)
 
 
@@ -1062,13 +1090,16 @@ def _check_arguments(
         raise TypeError(f"stop_when must be callable or None; got {type(stop_when).__name__}")
     k = check_int("k", k, minimum=1)
     max_hvps = check_int("max_hvps", max_hvps, minimum=1)
+    check_scalar("tol", tol)
     check_positive("tol", tol)
+    tol = float(tol)  # a Python int of any size would overflow a jitted argument
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an integer; got {seed!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be 'auto', 'device' or 'host'; got {loop!r}")
+    _check_leaves(params)
     mask = _hvp.trainable_mask(params, trainable)
     n = _check_params(params, mask)
     if k > n:

@@ -58,7 +58,7 @@ import numpy as np
 from stability.curvature.hessian_spectrum import hessian_spectrum
 from stability.curvature.hvp import trainable_mask
 from stability.theory.boundary_locus import max_stable_sharpness
-from stability.validation import check_int, check_positive
+from stability.validation import check_int, check_positive, check_scalar
 
 __all__ = ["SharpnessRecord", "SharpnessTracker"]
 
@@ -193,6 +193,9 @@ class SharpnessTracker:
         self.every = check_int("every", every, 1)
         self.max_hvps = check_int("max_hvps", max_hvps, 1)
         self.cold_every = None if cold_every is None else check_int("cold_every", cold_every, 1)
+        for name, value in (("lr", lr), ("tau", tau), ("beta", beta), ("tol", tol)):
+            if not hasattr(value, "probabilities"):  # a DelayDistribution is one delay law
+                check_scalar(name, value)
         check_positive("tol", tol)
         self.loss, self.data, self.tol = loss, data, float(tol)
         self.seed = check_int("seed", seed, 0)

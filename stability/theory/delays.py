@@ -55,6 +55,11 @@ class DelayDistribution(NamedTuple):
         return float(np.arange(len(p)) @ p)
 
 
+# Most workers of the named schedules: their distributions are vectors of 2N - 1
+# probabilities (random order), held in memory.
+MAX_WORKERS = 10**7
+
+
 def delay_distribution(probabilities) -> DelayDistribution:
     """A delay distribution from explicit probabilities ``p_k``, ``k = 0..K``.
 
@@ -75,7 +80,7 @@ def fixed_delay(tau) -> DelayDistribution:
 
 def round_robin(num_workers) -> DelayDistribution:
     """N workers in a fixed cyclic order: the constant delay ``N - 1``."""
-    n = check_int("num_workers", num_workers, minimum=1)
+    n = check_int("num_workers", num_workers, minimum=1, maximum=MAX_WORKERS)
     return fixed_delay(n - 1)
 
 
@@ -85,7 +90,7 @@ def random_order(num_workers) -> DelayDistribution:
     ``P(delay = k) = (N - |N - 1 - k|) / N^2`` for ``k = 0..2N-2`` (mean N-1);
     see the module docstring for the derivation.
     """
-    n = check_int("num_workers", num_workers, minimum=1)
+    n = check_int("num_workers", num_workers, minimum=1, maximum=MAX_WORKERS)
     k = np.arange(2 * n - 1)
     p = (n - np.abs(n - 1 - k)) / float(n * n)
     return DelayDistribution(p)

@@ -135,6 +135,7 @@ from stability.validation import (
     check_int,
     check_lr,
     check_momentum,
+    check_number,
     check_positive,
     check_tau,
     is_concrete,
@@ -552,7 +553,8 @@ def mean_square_threshold(
     """
     tau = _check_rule(tau, beta, momentum)
     if is_concrete(relative_noise):
-        arr = np.asarray(relative_noise)
+        check_number("relative_noise", relative_noise)
+        arr = np.asarray(relative_noise, dtype=np.float64)
         if np.any(np.isnan(arr)) or np.any(arr < 0):
             raise ValueError(f"relative_noise must be >= 0 (inf allowed); got {arr.tolist()!r}")
     dtype = float_dtype(relative_noise, beta)
