@@ -313,7 +313,7 @@ class Accessibility:
         if self.is_minimum is False:
             return (
                 f"no: negative curvature, {low} ({_percent(rel)} of the sharpness); "
-                f"that direction grows x{_factor(self.smallest_growth)} per step{judged}"
+                f"that direction grows x{_short_factor(self.smallest_growth)} per step{judged}"
             )
         return f"not established: {low}{judged}"
 
@@ -349,6 +349,12 @@ def _factor(rho) -> str:
         if rho == 1 or float(text) != 1:
             return text
     return repr(rho)
+
+
+def _short_factor(rho) -> str:
+    """Six significant digits, more when those would read as exactly 1."""
+    text = _number(rho, ".6g")
+    return _factor(rho) if text == "1" and rho != 1 else text
 
 
 def _distinct(a: float, b: float) -> tuple[str, str]:
