@@ -46,6 +46,7 @@ BENCHMARKS = {
         "RESULTS-large-model.md",
     ),  # fmt: skip
     "delays": ("delays.py", [], [], "RESULTS-delays.md"),
+    "float32": ("float32_certificates.py", [], ["--quick"], "RESULTS-float32.md"),
 }
 OPTIONAL = {}  # benchmarks whose script may not exist in every checkout
 
