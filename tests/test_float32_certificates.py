@@ -87,7 +87,6 @@ def test_float64_spectrum_matches_dense_truth(case):
     )  # fmt: skip
 
 
-@pytest.mark.xfail(strict=False, reason="issue 20: float32 certificates")
 def test_float32_certificates_hold(case):
     """No wrong certificate in float32; every converged float32 bar holds the truth."""
     trained, loss_fn, params, truth = case

@@ -219,3 +219,20 @@ def test_random_start_epsilon_solves_the_kuczynski_wozniakowski_bound():
     slack = eps * (3.0 - (-1.0)) / (1 - 2 * eps)
     assert random_start_bounds(3.0, -1.0, 500, 40, 1e-6) == pytest.approx((3 + slack, -1 - slack))
     assert random_start_bounds(3.0, -1.0, 500, 5, 1e-6) == (np.inf, -np.inf)  # eps >= 1/2
+
+
+def test_a_restart_with_every_direction_used_is_zero_not_nan():
+    """Breakdown at the last step of an n = 3 space: no direction is left, so the restart
+    row is zero; 0 / 0 put NaN in the basis, and a zero Ritz coefficient times NaN
+    spoiled the eigenvectors (a warm-started tracker then failed on a NaN start)."""
+    from stability.curvature.lanczos import restart_vector
+
+    basis = np.zeros((8, 3))  # rows in blocks of 8, as the runs allocate them
+    basis[:3] = np.eye(3)
+    for xp in (np, jnp):
+        r = np.asarray(restart_vector(xp.asarray(basis), xp.asarray(basis[2]), 2, xp))
+        assert np.all(r == 0)
+    four = np.zeros((8, 4))
+    four[:3, :3] = np.eye(3)
+    r = np.asarray(restart_vector(four, four[2], 2, np))
+    assert abs(np.linalg.norm(r) - 1) < 1e-12 and abs(r[3]) > 0.99

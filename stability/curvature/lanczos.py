@@ -278,7 +278,10 @@ def restart_vector(basis, v, j, xp=jnp):
         r = _project_out(v[None], r, 1, np)
     else:
         r = r - jnp.vdot(v, r) * v
-    return r / _norm(r, xp)
+    # Every direction used (j + 1 = n): nothing is left to restart with, and 0 / 0 would
+    # put NaN in the basis, where a zero Ritz coefficient times NaN spoils the vectors.
+    nrm = _norm(r, xp)
+    return xp.where(nrm > 0, r / xp.where(nrm > 0, nrm, 1), 0).astype(dtype)
 
 
 def restart_row(basis, v, j, xp=jnp):
