@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import time
 from typing import NamedTuple
 
@@ -157,8 +158,7 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
     echo("\n== Simulated asynchronous SGD from the minimum (+1e-6 along the top eigenvector) ==")
     echo(
         "(the loss is tilted by -<g*, w - w*> so that the L-BFGS point, gradient g* ~ 1e-6, is an\n"
-        " exact stationary point; the Hessian is unchanged. 'stayed': the deviation did not grow\n"
-        " 100-fold; 'growth': measured per-step growth while the deviation is < 1e-3.)"
+        " exact stationary point; the Hessian is unchanged.)"
     )
     eps = 1e-6
     top_vec = jax.tree_util.tree_map(lambda v: v[0], spectrum.eigenvectors)
@@ -172,12 +172,13 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
     ]
     if quick:
         sim_cases = [(1, "heavy_ball", 0.0), (4, "shifted", DEMO_BETA)]
+    echo(simulation_columns_note())
     echo(
-        f"{'tau':>4} {'rule':>11} {'x lr_max':>8} {'steps':>6} {'loss start':>11} "
+        f"{'tau':>4} {'rule':>11} {'lr/lr_max':>9} {'steps':>6} {'loss start':>11} "
         f"{'loss end':>11} {'max dev':>9} {'verdict':>8} {'stayed':>7} {'rho pred':>10} "
         f"{'growth':>10}"
     )
-    sims, curves = [], {}
+    sims, runs = [], []
     for tau, rule, beta in sim_cases:
         lr_max = float(st.max_stable_lr(sharp, tau, beta, momentum=rule))
         rho_hi = float(st.spectral_radius(sharp, 1.25 * lr_max, tau, beta, momentum=rule))
@@ -223,28 +224,108 @@ def run_demo(out_dir: str = "stability-demo", *, quick: bool = False, echo=print
                     stayed,
                 )
             )
-            curves[f"{name} tau={tau} {factor:g}x"] = traj
+            runs.append((sims[-1], traj))
             word = {True: "yes", False: "no", None: "undecided"}[rep.verdict]
             echo(
-                f"{tau:>4} {name:>11} {factor:>8.2f} {steps:>6} {loss[0]:>11.3e} {loss[-1]:>11.3e} "
+                f"{tau:>4} {name:>11} {factor:>9.2f} {steps:>6} {loss[0]:>11.3e} {loss[-1]:>11.3e} "
                 f"{np.max(dist):>9.2e} {word:>8} {str(stayed):>7} {rho:>10.6f} "
                 + (f"{growth:>10.6f}" if np.isfinite(growth) else f"{'-':>10}")
             )
     agree = sum(s.stayed == bool(s.verdict) for s in sims)
     echo(f"verdict and simulation agree in {agree} of {len(sims)} runs")
+    echo("\n" + verdict_sentence(sharp, lr0, reports, taus, sims))
 
     # 5. The figure.
-    figure_path = _figure(out_dir, spectrum, reports, taus, curves, lr0)
+    figure_path = _figure(out_dir, sharp, reports, taus, runs, lr0)
     seconds = time.perf_counter() - start
     echo(f"\nwrote {figure_path}  ({seconds:.1f} s)")
     return DemoResult(sharp, spectrum.sharpness_error, lr0, reports, sims, figure_path, seconds)
 
 
-def _figure(out_dir, spectrum, reports, taus, curves, lr0) -> str:
+def _taus_phrase(taus) -> str:
+    taus = list(taus)
+    if len(taus) == 1:
+        return f"tau = {taus[0]}"
+    return f"tau = {', '.join(str(t) for t in taus[:-1])} and {taus[-1]}"
+
+
+def verdict_sentence(sharpness, lr0, reports, taus, sims) -> str:
+    """The demo's verdict in one sentence: which rules keep the minimum at which delays."""
+    labels = [label for label, _, _ in CONFIGS]
+    groups = []  # (rules that keep the minimum, taus), consecutive taus merged
+    for tau in taus:
+        keep = tuple(label for label in labels if reports[(tau, label)].verdict is True)
+        if groups and groups[-1][0] == keep:
+            groups[-1][1].append(tau)
+        else:
+            groups.append((keep, [tau]))
+    parts = []
+    for keep, group in groups:
+        who = (
+            "every rule"
+            if len(keep) == len(labels)
+            else "no rule"
+            if not keep
+            else " and ".join(keep) + " only"
+        )
+        parts.append(f"{who} at {_taus_phrase(group)}")
+    undecided = [key for key, rep in reports.items() if rep.verdict is None]
+    agree = sum(s.stayed == bool(s.verdict) for s in sims)
+    return (
+        f"Verdict: the digits MLP's minimum (sharpness {sharpness:.3g}) stays accessible at "
+        f"effective lr {lr0:.3g} for {'; '.join(parts)}"
+        + (f" ({len(undecided)} verdicts undecided)" if undecided else "")
+        + f"; the simulations agree in {agree} of {len(sims)} runs."
+    )
+
+
+SIMULATION_COLUMNS = (
+    ("tau", "the delay"),
+    ("rule", "momentum rule (sgd: no momentum)"),
+    (
+        "lr/lr_max",
+        "the run's lr over the max stable lr for its delay and rule (0.8: predicted "
+        "stable, 1.25: predicted unstable)",
+    ),  # fmt: skip
+    ("steps", "steps simulated"),
+    ("loss start/end", "the loss at the first and the last step"),
+    ("max dev", "largest distance from the minimum"),
+    ("verdict", "is_accessible's verdict at that lr"),
+    ("stayed", "True when the distance never grew 100-fold"),
+    (
+        "rho pred",
+        "predicted growth factor per step: the spectral radius of the linearised "
+        "update (below 1 the deviation shrinks, above 1 it grows)",
+    ),  # fmt: skip
+    (
+        "growth",
+        "measured growth factor per step of a run that leaves, while its distance is below 1e-3",
+    ),  # fmt: skip
+)
+
+
+def simulation_columns_note() -> str:
+    """What each column of the simulation table means."""
+    width = max(len(name) for name, _ in SIMULATION_COLUMNS)
+    indent = " " * (width + 4)
+    return "\n".join(
+        textwrap.fill(f"  {name:<{width}}  {what}", 96, subsequent_indent=indent)
+        for name, what in SIMULATION_COLUMNS
+    )
+
+
+FONT_SIZE = 9  # every text of the figure
+STABLE_STYLE = "-"  # runs at 0.8x lr_max
+UNSTABLE_STYLE = "--"  # runs at 1.25x lr_max
+
+
+def demo_figure(sharpness, reports, taus, runs, lr0):
+    """The demo's 2 x 2 figure; ``runs`` is a list of (SimulationCheck, trajectory)."""
+    import matplotlib.text
+
     from stability.app import plotting
 
     plt = plotting._pyplot()
-    os.makedirs(out_dir, exist_ok=True)
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     plotting.plot_stability_region(8, momentum="shifted", resolution=120, ax=axes[0, 0])
     plotting.plot_thresholds(taus=(0, 1, 2, 4, 8, 16, 32, 64), beta=DEMO_BETA, ax=axes[0, 1])
@@ -258,15 +339,60 @@ def _figure(out_dir, spectrum, reports, taus, curves, lr0) -> str:
     ax.set_xlabel("delay tau (0 drawn at 0.5)")
     ax.set_ylabel("sharpness / max stable sharpness")
     ax.set_title(
-        f"digits MLP, sharpness {spectrum.sharpness:.3g}, effective lr {lr0:.3g}: "
-        "accessible below 1",
-        fontsize=9,
+        f"digits MLP, sharpness {sharpness:.3g}, effective lr {lr0:.3g}: accessible below 1"
     )
-    ax.legend(fontsize=8)
-    plotting.plot_trajectories(curves, quantity="distance", ax=axes[1, 1])
-    axes[1, 1].set_ylabel("distance from the start")
-    axes[1, 1].set_title("simulated async SGD from the minimum: 0.8x stays, 1.25x leaves")
+    ax.legend()
+
+    # One colour per (rule, tau); solid: the run below lr_max, dashed: above. The
+    # stable runs are drawn on top: they stay near 1e-6, inside the band of the
+    # unstable runs' oscillations.
+    cases = list(dict.fromkeys((s.tau, s.momentum, s.beta) for s, _ in runs))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    curves, styles = {}, {}
+    for check, traj in runs:
+        name = "sgd" if check.beta == 0 else check.momentum
+        stable = check.factor < 1
+        label = (
+            f"{name}, tau = {check.tau}: {check.factor:g}x lr_max, "
+            f"{'stays' if check.stayed else 'leaves'}"
+        )
+        curves[label] = traj
+        styles[label] = {
+            "color": colours[cases.index((check.tau, check.momentum, check.beta)) % len(colours)],
+            "linestyle": STABLE_STYLE if stable else UNSTABLE_STYLE,
+            "linewidth": 2.0 if stable else 1.0,
+            "zorder": 3 if stable else 2,
+        }
+    ax = plotting.plot_trajectories(curves, quantity="distance", styles=styles, ax=axes[1, 1])
+    # Log steps: the short runs (a few hundred steps) are not squeezed against the axis.
+    ax.set_xscale("log")
+    ax.set_xlabel("step (log scale)")
+    ax.set_ylabel("distance from the minimum")
+    ax.set_title(
+        "simulated async SGD from the minimum: solid 0.8x lr_max (stays), dashed 1.25x (leaves)"
+    )
+    sentence = verdict_sentence(sharpness, lr0, reports, taus, [s for s, _ in runs])
+    verdict, simulations = sentence.split("; the simulations")
+    # Lines break between phrases, never inside "tau = 1".
+    verdict = verdict.replace("tau = ", "tau\u00a0=\u00a0")
+    lines = textwrap.wrap(verdict + ";", 125) + [f"the simulations{simulations}"]
+    fig.suptitle("\n".join(lines).replace("\u00a0", " "), fontweight="bold")
     fig.tight_layout()
+    # One font size: titles, labels, ticks (also those made when drawing), legends.
+    for axis in fig.axes:
+        axis.tick_params(which="both", labelsize=FONT_SIZE)
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_fontsize(FONT_SIZE)
+    fig.tight_layout()
+    return fig
+
+
+def _figure(out_dir, sharpness, reports, taus, runs, lr0) -> str:
+    from stability.app import plotting
+
+    plt = plotting._pyplot()
+    os.makedirs(out_dir, exist_ok=True)
+    fig = demo_figure(sharpness, reports, taus, runs, lr0)
     path = os.path.join(out_dir, "demo.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -77,7 +77,7 @@ def plot_stability_region(
     ax.set_ylabel("q = lr x sharpness")
     ax.set_ylim(qs[0], qs[-1])
     ax.set_title(f"{momentum}, tau = {tau}: stable below the black line")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper right")
     return ax
 
 
@@ -115,24 +115,28 @@ def plot_thresholds(
     ax.set_xlabel("delay tau (0 drawn at 0.5)")
     ax.set_ylabel("max stable q x (1 - beta)^-1" if effective else "max stable q")
     ax.set_title("threshold vs delay" + (" at equal effective lr" if effective else ""))
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
-def plot_trajectories(trajectories: dict, *, quantity: str = "loss", ax=None):
+def plot_trajectories(trajectories: dict, *, quantity: str = "loss", styles=None, ax=None):
     """Per-step loss (or distance) of simulated runs, one line per label.
 
     ``trajectories`` maps a label to an `AsyncTrajectory` (from
-    `simulate_async`) or to a 1-D array.
+    `simulate_async`) or to a 1-D array. ``styles`` optionally maps a label to
+    matplotlib line keywords (``color``, ``linestyle``, ``zorder``, ...), e.g. one
+    colour per configuration with a solid line for its stable run and a dashed one
+    for its unstable run.
     """
     ax = _axes(ax)
+    styles = styles or {}
     for label, traj in trajectories.items():
         y = np.asarray(getattr(traj, quantity, traj), dtype=float)
         steps = np.asarray(getattr(traj, "step", np.arange(y.size)))
         y = np.where(y > 0, y, np.nan)  # a log axis cannot show the zero at the start
-        ax.plot(steps, y, label=label)
+        ax.plot(steps, y, label=label, **styles.get(label, {}))
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(quantity)
-    ax.legend(fontsize=7)
+    ax.legend()
     return ax
