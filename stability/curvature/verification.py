@@ -70,12 +70,12 @@ def to_float64(tree):
 
 
 def float64_devices(devices):
-    """Where the float64 products run: ``devices`` (default ``jax.devices()``), unless
-    they are TPUs, which have no float64 arithmetic: then the host's CPU device (one
-    pass over the data on the CPU, the cost of the check there)."""
-    devices = list(jax.devices() if devices is None else devices)
-    if any(d.platform == "tpu" for d in devices):
-        return jax.devices("cpu")[:1]
+    """Where the float64 products run: ``devices`` as given (None: the run's default),
+    unless they are TPUs, which have no float64 arithmetic: then this process's CPU
+    device (one pass over the data on the CPU, the cost of the check there)."""
+    platforms = {d.platform for d in (jax.local_devices() if devices is None else devices)}
+    if "tpu" in platforms:
+        return jax.local_devices(backend="cpu")[:1]
     return devices
 
 

@@ -137,7 +137,9 @@ def host_float64():
     with contextlib.ExitStack() as stack:
         stack.enter_context(jax.enable_x64(True))
         stack.enter_context(jax.ensure_compile_time_eval())
-        stack.enter_context(jax.default_device(jax.devices("cpu")[0]))
+        # This process's own CPU device: with several processes (jax.distributed),
+        # jax.devices("cpu")[0] belongs to process 0.
+        stack.enter_context(jax.default_device(jax.local_devices(backend="cpu")[0]))
         yield
 
 
