@@ -6,6 +6,8 @@ saturated logits (every softmax maximum rounds to 1 in float32), where optax's
 float32 products lose the curvature and these must not.
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,9 +27,10 @@ def _logits(n=64, c=10, margin=0.0, seed=0):
     return z, y, rng.normal(size=(n, c))
 
 
+@partial(jax.jit, static_argnums=0)
 def _mean_hvp(fn, z, y, v):
     """Value, gradient and Hessian-vector product of the batch mean w.r.t. the logits,
-    forward-over-reverse as the library's products take them."""
+    forward-over-reverse as the library's products take them (one compiled program)."""
 
     def f(q):
         return fn(q, y).mean()
@@ -48,8 +51,8 @@ def test_equals_optax_in_float64(labels):
         ours, ref, target = ce.softmax_cross_entropy, optax.softmax_cross_entropy, smooth
     for a, b in zip(_mean_hvp(ours, z, target, v), _mean_hvp(ref, z, target, v), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-15)
-    dense = jax.hessian(lambda q: ours(q, target[:4]).mean())(z[:4])
-    dense_ref = jax.hessian(lambda q: ref(q, target[:4]).mean())(z[:4])
+    dense = jax.jit(jax.hessian(lambda q: ours(q, target[:4]).mean()))(z[:4])
+    dense_ref = jax.jit(jax.hessian(lambda q: ref(q, target[:4]).mean()))(z[:4])
     np.testing.assert_allclose(dense, dense_ref, rtol=1e-12, atol=1e-15)
 
 

@@ -18,11 +18,10 @@ Each model is trained and its truth computed once (module-scoped fixture).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import jax
 import jax.numpy as jnp
 import pytest
+from compile_speed import xla_optimizations
 from flax_example_models import (
     dense_truth,
     float32_defaults,
@@ -38,21 +37,6 @@ RATIOS = (0.5, 0.97, 0.999, 1.001, 1.03, 2.0)
 TAU = 4
 MAX_HVPS = 60
 TRAINERS = {"cnn": train_cnn, "resnet": train_resnet, "transformer": train_transformer}
-
-
-@contextmanager
-def xla_optimizations():
-    """Compile with XLA's backend optimisations on (conftest turns them off for the
-    suite, whose time is compilation): the training scans and the dense Hessians run
-    hundreds of steps and columns, measured 2-3x faster optimised. The tests' own
-    calls of the library compile as the rest of the suite does."""
-    name = "jax_disable_most_optimizations"
-    before = jax.config.values[name]
-    jax.config.update(name, False)
-    try:
-        yield
-    finally:
-        jax.config.update(name, before)
 
 
 @pytest.fixture(scope="module", params=list(TRAINERS))

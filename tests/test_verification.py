@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compile_speed import xla_optimizations
 from flax import linen as nn
 
 import stability as st
@@ -90,23 +91,22 @@ def saturated_cnn():
     x, y = st.load_digits(256, dtype=np.float32)
     x, y = np.asarray(x).reshape(-1, 8, 8, 1), np.asarray(y)
     model = _CNN()
-    # As users train: float32 and JAX's standard dtype promotion.
-    with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):
+    # As users train: float32 and JAX's standard dtype promotion (the steps in one scan).
+    with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"), xla_optimizations():
         variables = model.init(jax.random.key(0), x[:1])
         tx = optax.adam(1e-2)
 
-        @jax.jit
-        def step(v, opt):
+        def step(carry, _):
+            v, opt = carry
+
             def loss(v):
                 return optax.softmax_cross_entropy_with_integer_labels(model.apply(v, x), y).mean()
 
-            g = jax.grad(loss)(v)
-            u, opt = tx.update(g, opt)
-            return optax.apply_updates(v, u), opt
+            u, opt = tx.update(jax.grad(loss)(v), opt)
+            return (optax.apply_updates(v, u), opt), None
 
-        opt = tx.init(variables)
-        for _ in range(800):
-            variables, opt = step(variables, opt)
+        run = jax.jit(lambda c: jax.lax.scan(step, c, None, length=800)[0])
+        variables, _ = run((variables, tx.init(variables)))
         accuracy = float(jnp.mean(model.apply(variables, x).argmax(-1) == y))
     loss_fn, p64 = st.loss_from_model(
         model, jax.tree.map(lambda a: a.astype(jnp.float64), variables)
@@ -114,7 +114,8 @@ def saturated_cnn():
     mask = _hvp.trainable_mask(p64)
     fp = _hvp.flatten_params(p64, mask)
     batch64 = (x.astype(np.float64), y)
-    dense = jax.hessian(lambda w: loss_fn(fp.unravel(w), batch64))(fp.flat)
+    with xla_optimizations():
+        dense = jax.jit(jax.hessian(lambda w: loss_fn(fp.unravel(w), batch64)))(fp.flat)
     truth = float(np.linalg.eigvalsh(np.asarray(dense))[-1])
     return model, variables, (x, y), truth, accuracy
 
@@ -233,6 +234,6 @@ def test_data_that_change_between_passes_are_refused():
 
     with pytest.raises(ValueError, match="same examples on every pass"):
         st.hessian_spectrum(_mlp_loss, params, changing, progress=False)
-    spec = st.hessian_spectrum(_mlp_loss, params, reshuffled, tol=1e-6, progress=False)
-    dense = st.hessian_spectrum(_mlp_loss, params, (x[:200], y[:200]), tol=1e-6, progress=False)
+    spec = st.hessian_spectrum(_mlp_loss, params, reshuffled, tol=1e-4, progress=False)
+    dense = st.hessian_spectrum(_mlp_loss, params, (x[:200], y[:200]), tol=1e-4, progress=False)
     assert spec.sharpness == pytest.approx(dense.sharpness, rel=1e-9)
