@@ -509,3 +509,7 @@ def test_check_loads_an_nnx_checkpoint_into_the_module(tmp_path, capsys, monkeyp
     save_npz(tmp_path / "bad.npz", {"hidden": {"kernel": np.zeros((2, 2))}})
     code, _, err = _run(capsys, *argv, "--params", str(tmp_path / "bad.npz"))
     assert code == 2 and "does not match" in err
+    # A linen variables dict given to the nnx model says so (issue 21, item 11).
+    save_npz(tmp_path / "linen.npz", {"params": {"Dense_0": {"kernel": np.zeros((64, 8))}}})
+    code, _, err = _run(capsys, *argv, "--params", str(tmp_path / "linen.npz"))
+    assert code == 2 and "looks like a linen variables dict" in err

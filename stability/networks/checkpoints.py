@@ -582,6 +582,17 @@ def _nnx_state(tree, model, train, name):
             if any(p.startswith("missing") and p.split()[1] not in trained for p in problems)
             else ""
         )
+        top = {k.split("/")[0] for k in given}
+        if (
+            top
+            and top <= {"params", "batch_stats"}
+            and not top & {k.split("/")[0] for k in own_flat}
+        ):
+            hint = (
+                ": it looks like a linen variables dict ({'params': ..., 'batch_stats': ...}) "
+                "and the model is an nnx Module; save nnx.state(model) of the nnx model, or "
+                "judge the linen model it came from"
+            )
         raise ValueError(f"{name}: the checkpoint does not match the nnx model: {shown}{hint}")
     from stability.networks.models import _nnx_params
 
