@@ -95,6 +95,12 @@ def test_eos_outputs(eos, tmp_path):
     assert data["runs"][1]["ratio"] == pytest.approx(eos.runs[1].ratio)
     table = (tmp_path / "eos.md").read_text()
     assert "| squared_error | 1 | shifted 0.9 |" in table
+    # A conclusion in words, its numbers those of the runs (issue 21, item 20).
+    runs = [r for r in eos.runs if r.loss == "squared_error" and not r.control and not r.diverged]
+    ratios = [r.ratio for r in runs]
+    conclusion = eos.conclusion()
+    assert "## Conclusion\n\n" + conclusion in table
+    assert f"{min(ratios):.2f} to {max(ratios):.2f} times max_stable_sharpness" in conclusion
     assert len(paths["figures"]) == 2  # one loss panel and the summary
     for fig in paths["figures"]:
         assert open(fig, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -104,6 +110,7 @@ def test_paper_command(tmp_path, capsys):
     assert main(["experiment", "paper", "--size", "tiny", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| N | tau | policy |" in out and "stability experiment paper (tiny)" in out
+    assert "At the fixed lr_0" in out and "## Conclusion" in (tmp_path / "paper.md").read_text()
     data = json.loads((tmp_path / "paper.json").read_text())
     cfg = experiments.PAPER_SIZES["tiny"]
     beta = experiments.PAPER_BETA
@@ -136,6 +143,14 @@ def test_paper_command(tmp_path, capsys):
     assert one["shifted"]["test_accuracy"] == one["heavy_ball"]["test_accuracy"]
     rows = [s for s in data["summary"] if s["workers"] == cfg["workers"][-1]]
     assert {s["policy"] for s in rows} == set(experiments.PAPER_POLICIES)
+    # The plotted sharpness / threshold leaves out runs that blew up (issue 21, item 20).
+    for s in data["summary"]:
+        same = [r for r in runs if (r["workers"], r["policy"]) == (s["workers"], s["policy"])]
+        stayed = [r["fraction_of_limit"] for r in same if not (r["blew_up"] or r["diverged"])]
+        if stayed:
+            assert s["fraction_of_limit_stayed"] == pytest.approx(sum(stayed) / len(stayed))
+        else:
+            assert s["fraction_of_limit_stayed"] is None
     assert (tmp_path / "paper_claims.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["experiment", "paper", "--full", "--size", "tiny"]) == 2
     assert "--full contradicts --size tiny" in capsys.readouterr().err

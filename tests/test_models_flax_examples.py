@@ -329,11 +329,15 @@ def test_b_keyword_only_inputs_as_nlp_seq_writes_them():
     model = Tagger(TaggerConfig())
     batch = tagging_batch()
     with jax.numpy_dtype_promotion("standard"):  # LayerNorm's float32 epsilon
-        variables = model.init(jax.random.key(0), inputs=batch["inputs"][:1], train=False)
-        logits = model.apply(variables, inputs=batch["inputs"], train=False)
-        dropped = model.apply(
-            variables, inputs=batch["inputs"], train=True, rngs={"dropout": jax.random.key(0)}
+        variables = jax.jit(lambda x: model.init(jax.random.key(0), inputs=x, train=False))(
+            batch["inputs"][:1]
         )
+        logits = jax.jit(lambda v, x: model.apply(v, inputs=x, train=False))(
+            variables, batch["inputs"]
+        )
+        dropped = jax.jit(
+            lambda v, x: model.apply(v, inputs=x, train=True, rngs={"dropout": jax.random.key(0)})
+        )(variables, batch["inputs"])
     loss_fn, params = st.loss_from_model(model, variables, data=batch)
     expected = float(cross_entropy(logits, batch["targets"]))
     assert float(loss_fn(params, batch)) == pytest.approx(expected, rel=1e-13)
@@ -369,12 +373,13 @@ def test_c_a_second_per_example_input_from_the_batch_as_sst2_names_it():
     by_name, _ = st.loss_from_model(model, variables, data=named)
     assert float(jax.jit(by_name)(params, named)) == float(loss_fn(params, batch))
     # one batch or its split: the same Hessian
-    args = dict(tau=0, lr=0.05, progress=False, tol=1e-10, call_kwargs={"lengths":
+    args = dict(tau=0, lr=0.05, progress=False, tol=1e-7, call_kwargs={"lengths":
                 batch_entry("length")})  # fmt: skip
     whole = st.is_accessible(model, variables, data=batch, **args)
     parts = [jax.tree.map(lambda a, s=s: a[s : s + 4], batch) for s in (0, 4)]
     split = st.is_accessible(model, variables, data=parts, **args)
     assert whole.verdict is not None
+    # (the same Krylov process from the same start: equal to rounding, not only to tol)
     assert split.sharpness == pytest.approx(whole.sharpness, rel=1e-8)
 
 

@@ -365,6 +365,7 @@ def _cmd_experiment(args) -> int:
     result = run(size, progress=not args.quiet)
     paths = experiments.write_outputs(result, args.out)
     print(result.table())
+    print("\n" + result.conclusion())
     print(f"\nwrote {paths['json']}, {paths['markdown']}, " + ", ".join(paths["figures"]))
     print(f"stability experiment {args.name} ({size}): {time.perf_counter() - start:.1f} s")
     return 0

@@ -278,6 +278,48 @@ class EosResult(NamedTuple):
         ]
         return "\n".join([head, *rows])
 
+    def conclusion(self) -> str:
+        """What the runs show, in words, from their numbers: where the sharpness settled
+        against the delayed limit ``max_stable_sharpness(lr, tau)`` per loss, against the
+        no-delay level, and the control run."""
+        parts = []
+        for loss in dict.fromkeys(r.loss for r in self.runs):
+            runs = [r for r in self.runs if r.loss == loss and not r.control and not r.diverged]
+            if not runs:
+                continue
+            ratios = np.array([r.ratio for r in runs])
+            low, high = float(ratios.min()), float(ratios.max())
+            taus = sorted({r.tau for r in runs})
+            if low >= 0.9 and high <= 1.3:
+                where = "settled at the delayed limit"
+            elif high < 0.9:
+                where = "stayed below the delayed limit"
+            else:
+                where = "ended near or below the delayed limit"
+            delayed = [r for r in runs if r.tau > 0]
+            gap = min((r.no_delay_level / r.predicted for r in delayed), default=math.nan)
+            text = (
+                f"With {loss.replace('_', ' ')}, full-batch delayed GD {where}: the plateau is "
+                f"{low:.2f} to {high:.2f} times max_stable_sharpness(lr, tau) over {len(runs)} "
+                f"runs (tau {taus[0]} to {taus[-1]}, with and without momentum)"
+            )
+            if math.isfinite(gap):
+                text += (
+                    f", while the no-delay level 2(1 + beta)/lr is {gap:.1f} times the limit or "
+                    "more at tau >= 1: the delay sets where the sharpness stops"
+                )
+            controls = [r for r in self.runs if r.loss == loss and r.control]
+            if controls:
+                text += (
+                    f"; the control run (lr / {CONTROL_FACTOR:g}, its limit out of reach) "
+                    f"stopped at {controls[0].ratio:.2f} of its limit"
+                )
+            diverged = [r for r in self.runs if r.loss == loss and r.diverged]
+            if diverged:
+                text += f"; {len(diverged)} run(s) diverged"
+            parts.append(text + ".")
+        return " ".join(parts)
+
     def to_dict(self) -> dict:
         runs = []
         for r in self.runs:
@@ -453,6 +495,7 @@ class PaperResult(NamedTuple):
                     continue
                 acc = np.array([r.test_accuracy for r in rs])
                 frac = np.array([r.fraction_of_limit for r in rs])
+                kept = [r.fraction_of_limit for r in rs if not (r.blew_up or r.diverged)]
                 rows.append(
                     dict(
                         workers=n,
@@ -467,12 +510,57 @@ class PaperResult(NamedTuple):
                         train_loss_mean=float(np.mean([r.train_loss for r in rs])),
                         fraction_of_limit_mean=float(np.mean(frac)),
                         fraction_of_limit_max=float(np.max(frac)),
+                        # over the runs that stayed (a blown-up run's ratio is not a point
+                        # reached by training); NaN when none did
+                        fraction_of_limit_stayed=float(np.mean(kept)) if kept else math.nan,
                         diverged=int(sum(r.diverged for r in rs)),
                         blew_up=int(sum(r.blew_up for r in rs)),
                         seeds=len(rs),
                     )
                 )
         return rows
+
+    def conclusion(self) -> str:
+        """What the runs show, in words, from their numbers: the fixed lr against the
+        re-tuned ones as the workers grow, and heavy ball against shifted momentum."""
+        rows = {(s["workers"], s["policy"]): s for s in self.summary()}
+        workers = self.config["workers"]
+        first, last = workers[0], workers[-1]
+
+        def acc(n, policy):
+            return rows[(n, policy)]["accuracy_mean"]
+
+        blown = [n for n in workers if rows[(n, "fixed")]["blew_up"] > 0]
+        text = (
+            f"At the fixed lr_0 = {self.lr0:g} test accuracy goes from {acc(first, 'fixed'):.3f} "
+            f"(N = {first}) to {acc(last, 'fixed'):.3f} (N = {last})"
+        )
+        text += (
+            f", and training blows up from N = {blown[0]} on ({len(blown)} of {len(workers)} "
+            "worker counts)"
+            if blown
+            else ", and no run blows up"
+        )
+        text += (
+            f"; with lr_for_delay the accuracy stays between "
+            f"{min(acc(n, 'lr_for_delay') for n in workers):.3f} and "
+            f"{max(acc(n, 'lr_for_delay') for n in workers):.3f} and no run blows up"
+            if all(rows[(n, "lr_for_delay")]["blew_up"] == 0 for n in workers)
+            else "; lr_for_delay runs also blew up"
+        )
+        hb = [acc(n, "heavy_ball") - acc(n, "shifted") for n in workers]
+        better = "heavy ball" if np.mean(hb) >= 0 else "shifted momentum"
+
+        def reached(policy):
+            return np.nanmean([rows[(n, policy)]["fraction_of_limit_stayed"] for n in workers])
+
+        text += (
+            f". At the same effective lr, {better} reaches the higher accuracy on average "
+            f"(heavy ball minus shifted: {min(hb):+.3f} to {max(hb):+.3f} over N); "
+            f"sharpness / threshold is {reached('shifted'):.2f} for shifted momentum against "
+            f"{reached('heavy_ball'):.2f} for heavy ball (mean over N)."
+        )
+        return text
 
     def table(self) -> str:
         head = (
@@ -674,7 +762,7 @@ def _markdown(result, figures, out_dir) -> str:
         how = f"tuned on validation accuracy ({tuned})" if tuned else "given (not tuned)"
         lines.append("")
         lines.append(f"tau = 0 lr: lr_0 = {result.lr0:g}, {how}")
-    lines += ["", result.table(), ""]
+    lines += ["", result.table(), "", "## Conclusion", "", result.conclusion(), ""]
     lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, out_dir)})" for p in figures]
     return "\n".join(lines) + "\n"
 
@@ -759,8 +847,10 @@ def _paper_figures(result: PaperResult, out_dir: str) -> list[str]:
         spread = np.maximum(np.nan_to_num(np.stack([lo, hi])), 0.0)  # rounding, NaN: 0
         for ax in axes[:2] if policy != "fixed" else axes[:1]:
             ax.errorbar(n, mean, yerr=spread, fmt="o-", capsize=3, color=f"C{i}", label=policy)
-        frac = np.array([s["fraction_of_limit_mean"] for s in rows])
-        axes[2].plot(n, np.maximum(frac, 1e-3), "o-", color=f"C{i}", label=policy)
+        # Runs that blew up are left out: their ratio is not a point training reached.
+        frac = np.array([s["fraction_of_limit_stayed"] for s in rows])
+        ok = np.isfinite(frac)
+        axes[2].plot(n[ok], np.maximum(frac[ok], 1e-3), "o-", color=f"C{i}", label=policy)
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("workers N (round robin, tau = N - 1)")
@@ -770,7 +860,7 @@ def _paper_figures(result: PaperResult, out_dir: str) -> list[str]:
     axes[1].set_title("the same without the fixed lr (zoom)")
     axes[2].axhline(1.0, color="k", ls="--", lw=1)
     axes[2].set_yscale("log")
-    axes[2].set_ylabel("sharpness / threshold (mean over seeds)")
+    axes[2].set_ylabel("sharpness / threshold (mean over seeds that stayed)")
     axes[2].set_title("the point reached against the threshold (1 = the edge)")
     fig.tight_layout()
     path = os.path.join(out_dir, "paper_claims.png")
