@@ -918,7 +918,7 @@ def _float64_product(loss, params, data, args, devices):
                            tol=args.requested_tol)  # fmt: skip
     product = _build_product(loss, _check.to_float64(params), _float64_data(data), args64,
                              devices=_check.float64_devices(devices), loop="host",
-                             progress=False, stop_when=_never)  # fmt: skip
+                             progress=False, stop_when=_never, check_loss=False)  # fmt: skip
     return product
 
 
@@ -1143,7 +1143,9 @@ class _Product(NamedTuple):
     progress: bool = False
 
 
-def _build_product(loss, params, data, args, *, devices, loop, progress, stop_when) -> _Product:
+def _build_product(
+    loss, params, data, args, *, devices, loop, progress, stop_when, check_loss=True
+) -> _Product:
     """Step 2: the data classified, checked and placed on the mesh (every process
     agreeing, :func:`_agree`), the loop chosen (device: one batch or no data on
     GPU/TPU, or ``loop="device"``; host: CPU by default, several batches, a
@@ -1171,13 +1173,16 @@ def _build_product(loss, params, data, args, *, devices, loop, progress, stop_wh
         _check_loss_shape(loss, params, None)
         return _Product(loss, params_d, mesh, on_device=True)
     if kind == "many":
-        hv = _Pass(loss, args.mask, params_d, payload, mesh, progress).sum
+        passes = _Pass(loss, args.mask, params_d, payload, mesh, progress)
+        passes.checked = not check_loss
+        hv = passes.sum
         return _Product(loss, params_d, mesh, False, hv=hv, progress=progress)
 
     def place():
         if _hvp.batch_size(payload) == 0:
             raise ValueError("data must not be empty; got a batch of 0 examples")
-        _check_loss_shape(loss, params, payload)
+        if check_loss:  # (the float64 check's product: checked in working precision)
+            _check_loss_shape(loss, params, payload)
         return _hvp.place_batch(payload, mesh, whole=_couples_examples(loss))
 
     main, rem, n_ex = _agree(place)
