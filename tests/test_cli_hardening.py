@@ -26,11 +26,11 @@ MODEL = textwrap.dedent("""
     def batches():
         return examples.load_digits(32, dtype=jnp.float64)
 
-    def slow():  # a loader that takes its time: each pass sleeps
+    def slow():  # a loader that takes its time: each batch sleeps a minute
         def passes():
             x, y = examples.load_digits(32, dtype=jnp.float64)
             for i in range(2):
-                time.sleep(1.0)
+                time.sleep(60.0)
                 yield x[16 * i : 16 * (i + 1)], y[16 * i : 16 * (i + 1)]
         return passes()
 """)
@@ -100,7 +100,8 @@ def test_ctrl_c_exits_130_with_one_line(project):
          "50"],
         cwd=project, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    # Interrupt while the run is under way (each pass over the data sleeps 2 s).
+    # Interrupt while the run is under way (in its loader's first minute-long batch; a
+    # run that decides after a few products would otherwise end before the signal).
     time.sleep(8.0)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
