@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 
 __all__ = ["main"]
@@ -383,6 +384,7 @@ def main(argv=None) -> int:
         "demo": _cmd_demo,
         "experiment": _cmd_experiment,
     }
+    previous = _exit_on_ctrl_c(args.command)
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -402,6 +404,26 @@ def main(argv=None) -> int:
         if os.environ.get("STABILITY_DEBUG"):
             raise
         return _failure(args.command, err)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _exit_on_ctrl_c(command: str):
+    """Ctrl-C ends the command at once with one line and exit status 130. The default
+    KeyboardInterrupt can arrive inside JAX's C++ code and be swallowed there (a run
+    went on to the end and exited 0). Returns the previous handler (None off the main
+    thread, where signals cannot be handled)."""
+
+    def interrupted(signum, frame):
+        sys.stderr.write(f"stability {command}: interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    try:
+        return signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _failure(command: str, err: BaseException) -> int:
