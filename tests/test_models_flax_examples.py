@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from flax import nnx, struct
+from flax_example_models import ResNetBlock  # the imagenet example's basic block
 
 import stability as st
 from stability.networks.models import batch_entry, cross_entropy
@@ -222,25 +223,6 @@ def sst2_loss(model, variables, batch):
 
 
 # ------------------------------------------------------------ imagenet
-
-
-class ResNetBlock(nn.Module):
-    filters: int
-    conv: Any
-    norm: Any
-    act: Callable
-    strides: tuple[int, int] = (1, 1)
-
-    @nn.compact
-    def __call__(self, x):
-        residual = x
-        y = self.norm()(self.conv(self.filters, (3, 3), self.strides)(x))
-        y = self.conv(self.filters, (3, 3))(self.act(y))
-        y = self.norm(scale_init=nn.initializers.zeros_init())(y)
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters, (1, 1), self.strides, name="conv_proj")(residual)
-            residual = self.norm(name="norm_proj")(residual)
-        return self.act(residual + y)
 
 
 class ResNet(nn.Module):
