@@ -319,16 +319,19 @@ def user_model(tmp_path, monkeypatch):
 
         def batches():
             return examples.load_digits(16, dtype=jnp.float64)
+
+        def stream():  # a fresh iterator per pass, as a data loader gives
+            return iter([examples.load_digits(16, dtype=jnp.float64)])
         """)
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
 
 
-def _check(capsys, params, factory="make_linen"):
+def _check(capsys, params, factory="make_linen", data="batches"):
     code = main(
         ["check", "--model", f"corruptuser:{factory}", "--params", str(params),
-         "--data", "corruptuser:batches", "--tau", "2", "--lr", "0.1", "--quiet"]
+         "--data", f"corruptuser:{data}", "--tau", "2", "--lr", "0.1", "--quiet"]
     )  # fmt: skip
     out, err = capsys.readouterr()
     return code, out, err
@@ -348,6 +351,17 @@ def test_check_with_an_nnx_bomb_exits_2_before_decompressing(user_model, capsys)
     code, out, err = _check(capsys, path, "make_nnx")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "checked before decompressing" in err and "hidden/kernel" in err, err
+
+
+@pytest.mark.parametrize("data", ["batches", "stream"])
+def test_check_with_a_linen_bomb_exits_2_before_decompressing(user_model, capsys, data):
+    """A linen model has no shapes of its own: the CLI reads --data first and
+    checks the npz headers against ``init`` on one example (before: the member was
+    decompressed, limited only by free memory, then refused)."""
+    path = write_bomb(user_model / "bomb.npz", "params/Dense_0/kernel", 2**24)
+    code, out, err = _check(capsys, path, "make_linen", data)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "checked before decompressing" in err and "Dense_0/kernel" in err, err
 
 
 def test_check_with_a_damaged_orbax_folder_exits_2_with_one_line(user_model):

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 
 __all__ = ["main"]
 
@@ -240,6 +241,8 @@ def _table_number(q: float) -> str:
 
 
 def _load_data(spec: str):
+    """The ``--data`` object and, for checking a checkpoint's shapes before it is
+    decompressed, one batch of it (None when none is at hand)."""
     obj = _resolve(spec, "--data")
     if _is_module(obj):
         raise UsageError(f"--data {spec} is a Flax module; --data names the batches: a list, "
@@ -253,11 +256,17 @@ def _load_data(spec: str):
                 "iterator of batches); the model goes in --model"
             )
         if isinstance(produced, (tuple, dict)) or hasattr(produced, "shape"):
-            return produced  # a single batch (a tuple, a dict or one array)
+            return produced, produced  # a single batch (a tuple, a dict or one array)
         if isinstance(produced, list):
-            return produced
-        return obj  # re-callable for a fresh iterator per pass
-    return obj
+            return produced, produced
+        # Re-callable for a fresh iterator per pass; its first batch (one batch
+        # read) lets a linen checkpoint be checked before it is decompressed.
+        try:
+            first = next(iter(produced), None)
+        except Exception:  # noqa: BLE001 - the passes will report a broken loader
+            first = None
+        return obj, first
+    return obj, obj
 
 
 def _call_kwargs(text):
@@ -288,9 +297,22 @@ def _cmd_check(args) -> int:
 
     factory = _resolve(args.model, "--model")
     model = factory() if callable(factory) and not _is_module(factory) else factory
-    params = restore_params(args.params, model, train=args.train) if args.params else None
+    # The data before the checkpoint: a linen model's variable shapes come from
+    # one example, so an .npz that does not fit (or would decompress to far more
+    # than the model holds) is refused from its zip headers.
+    # The loader's warnings are held until the checkpoint has loaded, so that a
+    # checkpoint error is still the one line the run prints.
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        data, first_batch = _load_data(args.data)
+    params = (
+        restore_params(args.params, model, train=args.train, data=first_batch)
+        if args.params
+        else None
+    )
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     announce = params is None
-    data = _load_data(args.data)
     loss = _resolve(args.loss, "--loss") if args.loss else None
     # The model becomes a loss(params, batch) here, with the data's first batch
     # checked against it; is_accessible then judges that function.
