@@ -106,6 +106,7 @@ import numpy as np
 from stability.curvature import host_loop as _loop
 from stability.curvature import hvp as _hvp
 from stability.curvature import lanczos as _lz
+from stability.curvature import preconditioner as _pre
 from stability.curvature import verification as _check
 from stability.curvature.backend import host_is_device
 from stability.validation import check_int, check_positive, check_scalar
@@ -753,6 +754,7 @@ def hessian_spectrum(
     start=None,
     memory_budget: int | None = None,
     verify: bool | None = None,
+    preconditioner=None,
 ) -> HessianSpectrum:
     """The ``k`` largest and the smallest eigenvalue of the Hessian of the mean loss.
 
@@ -822,10 +824,28 @@ def hessian_spectrum(
         says that nothing can be flagged converged. Costs ``k`` float64 products
         (``k + 1`` with ``converge_smallest``), about three float32 products' time each
         on a CPU.
+      preconditioner: a diagonal ``P`` (a :class:`stability.Preconditioner`, e.g. from
+        :func:`stability.preconditioner_from_optax` of an Adam state, or a pytree of
+        positive arrays like params or like its differentiated leaves): the spectrum
+        is then that of ``P^-1/2 H P^-1/2`` (Adam's linearised step,
+        :mod:`stability.curvature.preconditioner`), computed as the Hessian of
+        ``loss(params + P^-1/2 u)`` at ``u = 0``, with the same error bars, data,
+        devices and float64 check. Its eigenvectors (and ``start``) are directions
+        in ``u``: :func:`stability.weight_space_direction` maps them to weight space.
 
     Returns:
       :class:`HessianSpectrum`.
     """
+    if preconditioner is not None:  # a change of variables; everything below as is
+        problem = _pre.change_of_variables(loss, params, preconditioner,
+                                           trainable=trainable, start=start)  # fmt: skip
+        return problem.restore(hessian_spectrum(
+            problem.loss, problem.params, data, k=k, tol=tol, max_hvps=max_hvps, seed=seed,
+            method=method, reorthogonalize=reorthogonalize, return_vectors=return_vectors,
+            converge_smallest=converge_smallest, trainable=problem.trainable,
+            devices=devices, progress=progress, loop=loop, stop_when=stop_when,
+            start=problem.start, memory_budget=memory_budget, verify=verify,
+        ))  # fmt: skip
     args = _check_arguments(
         loss, params, k=k, tol=tol, max_hvps=max_hvps, seed=seed, method=method,
         reorthogonalize=reorthogonalize, converge_smallest=converge_smallest,
