@@ -40,6 +40,11 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
         nonuniformity_spectrum,
         wu_ma_e_spectrum,
     )
+    from stability.curvature.preconditioner import (
+        Preconditioner,
+        preconditioner_from_optax,
+        weight_space_direction,
+    )
     from stability.curvature.tracking import SharpnessRecord, SharpnessTracker
     from stability.networks.examples import load_digits, train_to_minimum
     from stability.networks.models import loss_from_model, mean_squared_error
@@ -100,6 +105,9 @@ _EXPORTS = {
     "directional_nonuniformity": "stability.curvature.nonuniformity",
     "nonuniformity_spectrum": "stability.curvature.nonuniformity",
     "wu_ma_e_spectrum": "stability.curvature.nonuniformity",
+    "Preconditioner": "stability.curvature.preconditioner",
+    "preconditioner_from_optax": "stability.curvature.preconditioner",
+    "weight_space_direction": "stability.curvature.preconditioner",
     "SharpnessRecord": "stability.curvature.tracking",
     "SharpnessTracker": "stability.curvature.tracking",
     "load_digits": "stability.networks.examples",
@@ -197,6 +205,9 @@ __all__ = [
     "enable_compilation_cache",
     "SharpnessTracker",
     "SharpnessRecord",
+    "Preconditioner",
+    "preconditioner_from_optax",
+    "weight_space_direction",
     # mini-batch noise: mean-square stability and per-example Hessian statistics
     "variance_factor",
     "noise_gain",

@@ -463,6 +463,8 @@ def change_of_variables(loss, params, preconditioner, *, trainable=None, start=N
     ``start`` (a pytree like params, or a spectrum with eigenvectors) is a direction in
     ``u``. Returns :class:`ChangeOfVariables`.
     """
+    if not callable(loss):
+        raise TypeError(f"loss must be callable; got {type(loss).__name__}")
     mask = trainable_mask(params, trainable)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if not any(mask):
