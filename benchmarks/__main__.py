@@ -76,6 +76,12 @@ BENCHMARKS = {
         ["--repeat", "3"],
         "RESULTS-verification.md",
     ),
+    "preconditioned": (
+        "preconditioned_products.py",
+        [],
+        ["--models", "mlp", "--repeat", "3"],
+        "RESULTS-preconditioned.md",
+    ),
 }
 DESCRIPTIONS = {
     "thresholds": "threshold evaluations per second, speed-up over eigenvalue bisection, "
@@ -85,6 +91,8 @@ DESCRIPTIONS = {
     "large-model": "time and peak memory from 1e4 to 1e7 parameters",
     "delays": "delay distributions with support 10 .. 10,000: time and error",
     "verification": "cost of the float64 check of float32 spectra",
+    "preconditioned": "Adam's preconditioned spectrum: time per product and products per "
+    "spectrum against the plain engine",
     "float32": "float32 certificates on Flax-example networks against float64 truths",
 }
 # Benchmarks whose script may not exist in every checkout: registered only when the
