@@ -87,7 +87,7 @@ from stability.networks.models import loss_from_model
 from stability.theory import boundary_locus, companion, delays, mean_square
 from stability.validation import check_beta, check_lr, check_momentum, check_scalar
 
-__all__ = ["Accessibility", "is_accessible", "verdict_from_spectrum"]
+__all__ = ["Accessibility", "MinibatchAccessibility", "is_accessible", "verdict_from_spectrum"]
 
 # Curvature above -FLAT_TOLERANCE x sharpness counts as flat (zero): such a
 # direction grows by at most 1 + lr * 1e-5 * sharpness per step.
@@ -103,13 +103,68 @@ BINDING_TOLERANCE = 0.01
 # until both are resolved.
 RESOLVED_FRACTION = 0.01
 
-_MINIBATCH_FIELDS = (
-    "batch_size", "num_examples", "replacement", "variance_factor", "nonuniformity",
-    "noise_gain", "max_nonuniformity", "max_nonuniformity_curvature", "noise_gain_nonuniform",
-    "wu_ma_e_lambda_max", "worst_curvature", "worst_nonuniformity", "noise_gain_worst",
-    "second_moment_growth", "max_stable_lr_minibatch", "mean_square_verdict", "binding",
-    "data_passes",
-)  # fmt: skip
+
+class MinibatchAccessibility(NamedTuple):
+    """The mini-batch part of an `Accessibility` report (``report.minibatch``): the
+    mean-square condition beside the deterministic one (module docstring).
+
+    Attributes:
+      batch_size, num_examples, replacement: the sampling judged (``num_examples``
+        None when it was not given and not measured).
+      variance_factor: ``gamma`` (`stability.theory.mean_square.variance_factor`).
+      nonuniformity: ``s = sqrt(v^T Sigma v)`` along the top Ritz vector (Hessian
+        units; None when not computed: the deterministic side failed or the top
+        Ritz value did not converge).
+      noise_gain: ``lr^2 gamma s^2 N(lr a)`` at the sharpness (< 1: the second
+        moment is stable; inf when the mean itself is not).
+      max_nonuniformity: ``sqrt(u^T Sigma u)`` along the top Ritz vector ``u`` of
+        Sigma (Wu, Ma and E's non-uniformity ``sqrt(lambda_max(Sigma))``);
+        max_nonuniformity_curvature: ``u^T H u``; noise_gain_nonuniform: the gain
+        along u (None when not computed: the sharp direction already decided).
+      wu_ma_e_lambda_max: the top Ritz value of Wu, Ma and E's matrix ``(I - lr H)^2 +
+        lr^2 gamma Sigma`` (`stability.curvature.nonuniformity.wu_ma_e_spectrum`; > 1: their
+        condition fails); worst_curvature, worst_nonuniformity, noise_gain_worst:
+        ``a``, ``s`` and the gain along its Ritz vector (None when not needed, or
+        when no direction has a positive excess: then flat).
+      second_moment_growth: per-step factor of the second moment, the larger of the
+        two directions (< 1 decays).
+      max_stable_lr_minibatch: the largest lr at which both directions are stable in
+        mean square (compare ``max_stable_lr``).
+      mean_square_verdict: the noise condition alone, across the sharpness error
+        bar: True (gain < 1 along both), False (>= 1 along one) or None.
+      binding: ``"deterministic"`` or ``"stochastic"`` (module docstring).
+      data_passes: passes of per-example products over the data (0 when the
+        deterministic side decided alone).
+    """
+
+    batch_size: int
+    num_examples: int | None = None
+    replacement: bool = False
+    variance_factor: float | None = None
+    nonuniformity: float | None = None
+    noise_gain: float | None = None
+    max_nonuniformity: float | None = None
+    max_nonuniformity_curvature: float | None = None
+    noise_gain_nonuniform: float | None = None
+    wu_ma_e_lambda_max: float | None = None
+    worst_curvature: float | None = None
+    worst_nonuniformity: float | None = None
+    noise_gain_worst: float | None = None
+    second_moment_growth: float | None = None
+    max_stable_lr_minibatch: float | None = None
+    mean_square_verdict: bool | None = None
+    binding: str | None = None
+    data_passes: int | None = None
+
+
+def _alias(name: str) -> property:
+    """A read-only property of `Accessibility`: ``minibatch.<name>``, None without
+    ``batch_size``."""
+
+    def read(self):
+        return None if self.minibatch is None else getattr(self.minibatch, name)
+
+    return property(read, doc=f"Alias of ``minibatch.{name}`` (None without batch_size).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,32 +210,18 @@ class Accessibility:
         marks a non-smooth point or a loss that loses precision, and the reason says so.
       spectrum: the `HessianSpectrum` used (reuse it with ``spectrum=``).
 
-    With ``batch_size`` (None otherwise, and left out of `to_dict`):
-      batch_size, num_examples, replacement: the sampling judged.
-      variance_factor: ``gamma`` (`stability.theory.mean_square.variance_factor`).
-      nonuniformity: ``s = sqrt(v^T Sigma v)`` along the top Ritz vector (Hessian
-        units; None when not computed: the deterministic side failed or the top
-        Ritz value did not converge).
-      noise_gain: ``lr^2 gamma s^2 N(lr a)`` at the sharpness (< 1: the second
-        moment is stable; inf when the mean itself is not).
-      max_nonuniformity: ``sqrt(u^T Sigma u)`` along the top Ritz vector ``u`` of
-        Sigma (Wu, Ma and E's non-uniformity ``sqrt(lambda_max(Sigma))``);
-        max_nonuniformity_curvature: ``u^T H u``; noise_gain_nonuniform: the gain
-        along u (None when not computed: the sharp direction already decided).
-      wu_ma_e_lambda_max: the top Ritz value of Wu, Ma and E's matrix ``(I - lr H)^2 +
-        lr^2 gamma Sigma`` (`stability.curvature.nonuniformity.wu_ma_e_spectrum`; > 1: their
-        condition fails); worst_curvature, worst_nonuniformity, noise_gain_worst:
-        ``a``, ``s`` and the gain along its Ritz vector (None when not needed, or
-        when no direction has a positive excess: then flat).
-      second_moment_growth: per-step factor of the second moment, the larger of the
-        two directions (< 1 decays).
-      max_stable_lr_minibatch: the largest lr at which both directions are stable in
-        mean square (compare ``max_stable_lr``).
-      mean_square_verdict: the noise condition alone, across the sharpness error
-        bar: True (gain < 1 along both), False (>= 1 along one) or None.
-      binding: ``"deterministic"`` or ``"stochastic"`` (module docstring).
-      data_passes: passes of per-example products over the data (0 when the
-        deterministic side decided alone).
+      minibatch: with ``batch_size``, the mini-batch part of the report
+        (`MinibatchAccessibility`); None without it.
+
+    Aliases: ``batch_size``, ``num_examples``, ``replacement``, ``variance_factor``,
+    ``nonuniformity``, ``noise_gain``, ``max_nonuniformity``,
+    ``max_nonuniformity_curvature``, ``noise_gain_nonuniform``, ``wu_ma_e_lambda_max``,
+    ``worst_curvature``, ``worst_nonuniformity``, ``noise_gain_worst``,
+    ``second_moment_growth``, ``max_stable_lr_minibatch``, ``mean_square_verdict``,
+    ``binding`` and ``data_passes`` read the field of that name of ``minibatch``
+    (``report.noise_gain`` is ``report.minibatch.noise_gain``), None without
+    ``batch_size``. They are properties, not fields (`to_dict` lists them after the
+    others, and only with ``batch_size``).
     """
 
     verdict: bool | None
@@ -206,24 +247,26 @@ class Accessibility:
     failure_probability: float = 1e-6
     product_error: float = 0.0
     spectrum: HessianSpectrum | None = dataclasses.field(default=None, repr=False)
-    batch_size: int | None = None
-    num_examples: int | None = None
-    replacement: bool | None = None
-    variance_factor: float | None = None
-    nonuniformity: float | None = None
-    noise_gain: float | None = None
-    max_nonuniformity: float | None = None
-    max_nonuniformity_curvature: float | None = None
-    noise_gain_nonuniform: float | None = None
-    wu_ma_e_lambda_max: float | None = None
-    worst_curvature: float | None = None
-    worst_nonuniformity: float | None = None
-    noise_gain_worst: float | None = None
-    second_moment_growth: float | None = None
-    max_stable_lr_minibatch: float | None = None
-    mean_square_verdict: bool | None = None
-    binding: str | None = None
-    data_passes: int | None = None
+    minibatch: MinibatchAccessibility | None = None
+
+    batch_size = _alias("batch_size")
+    num_examples = _alias("num_examples")
+    replacement = _alias("replacement")
+    variance_factor = _alias("variance_factor")
+    nonuniformity = _alias("nonuniformity")
+    noise_gain = _alias("noise_gain")
+    max_nonuniformity = _alias("max_nonuniformity")
+    max_nonuniformity_curvature = _alias("max_nonuniformity_curvature")
+    noise_gain_nonuniform = _alias("noise_gain_nonuniform")
+    wu_ma_e_lambda_max = _alias("wu_ma_e_lambda_max")
+    worst_curvature = _alias("worst_curvature")
+    worst_nonuniformity = _alias("worst_nonuniformity")
+    noise_gain_worst = _alias("noise_gain_worst")
+    second_moment_growth = _alias("second_moment_growth")
+    max_stable_lr_minibatch = _alias("max_stable_lr_minibatch")
+    mean_square_verdict = _alias("mean_square_verdict")
+    binding = _alias("binding")
+    data_passes = _alias("data_passes")
 
     def __bool__(self) -> bool:
         return self.verdict is True
@@ -253,52 +296,53 @@ class Accessibility:
         )
 
     def _minibatch_lines(self) -> str:
-        if self.batch_size is None:
+        m = self.minibatch
+        if m is None:
             return ""
-        sampling = "with" if self.replacement else "without"
-        n = "?" if self.num_examples is None else self.num_examples
-        gamma = self.variance_factor
+        sampling = "with" if m.replacement else "without"
+        n = "?" if m.num_examples is None else m.num_examples
+        gamma = m.variance_factor
         gamma = "" if gamma is None else f" (variance factor {gamma:.4g})"
-        lines = [f"  mini-batch        B={self.batch_size} of n={n}, {sampling} replacement{gamma}"]
-        if self.nonuniformity is None:
+        lines = [f"  mini-batch        B={m.batch_size} of n={n}, {sampling} replacement{gamma}"]
+        if m.nonuniformity is None:
             lines.append("  non-uniformity    not computed (the verdict did not need it, or the "
                          "top Ritz vector is not resolved)")  # fmt: skip
         else:
             lines.append(
-                f"  non-uniformity    s={_number(self.nonuniformity, '.6g')} along the sharp "
+                f"  non-uniformity    s={_number(m.nonuniformity, '.6g')} along the sharp "
                 "direction: "
-                f"second-moment gain {_number(self.noise_gain, '.4g')} (< 1 stable)"
+                f"second-moment gain {_number(m.noise_gain, '.4g')} (< 1 stable)"
             )
-            if self.max_nonuniformity is not None:
+            if m.max_nonuniformity is not None:
                 lines.append(
-                    f"  max non-unif.     s={_number(self.max_nonuniformity, '.6g')} along the "
+                    f"  max non-unif.     s={_number(m.max_nonuniformity, '.6g')} along the "
                     "most non-uniform direction (curvature "
-                    f"{_number(self.max_nonuniformity_curvature, '.4g')}): "
-                    f"gain {_number(self.noise_gain_nonuniform, '.4g')}"
+                    f"{_number(m.max_nonuniformity_curvature, '.4g')}): "
+                    f"gain {_number(m.noise_gain_nonuniform, '.4g')}"
                 )
-            if self.wu_ma_e_lambda_max is not None:
+            if m.wu_ma_e_lambda_max is not None:
                 worst = (
                     "no direction above 1"
-                    if self.noise_gain_worst is None
-                    else f"its top direction (curvature {_number(self.worst_curvature, '.4g')}, s="
-                    f"{_number(self.worst_nonuniformity, '.6g')}): gain "
-                    f"{_number(self.noise_gain_worst, '.4g')}"
+                    if m.noise_gain_worst is None
+                    else f"its top direction (curvature {_number(m.worst_curvature, '.4g')}, s="
+                    f"{_number(m.worst_nonuniformity, '.6g')}): gain "
+                    f"{_number(m.noise_gain_worst, '.4g')}"
                 )
                 lines.append(
-                    f"  Wu-Ma-E matrix    lambda_max {_number(self.wu_ma_e_lambda_max, '.8f')}; "
+                    f"  Wu-Ma-E matrix    lambda_max {_number(m.wu_ma_e_lambda_max, '.8f')}; "
                     f"{worst}"
                 )
-            growth = self.second_moment_growth
+            growth = m.second_moment_growth
             grows = "n/a" if growth is None or math.isnan(growth) else (
                 "it decays" if growth < 1 else "it grows"
             )  # fmt: skip
             lines.append(
-                f"  second moment     per-step factor {_number(self.second_moment_growth, '.8f')} ("
-                f"{grows}); max stable lr {_number(self.max_stable_lr_minibatch, '.6g')} with "
+                f"  second moment     per-step factor {_number(m.second_moment_growth, '.8f')} ("
+                f"{grows}); max stable lr {_number(m.max_stable_lr_minibatch, '.6g')} with "
                 "these mini-batches"
             )
-        if self.binding is not None:
-            lines.append(f"  binding           {self.binding} condition")
+        if m.binding is not None:
+            lines.append(f"  binding           {m.binding} condition")
         return "\n" + "\n".join(lines)
 
     def _minimum_line(self) -> str:
@@ -322,9 +366,9 @@ class Accessibility:
         is not a finite number (an unbounded bound, an undefined factor) is None."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("spectrum")
-        if self.batch_size is None:
-            for key in _MINIBATCH_FIELDS:
-                out.pop(key)
+        out.pop("minibatch")
+        if self.minibatch is not None:
+            out.update(self.minibatch._asdict())
         out["tau"] = _describe_tau(self.tau)
         for key, value in out.items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -650,7 +694,7 @@ def _verdict(
         failure_probability=float(failure_probability),
         product_error=float(spectrum.product_error),
         spectrum=spectrum,
-        **extra,
+        minibatch=None if batch_size is None else MinibatchAccessibility(**extra),
     )
 
 
