@@ -392,8 +392,8 @@ def _selected_diagonal(preconditioner, params, mask):
 
 
 def _diagonal_leaves(preconditioner, params, mask, *, batched=False):
-    """:func:`_selected_diagonal`, checked: shapes those of the leaves (``batched``:
-    the leaves carry one more, leading, axis), finite and positive."""
+    """:func:`_selected_diagonal`, checked: floating, shapes those of the leaves
+    (``batched``: the leaves carry one more, leading, axis); values: :func:`_scales`."""
     paths = [p for (p, _), m in zip(jax.tree_util.tree_flatten_with_path(params)[0], mask,
                                     strict=True) if m]  # fmt: skip
     xs = [x for x, m in zip(jax.tree_util.tree_leaves(params), mask, strict=True) if m]
@@ -408,21 +408,39 @@ def _diagonal_leaves(preconditioner, params, mask, *, batched=False):
                 f"{want}, the preconditioner {np.shape(d)}"
             )
         d = jnp.asarray(d)
-        if not jnp.issubdtype(d.dtype, jnp.floating) or not bool(
-            jnp.all(jnp.isfinite(d) & (d > 0))
-        ):
-            raise ValueError(f"preconditioner must be finite and positive; it is not at {where}")
+        if not jnp.issubdtype(d.dtype, jnp.floating):
+            raise ValueError(f"preconditioner must be floating; got {d.dtype} at {where}")
         out.append(d)
     return out
 
 
-def _check_finite_weights(w, params, mask):
-    paths = [p for (p, _), m in zip(jax.tree_util.tree_flatten_with_path(params)[0], mask,
-                                    strict=True) if m]  # fmt: skip
-    bad = [jax.tree_util.keystr(p) for p, x in zip(paths, w, strict=True)
-           if not bool(jnp.all(jnp.isfinite(x)))]  # fmt: skip
+def _paths(params, mask):
+    return [jax.tree_util.keystr(p) or "<root>"
+            for (p, _), m in zip(jax.tree_util.tree_flatten_with_path(params)[0], mask,
+                                 strict=True) if m]  # fmt: skip
+
+
+# One compiled program per shapes for all the leaves (eager operations leaf by leaf
+# compiled dozens of small programs: 2 s on the first call for the digits MLP).
+@jax.jit
+def _scales(d, like):
+    """Per leaf: whether ``d`` is finite and positive, and ``d^-1/2`` in ``like``'s dtype."""
+    ok = jnp.stack([jnp.all(jnp.isfinite(x) & (x > 0)) for x in d])
+    return ok, [_inverse_sqrt(x, jnp.result_type(y)) for x, y in zip(d, like, strict=True)]
+
+
+@jax.jit
+def _zeros(w):
+    """Per leaf: whether ``w`` is finite, and zeros like it."""
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in w]), [jnp.zeros_like(x) for x in w]
+
+
+def _checked_scales(diag, like, paths):
+    ok, s = _scales(diag, like)
+    bad = [p for p, good in zip(paths, np.asarray(ok), strict=True) if not good]
     if bad:
-        raise ValueError(f"params must be finite; got NaN or inf in leaves {bad[:5]}")
+        raise ValueError(f"preconditioner must be finite and positive; it is not at {bad[:5]}")
+    return s
 
 
 def _inverse_sqrt(d, dtype):
@@ -471,10 +489,14 @@ def change_of_variables(loss, params, preconditioner, *, trainable=None, start=N
         raise ValueError("params must contain at least one floating-point leaf; got none")
     diag = _diagonal_leaves(preconditioner, params, mask)
     w = [jnp.asarray(x) for x, m in zip(leaves, mask, strict=True) if m]
-    _check_finite_weights(w, params, mask)
-    s = [_inverse_sqrt(d, x.dtype) for d, x in zip(diag, w, strict=True)]
-    it = iter(w)
-    u = [jnp.zeros_like(next(it)) if m else x for x, m in zip(leaves, mask, strict=True)]
+    paths = _paths(params, mask)
+    finite, zeros = _zeros(w)
+    bad = [p for p, good in zip(paths, np.asarray(finite), strict=True) if not good]
+    if bad:
+        raise ValueError(f"params must be finite; got NaN or inf in leaves {bad[:5]}")
+    s = _checked_scales(diag, w, paths)
+    it = iter(zeros)
+    u = [next(it) if m else x for x, m in zip(leaves, mask, strict=True)]
     wrapped = (jax.tree_util.tree_unflatten(treedef, u), w, s)
     flags = (jax.tree_util.tree_unflatten(treedef, list(mask)), [False] * len(w),
              [False] * len(s))  # fmt: skip
@@ -499,7 +521,7 @@ def weight_space_direction(direction, preconditioner, *, trainable=None):
     xs = [x for x, m in zip(leaves, mask, strict=True) if m]
     ds = _selected_diagonal(preconditioner, direction, mask)
     batched = bool(xs) and np.ndim(xs[0]) == np.ndim(ds[0]) + 1
-    scales = iter(_diagonal_leaves(preconditioner, direction, mask, batched=batched))
-    out = [x * _inverse_sqrt(next(scales), jnp.result_type(x)) if m else x
-           for x, m in zip(leaves, mask, strict=True)]  # fmt: skip
+    diag = _diagonal_leaves(preconditioner, direction, mask, batched=batched)
+    scales = iter(_checked_scales(diag, xs, _paths(direction, mask)))
+    out = [x * next(scales) if m else x for x, m in zip(leaves, mask, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out)
