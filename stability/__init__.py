@@ -53,7 +53,6 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
     from stability.theory.boundary_locus import (
         Threshold,
         dense_threshold,
-        max_stable_lr,
         max_stable_sharpness,
         stability_threshold,
     )
@@ -77,11 +76,22 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
         second_moment_growth,
         variance_factor,
     )
-    from stability.theory.rules import CharacteristicPolynomial, characteristic_polynomial
+    from stability.theory.hyperparameters import Hyperparameters, check_hyperparameters
+    from stability.theory.rules import (
+        GD,
+        CharacteristicPolynomial,
+        HeavyBall,
+        Nesterov,
+        Rule,
+        Shifted,
+        as_rule,
+        characteristic_polynomial,
+    )
     from stability.theory.tuning import (
         MomentumCandidate,
         MomentumRecommendation,
         lr_for_delay,
+        max_stable_lr,
         recommend_momentum,
     )
     from stability.training import TrainingRun, batch_indices, train_async
@@ -120,7 +130,6 @@ _EXPORTS = {
     "stationary_tilt": "stability.simulate",
     "Threshold": "stability.theory.boundary_locus",
     "dense_threshold": "stability.theory.boundary_locus",
-    "max_stable_lr": "stability.theory.boundary_locus",
     "max_stable_sharpness": "stability.theory.boundary_locus",
     "stability_threshold": "stability.theory.boundary_locus",
     "companion_matrix": "stability.theory.companion",
@@ -142,10 +151,19 @@ _EXPORTS = {
     "second_moment_growth": "stability.theory.mean_square",
     "variance_factor": "stability.theory.mean_square",
     "CharacteristicPolynomial": "stability.theory.rules",
+    "Hyperparameters": "stability.theory.hyperparameters",
+    "check_hyperparameters": "stability.theory.hyperparameters",
+    "GD": "stability.theory.rules",
+    "HeavyBall": "stability.theory.rules",
+    "Nesterov": "stability.theory.rules",
+    "Rule": "stability.theory.rules",
+    "Shifted": "stability.theory.rules",
+    "as_rule": "stability.theory.rules",
     "characteristic_polynomial": "stability.theory.rules",
     "MomentumCandidate": "stability.theory.tuning",
     "MomentumRecommendation": "stability.theory.tuning",
     "lr_for_delay": "stability.theory.tuning",
+    "max_stable_lr": "stability.theory.tuning",
     "recommend_momentum": "stability.theory.tuning",
     "TrainingRun": "stability.training",
     "batch_indices": "stability.training",

@@ -84,7 +84,7 @@ from stability.curvature.nonuniformity import (
 )
 from stability.curvature.verification import PRECISION_TOLERANCE
 from stability.networks.models import loss_from_model
-from stability.theory import boundary_locus, companion, delays, mean_square
+from stability.theory import boundary_locus, companion, delays, mean_square, tuning
 from stability.validation import check_beta, check_lr, check_momentum, check_scalar
 
 __all__ = ["Accessibility", "MinibatchAccessibility", "is_accessible", "verdict_from_spectrum"]
@@ -656,7 +656,7 @@ def _verdict(
         return float(companion.spectral_radius(a, lr, tau, beta, momentum=momentum))
 
     max_lr = (
-        float(boundary_locus.max_stable_lr(top, tau, beta, momentum=momentum))
+        float(tuning.max_stable_lr(top, tau, beta, momentum=momentum))
         if top > 0
         else math.inf
     )

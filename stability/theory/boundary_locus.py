@@ -66,7 +66,6 @@ and the result carries a ``reliable`` flag.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import NamedTuple
 
@@ -77,18 +76,11 @@ import numpy as np
 from stability.theory import delay_locus
 from stability.theory.companion import companion_from_coefficients
 from stability.theory.delays import DelayDistribution
-from stability.theory.rules import (
-    check_delay,
-    float_dtype,
-    python_scalars_out,
-)
-from stability.validation import (
-    check_beta,
-    check_lr,
-    check_momentum,
-    check_positive,
-    is_concrete,
-)
+from stability.theory.hyperparameters import check_hyperparameters
+from stability.theory.precision import float_dtype, python_scalars_out
+from stability.theory.rules import Rule, as_rule, rule_polynomial
+from stability.theory.sincos import sincos
+from stability.validation import is_concrete
 
 _MAX_NEWTON = 60
 _UNROLLED_NEWTON = 4
@@ -148,104 +140,46 @@ def resolved(tau, beta, dtype):
 # Named rules: O(1) per point
 
 
-# sin and cos on [0, 3 pi / 4] (every angle the named-rule solver evaluates) as
-# polynomials: XLA's float64 sin/cos are scalar library calls (~6 ns each on CPU),
-# these vectorise (< 1 ns) and were most of the solver's cost. Taylor series on
-# |r| <= pi / 4 to degree 15 (sin; truncation < 5e-17) and 16 (cos; < 3e-18), with
-# sin x = cos(pi/2 - x) above pi / 4. Errors (tested against libm): relative 1 ulp
-# on [0, pi / 4] (small angles, where s = sin(theta / 2) must be relatively exact),
-# absolute 2 ulp above. (pi/2 - x carries the 6e-17 rounding of pi/2 in float64; a
-# two-part pi/2 would be re-associated away by XLA's simplifier, and absolute
-# accuracy is all F needs there.)
-_HALF_PI = 1.5707963267948966
-_SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(8))
-_COS_TAYLOR = tuple((-1) ** k / math.factorial(2 * k) for k in range(9))
+# The fixed-delay solver evaluates sin and cos as polynomials (stability.theory.sincos).
+_sincos = sincos
 
 
-def _sincos(x):
-    """(sin x, cos x) for x in [0, 3 pi / 4] (Taylor polynomials on [-pi/4, pi/4])."""
-    big = x > 0.5 * _HALF_PI
-    r = jnp.where(big, _HALF_PI - x, x)
-    u = r * r
-    sr = _SIN_TAYLOR[-1]
-    for coef in _SIN_TAYLOR[-2::-1]:
-        sr = sr * u + coef
-    sr = sr * r
-    cr = _COS_TAYLOR[-1]
-    for coef in _COS_TAYLOR[-2::-1]:
-        cr = cr * u + coef
-    return jnp.where(big, cr, sr), jnp.where(big, sr, cr)
-
-
-def _crossing_f(theta, tau, beta, momentum):
-    """F = X cos(alpha) - Y sin(alpha), dF/dtheta and (s, c) = sin, cos(theta / 2).
+def _crossing_f(theta, tau, beta, rule):
+    """F = X cos(alpha) - Y sin(alpha), dF/dtheta and (s, s_psi) (``Rule.crossing``).
 
     theta in [0, pi] with every angle below in [0, 3 pi / 4] on the bracket (module
-    docstring), so the polynomial :func:`_sincos` applies.
+    docstring), so the polynomial ``sincos`` applies.
     """
-    s, c = _sincos(0.5 * theta)
-    if momentum == "heavy_ball":
-        x, y, alpha, d_alpha = (1 - beta) * c, (1 + beta) * s, tau * theta, tau
-        dx, dy = -0.5 * (1 - beta) * s, 0.5 * (1 + beta) * c
-        sp = s
-    elif momentum == "nesterov":
-        k = (1 + beta) * (1 + 2 * beta)
-        x = (1 - beta) * c * c + k * s * s
-        y = 2 * beta * beta * c * s
-        dx = (k - (1 - beta)) * c * s
-        dy = beta * beta * (c * c - s * s)
-        alpha, d_alpha = (tau + 0.5) * theta, tau + 0.5
-        sp = s
-    else:
-        sp, cp = _sincos(0.5 * (tau + 1) * theta)
-        x, y, alpha, d_alpha = (1 - beta) * cp, (1 + beta) * sp, 0.5 * tau * theta, 0.5 * tau
-        dx, dy = -0.5 * (tau + 1) * (1 - beta) * sp, 0.5 * (tau + 1) * (1 + beta) * cp
-    sa, ca = _sincos(alpha)
+    x, y, dx, dy, alpha, d_alpha, s, sp = as_rule(rule).crossing(theta, tau, beta)
+    sa, ca = sincos(alpha)
     f = x * ca - y * sa
     df = dx * ca - dy * sa - d_alpha * (x * sa + y * ca)
     return f, df, s, sp
 
 
-def _modulus(s, s_psi, beta, momentum):
-    """|A/B| on the unit circle from s = sin(theta/2) (and, for shifted, s_psi =
-    sin((tau+1) theta/2)), written without cancellation near theta = 0, beta = 1."""
-    if momentum == "shifted":
-        return 2 * s * jnp.sqrt((1 - beta) ** 2 + 4 * beta * s_psi * s_psi)
-    hb = 2 * s * jnp.sqrt((1 - beta) ** 2 + 4 * beta * s * s)
-    if momentum == "heavy_ball":
-        return hb
-    return hb / jnp.sqrt(1 + 4 * beta * (1 + beta) * s * s)
-
-
-def _quadratic_coefficient(tau, beta, momentum):
+def _quadratic_coefficient(tau, beta, rule):
     """K in F(theta) = (1 - beta) - K theta^2 + O(theta^4) (Taylor expansion of F)."""
-    if momentum == "heavy_ball":
-        return (1 - beta) * (0.125 + 0.5 * tau * tau) + 0.5 * (1 + beta) * tau
-    if momentum == "nesterov":
-        t = tau + 0.5
-        x2 = 0.25 * ((1 + beta) * (1 + 2 * beta) - (1 - beta))
-        return (1 - beta) * 0.5 * t * t + beta * beta * t - x2
-    return (1 - beta) * ((tau + 1) ** 2 + tau * tau) / 8 + (1 + beta) * tau * (tau + 1) / 4
+    return as_rule(rule).quadratic_coefficient(tau, beta)
 
 
 @partial(jax.jit, static_argnames=("momentum",))
 def _named_threshold(tau, beta, momentum):
-    span = 2.0 if momentum == "shifted" else 1.5
-    hi = jnp.minimum(jnp.pi, span * jnp.pi / (2 * tau + 1))
+    rule = as_rule(momentum)  # a rule with the closed forms of the module docstring
+    hi = jnp.minimum(jnp.pi, rule.locus_span * jnp.pi / (2 * tau + 1))
     lo = jnp.zeros_like(hi)
     # F(theta) = F0 - K theta^2 + O(theta^4) (F is even): start at the root of that.
-    theta0 = jnp.sqrt((1 - beta) / _quadratic_coefficient(tau, beta, momentum))
+    theta0 = jnp.sqrt((1 - beta) / rule.quadratic_coefficient(tau, beta))
     theta0 = jnp.where(jnp.isfinite(theta0), jnp.clip(theta0, lo, hi), 0.5 * hi)
     eps = 4 * jnp.finfo(hi.dtype).eps
     tol = 1e-2 * jnp.sqrt(eps)
     # tau = 0 (and nesterov tau = 1) are closed forms below: no iterations for them
-    trivial = (tau == 0) | ((tau == 1) & (momentum == "nesterov"))
+    trivial = rule.trivial_delay(tau)
 
     # Bracketed Newton until every point's step is below tol (quadratic convergence:
     # the remaining error is then ~ tol^2).
     def step(state):
         it, theta, lo, hi, done = state
-        val, slope, _, _ = _crossing_f(theta, tau, beta, momentum)
+        val, slope, _, _ = _crossing_f(theta, tau, beta, rule)
         lo = jnp.where(val > 0, theta, lo)
         hi = jnp.where(val > 0, hi, theta)
         new = theta - val / slope
@@ -269,31 +203,13 @@ def _named_threshold(tau, beta, momentum):
         state = step(state)
     _, theta, _, _, done = jax.lax.while_loop(cond, step, state)
     theta = jnp.where(tau == 0, jnp.pi, theta)
-    s = _sincos(0.5 * theta)[0]
-    s_psi = _sincos(0.5 * (tau + 1) * theta)[0] if momentum == "shifted" else None
-    q = _modulus(s, s_psi, beta, momentum)
-    if momentum == "nesterov":
-        # tau = 1: closed form of beta^2 q^2 + (1 - beta^2) q - (1 - beta) = 0 (stable root).
-        b2 = (1 - beta) * (1 + beta)
-        q1 = 2 * (1 - beta) / (b2 + jnp.sqrt(b2 * b2 + 4 * beta * beta * (1 - beta)))
-        # the circle pair has cos(theta) = (a0 - a2) / 2 with a0 = -q beta, a2 = -(1 + beta)
-        th1 = jnp.arccos(jnp.clip(0.5 * (1 + beta - q1 * beta), -1.0, 1.0))
-        q = jnp.where(tau == 1, q1, q)
-        theta = jnp.where(tau == 1, th1, theta)
-        done = done | (tau == 1)
+    q = rule.modulus(theta, tau, beta)
+    q, theta, done = rule.exact_threshold(q, theta, done, tau, beta)
     return Threshold(q, theta, (done | (tau == 0)) & resolved(tau, beta, beta.dtype))
 
 
-def _prepare(tau, beta, momentum, *extra):
-    check_momentum(momentum, "momentum")
-    check_delay(tau, "tau")
-    check_beta(beta, "beta")
-    dtype = float_dtype(beta, *extra)
-    return dtype
-
-
 @python_scalars_out
-def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Threshold:
+def stability_threshold(tau, beta=0.0, *, momentum="heavy_ball") -> Threshold:
     """The largest stable ``q = lr * sharpness`` of a rule (boundary locus).
 
     Args:
@@ -301,17 +217,31 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
         ``DelayDistribution`` (first-moment model; ``stability.theory.delay_locus``:
         certified to relative 1e-10, O(K log K) for support 0..K).
       beta: momentum in [0, 1) (array allowed).
-      momentum: "heavy_ball", "nesterov" or "shifted" (beta = 0: plain delayed SGD).
+      momentum: "heavy_ball", "nesterov", "shifted" or "gd" (beta = 0: plain
+        delayed SGD), or a `stability.theory.rules.Rule`.
 
     Returns:
       :class:`Threshold` ``(q_max, theta, reliable)``, broadcast over tau and beta
       (Python float, float, bool when tau and beta are Python scalars, computed in
       float64; arrays keep their dtype, and in float32 ``reliable`` is False where
       the rounding of beta moves q_max by more than ``RESOLUTION``, see `resolved`).
+      A rule without the closed forms (`stability.theory.rules.Rule.provides`) gets
+      `dense_threshold` of its polynomial, once per distinct concrete delay.
     """
-    dtype = _prepare(tau, beta, momentum)
+    hp = check_hyperparameters(tau, beta=beta, momentum=momentum)
+    return checked_threshold(hp.tau, hp.beta, hp.rule)
+
+
+def checked_threshold(tau, beta, rule: Rule) -> Threshold:
+    """:func:`stability_threshold` of checked arguments (a `Rule` object; nothing is
+    checked again)."""
+    dtype = float_dtype(beta)
     if isinstance(tau, DelayDistribution):
-        return _distribution_threshold(tau, beta, momentum)
+        if not rule.provides("locus_g"):
+            return _generic_threshold(tau, beta, rule, float_dtype(beta, tau.probabilities))
+        return _distribution_threshold(tau, beta, rule)
+    if not rule.provides("crossing"):
+        return _generic_threshold(tau, beta, rule, dtype)
     # a concrete delay becomes a float on the host: jnp.asarray of an int64 array
     # without x64 wraps 2**31 to a negative delay
     tau_f = (
@@ -321,17 +251,39 @@ def stability_threshold(tau, beta=0.0, *, momentum: str = "heavy_ball") -> Thres
     )
     beta = jnp.asarray(beta, dtype)
     tau_f, beta = jnp.broadcast_arrays(tau_f, beta)
-    return _named_threshold(tau_f, beta, momentum)
+    return _named_threshold(tau_f, beta, rule)
 
 
-def _distribution_threshold(dist: DelayDistribution, beta, momentum: str) -> Threshold:
+def _generic_threshold(tau, beta, rule: Rule, dtype) -> Threshold:
+    """A rule known only by its polynomial: `dense_threshold` of ``A + q B``, once per
+    distinct delay (tau must be concrete: it fixes the polynomial's degree)."""
+    beta = jnp.asarray(beta, dtype)
+    if isinstance(tau, DelayDistribution):
+        return dense_threshold(*rule_polynomial(rule, tau, beta))
+    if not is_concrete(tau):
+        raise TypeError(
+            f"tau must be a concrete integer for momentum={rule.name!r} (its threshold is "
+            f"computed from the polynomial, whose degree tau fixes); got a traced value {tau!r}"
+        )
+    taus = np.asarray(tau)
+    shape = np.broadcast_shapes(taus.shape, beta.shape)
+    taus, beta = np.broadcast_to(taus, shape), jnp.broadcast_to(beta, shape)
+    out = Threshold(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros(shape, bool))
+    for t in np.unique(taus):
+        found = dense_threshold(*rule_polynomial(rule, int(t), beta))
+        here = taus == t
+        out = Threshold(*(jnp.where(here, new, old) for new, old in zip(found, out, strict=True)))
+    return out
+
+
+def _distribution_threshold(dist: DelayDistribution, beta, rule: Rule) -> Threshold:
     """A delay distribution's thresholds, one per beta (``stability.theory.delay_locus``, numpy
     on the host); a traced beta goes through ``jax.pure_callback`` (no derivatives)."""
     p = np.asarray(dist.probabilities, dtype=np.float64)
     dtype = np.dtype(float_dtype(beta, dist.probabilities))
 
     def host(b):
-        q, theta, ok = delay_locus.thresholds(p, np.asarray(b, np.float64), momentum)
+        q, theta, ok = delay_locus.thresholds(p, np.asarray(b, np.float64), rule)
         # beta reached the host rounded to dtype: the named rules' estimate of what
         # that costs (a delay distribution is a mixture of fixed delays)
         sensitive = np.where(b == 0, 0.0, 1.25 * b / (1 - b))
@@ -347,7 +299,7 @@ def _distribution_threshold(dist: DelayDistribution, beta, momentum: str) -> Thr
 
 
 @python_scalars_out
-def max_stable_sharpness(lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
+def max_stable_sharpness(lr, tau, beta=0.0, *, momentum="heavy_ball"):
     """The largest Hessian eigenvalue a minimum may have and stay linearly stable.
 
     ``q_max(tau, beta) / lr``, from the boundary locus (no eigenvalues); see
@@ -357,104 +309,18 @@ def max_stable_sharpness(lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
     Units: the same as the loss Hessian's eigenvalues (1 / lr). A Python float
     when every argument is a Python scalar, else an array (also under ``jax.jit``).
     """
-    check_lr(lr, "lr")
-    dtype = _prepare(tau, beta, momentum, lr)
-    t = stability_threshold(tau, jnp.asarray(beta, dtype), momentum=momentum)
+    hp = check_hyperparameters(tau, lr, beta, momentum)
+    return checked_limit(hp.lr, hp.tau, hp.beta, hp.rule)
+
+
+def checked_limit(scale, tau, beta, rule: Rule):
+    """``q_max(tau, beta) / scale`` of checked arguments, NaN where not certified:
+    :func:`max_stable_sharpness` (scale = lr) and the full-batch
+    `stability.max_stable_lr` (scale = sharpness)."""
+    dtype = float_dtype(beta, scale)
+    t = checked_threshold(tau, jnp.asarray(beta, dtype), rule)
     q = jnp.where(t.reliable, t.q_max, jnp.nan)
-    return q / jnp.asarray(lr, dtype)
-
-
-@python_scalars_out
-def max_stable_lr(
-    sharpness,
-    tau,
-    beta=0.0,
-    *,
-    momentum: str = "heavy_ball",
-    nonuniformity=None,
-    batch_size: int | None = None,
-    num_examples: int | None = None,
-    replacement: bool = False,
-):
-    """The largest learning rate at which a minimum of this sharpness is stable.
-
-    Full batch (``batch_size=None``, the default): ``q_max(tau, beta) / sharpness``
-    (sharpness > 0), the linear stability of the exact-gradient recursion; broadcasts
-    like :func:`max_stable_sharpness` (a Python float for Python-scalar arguments).
-
-    Mini-batches (``batch_size`` given): the largest lr at which the second moment of
-    the distance to the minimum stays bounded (mean-square stability; docs/theory.md
-    section 15, Wu, Ma and E 2018), along a direction of curvature ``a = sharpness``
-    and non-uniformity ``s = nonuniformity`` (``s^2 = v^T Sigma v``, ``Sigma =
-    mean_i H_i^2 - H^2``, the per-example Hessians' spread; same units as the
-    sharpness): ``q_ms(r) / a`` with ``r = gamma s^2 / a^2``, ``q_ms`` the root of
-    ``q^2 r N(q) = 1`` below ``q_max`` (``N`` the squared H2 norm of the loop,
-    `stability.noise_gain`). For SGD at tau = 0 this is Wu, Ma and E's
-    ``2 a / (a^2 + gamma s^2)``. ``gamma`` (`stability.variance_factor`) assumes a
-    fresh uniform batch every step: ``(n - B) / (B (n - 1))`` without replacement
-    (B distinct examples; ``1 / B`` times the finite-population correction ``(n -
-    B) / (n - 1)``, so the full batch ``B = n`` gives the deterministic value) or
-    ``1 / B`` with replacement. Delegates to `stability.max_stable_lr_minibatch`;
-    tau must be a concrete integer (a ``DelayDistribution`` raises
-    NotImplementedError: the mean-square model covers fixed delays only).
-
-    Args:
-      sharpness: the curvature ``a > 0`` (largest Hessian eigenvalue).
-      tau: delay: integer (array) or ``DelayDistribution``; a scalar integer with
-        ``batch_size``.
-      beta: momentum coefficient in [0, 1).
-      momentum: "heavy_ball", "nesterov" or "shifted".
-      nonuniformity: ``s >= 0`` along the same direction; required with
-        ``batch_size`` (`stability.directional_nonuniformity` estimates it).
-      batch_size: ``B``, an integer >= 1 (<= ``num_examples`` without replacement);
-        None for the full-batch threshold.
-      num_examples: ``n``, the examples the batches are drawn from; required with
-        ``batch_size``.
-      replacement: whether a batch draws with replacement (default False, as
-        `stability.simulate_async` does).
-
-    Returns:
-      The learning rate (units: 1 / Hessian eigenvalue units); NaN where the
-      deterministic threshold is not certified.
-    """
-    if (
-        batch_size is not None
-        or nonuniformity is not None
-        or num_examples is not None
-        or (replacement is not False)
-    ):
-        return _max_stable_lr_minibatch(
-            sharpness, tau, beta, momentum, nonuniformity, batch_size, num_examples, replacement
-        )
-    check_positive("sharpness", sharpness)
-    dtype = _prepare(tau, beta, momentum, sharpness)
-    t = stability_threshold(tau, jnp.asarray(beta, dtype), momentum=momentum)
-    q = jnp.where(t.reliable, t.q_max, jnp.nan)
-    return q / jnp.asarray(sharpness, dtype)
-
-
-def _max_stable_lr_minibatch(
-    sharpness, tau, beta, momentum, nonuniformity, batch_size, num_examples, replacement
-):
-    """The ``batch_size`` path of :func:`max_stable_lr` (imported here: mean_square
-    imports this module)."""
-    from stability.theory import mean_square
-
-    mean_square.check_batch_arguments(
-        tau, batch_size, num_examples, replacement, {"nonuniformity": nonuniformity},
-        given={"nonuniformity": nonuniformity, "num_examples": num_examples,
-               "replacement": replacement},
-    )  # fmt: skip
-    return mean_square.max_stable_lr_minibatch(
-        sharpness,
-        nonuniformity,
-        tau,
-        beta,
-        momentum=momentum,
-        batch_size=batch_size,
-        num_examples=num_examples,
-        replacement=replacement,
-    )
+    return q / jnp.asarray(scale, dtype)
 
 
 # ----------------------------------------------------------------------------

@@ -25,20 +25,11 @@ from stability.theory.dominant_root import (
     log_spectral_radius,
     sparse_characteristic,
 )
-from stability.theory.rules import (
-    characteristic_polynomial,
-    check_delay,
-    float_dtype,
-    python_scalars_out,
-    static_delay,
-)
-from stability.validation import (
-    check_beta,
-    check_finite,
-    check_lr,
-    check_momentum,
-    is_concrete,
-)
+from stability.theory.hyperparameters import check_hyperparameters
+from stability.theory.precision import float_dtype, python_scalars_out
+from stability.theory.rules import Rule, rule_polynomial
+from stability.theory.rules.polynomial import CharacteristicPolynomial
+from stability.validation import check_finite, check_lr, check_tau, is_concrete
 
 
 def companion_from_coefficients(coefficients):
@@ -53,20 +44,42 @@ def companion_from_coefficients(coefficients):
     return jnp.concatenate([-c[..., None, 1:], sub], axis=-2)
 
 
-def _coefficients(sharpness, lr, tau, beta, momentum):
-    check_finite("sharpness", sharpness)
-    check_lr(lr, "lr")
+def _polynomial(delay, beta, rule: Rule) -> CharacteristicPolynomial:
+    """The rule's polynomial for a checked delay (a Python int or a distribution)."""
+    extra = (delay.probabilities,) if isinstance(delay, DelayDistribution) else ()
+    dtype = float_dtype(beta, *extra)
+    return CharacteristicPolynomial(*rule_polynomial(rule, delay, jnp.asarray(beta, dtype)))
+
+
+def _coefficients(sharpness, lr, delay, beta, rule: Rule):
+    """``A + lr sharpness B`` for checked arguments (``delay`` a Python int or a
+    distribution)."""
     dtype = float_dtype(sharpness, lr, beta)
     sharpness = jnp.asarray(sharpness, dtype)
     lr = jnp.asarray(lr, dtype)
     beta = jnp.asarray(beta, dtype)
     shape = jnp.broadcast_shapes(sharpness.shape, lr.shape, beta.shape)
-    poly = characteristic_polynomial(tau, jnp.broadcast_to(beta, shape), momentum=momentum)
+    poly = _polynomial(delay, jnp.broadcast_to(beta, shape), rule)
     q = jnp.broadcast_to(lr * sharpness, shape)
     return poly.coefficients(q)
 
 
-def companion_matrix(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
+def _static(tau, name: str = "tau"):
+    """A checked delay as what fixes a polynomial's size: the distribution itself, or
+    a concrete scalar Python int (a traced or array delay is refused here)."""
+    if isinstance(tau, DelayDistribution):
+        return tau
+    if not is_concrete(tau):
+        raise TypeError(
+            f"{name} fixes the size of the companion matrix, so it must be a concrete "
+            f"integer (mark it static under jax.jit); got a traced value {tau!r}"
+        )
+    if np.ndim(tau) != 0:
+        raise ValueError(f"{name} must be a scalar integer here; got shape {np.shape(tau)}")
+    return int(tau)
+
+
+def companion_matrix(sharpness, lr, tau, beta=0.0, *, momentum="heavy_ball"):
     """The transition matrix of the linearised update along one Hessian eigenvalue.
 
     Args:
@@ -82,7 +95,12 @@ def companion_matrix(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_bal
       (K + 2 for a distribution with largest delay K): the companion matrix of
       ``P(z) = A(z) + lr * sharpness * B(z)`` acting on ``(w_t, ..., w_{t-m+1})``.
     """
-    return companion_from_coefficients(_coefficients(sharpness, lr, tau, beta, momentum))
+    check_finite("sharpness", sharpness)
+    hp = check_hyperparameters(tau, lr, beta, momentum, check_tau=False)
+    if not isinstance(tau, DelayDistribution):
+        check_tau(tau, "tau")
+    delay = _static(tau)
+    return companion_from_coefficients(_coefficients(sharpness, lr, delay, beta, hp.rule))
 
 
 def spectral_radius_from_coefficients(coefficients):
@@ -131,7 +149,7 @@ def _eigenvalue_fallback(rho, certified, q, beta, tau, momentum):
 
 
 @python_scalars_out
-def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball"):
+def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum="heavy_ball"):
     """Spectral radius of :func:`companion_matrix` (< 1 means linearly stable).
 
     Broadcasts over sharpness, lr and beta for a given (concrete) tau or delay
@@ -171,30 +189,31 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum: str = "heavy_ball
     (a 16 x 24 grid over 4 devices works and is tested); keep CPU inputs on one
     device (the fast path is elementwise, XLA already uses all cores).
     """
-    check_momentum(momentum, "momentum")
-    check_delay(tau, "tau")
-    check_beta(beta, "beta")
+    hp = check_hyperparameters(tau, None, beta, momentum)
     check_finite("sharpness", sharpness)
     check_lr(lr, "lr")
-    if isinstance(tau, DelayDistribution):
-        return _distribution_spectral_radius(sharpness, lr, tau, beta, momentum)
-    if (
-        all(_python_number(x) for x in (sharpness, lr, beta))
-        and not isinstance(tau, DelayDistribution)
-        and 2 <= static_delay(tau, "tau") <= HOST_DELAY
-    ):
-        return _host_spectral_radius(float(lr) * float(sharpness), float(beta), int(tau), momentum)
+    return checked_spectral_radius(sharpness, lr, hp.tau, hp.beta, hp.rule)
+
+
+def checked_spectral_radius(sharpness, lr, tau, beta, rule: Rule):
+    """:func:`spectral_radius` of checked arguments (a `Rule` object; nothing is
+    checked again). A rule without a sparse form (`Rule.provides`) gets companion
+    eigenvalues."""
+    delay = _static(tau)
+    if isinstance(delay, DelayDistribution):
+        if rule.provides("distribution_parts"):
+            return _distribution_spectral_radius(sharpness, lr, delay, beta, rule)
+        return spectral_radius_from_coefficients(_coefficients(sharpness, lr, delay, beta, rule))
+    if not rule.provides("sparse_form") or delay < 2:
+        return spectral_radius_from_coefficients(_coefficients(sharpness, lr, delay, beta, rule))
+    if all(_python_number(x) for x in (sharpness, lr, beta)) and delay <= HOST_DELAY:
+        return _host_spectral_radius(float(lr) * float(sharpness), float(beta), delay, rule)
     dtype = float_dtype(sharpness, lr, beta)
-    delay = static_delay(tau, "tau")
-    if delay >= 2 and (delay > HOST_DELAY or dtype != jnp.float64):
-        return _log_spectral_radius(sharpness, lr, beta, delay, momentum, dtype)
-    fast = dtype == jnp.float64 and delay >= 2
-    if not fast:
-        return spectral_radius_from_coefficients(_coefficients(sharpness, lr, tau, beta, momentum))
-    tau = int(tau)
+    if delay > HOST_DELAY or dtype != jnp.float64:
+        return _log_spectral_radius(sharpness, lr, beta, delay, rule, dtype)
     sharpness, lr, beta = (jnp.asarray(x, dtype) for x in (sharpness, lr, beta))
     q, beta = jnp.broadcast_arrays(lr * sharpness, beta)
-    return _spectral_radius_fast(q, beta, tau, momentum)
+    return _spectral_radius_fast(q, beta, delay, rule)
 
 
 def _distribution_spectral_radius(sharpness, lr, dist, beta, momentum):
@@ -223,7 +242,7 @@ def _distribution_spectral_radius(sharpness, lr, dist, beta, momentum):
     @radius.defjvp
     def _radius_jvp(primals, tangents):
         def by_eigenvalues(q, b):
-            poly = characteristic_polynomial(dist, b, momentum=momentum)
+            poly = _polynomial(dist, b, momentum)
             return spectral_radius_from_coefficients(poly.coefficients(q))
 
         _, tangent = jax.jvp(by_eigenvalues, primals, tangents)
@@ -242,14 +261,10 @@ HOST_DELAY = 256
 DENSE_DELAY = 1024
 
 
-def _sparse_coefficients(q, beta, tau: int, momentum: str):
+def _sparse_coefficients(q, beta, tau: int, rule: Rule):
     """numpy ``(m, u1, u0, v1, v0)`` of `dominant_root.sparse_characteristic`."""
-    zero, one = np.zeros_like(q), np.ones_like(q)
-    if momentum == "heavy_ball":
-        return tau - 1, -(one + beta), beta, zero, q
-    if momentum == "nesterov":
-        return tau, -(one + beta), beta, q * (1.0 + beta), -q * beta
-    return tau, -one, zero, q - beta, beta
+    m, a1, a2, v1, v0 = rule.sparse_form(q, beta, tau, np)
+    return m, -(a1 + a2), a1 * a2, v1, v0
 
 
 def _host_log_radius(sharpness, lr, beta, tau: int, momentum: str, dtype) -> np.ndarray:
@@ -298,7 +313,7 @@ def _log_spectral_radius(sharpness, lr, beta, tau: int, momentum: str, dtype):
     @radius.defjvp
     def _radius_jvp(primals, tangents):
         def by_eigenvalues(sharpness, lr, beta):
-            poly = characteristic_polynomial(tau, beta, momentum=momentum)
+            poly = _polynomial(tau, beta, momentum)
             return spectral_radius_from_coefficients(poly.coefficients(lr * sharpness))
 
         _, tangent = jax.jvp(by_eigenvalues, primals, tangents)
@@ -335,7 +350,7 @@ def _certified_or_eigenvalues(q, beta, tau, momentum):
 def _certified_or_eigenvalues_jvp(tau, momentum, primals, tangents):
     # Derivatives (rare, and a host callback has none) from the companion eigenvalues.
     def by_eigenvalues(q, beta):
-        poly = characteristic_polynomial(tau, beta, momentum=momentum)
+        poly = _polynomial(tau, beta, momentum)
         return spectral_radius_from_coefficients(poly.coefficients(q))
 
     _, tangent = jax.jvp(by_eigenvalues, primals, tangents)

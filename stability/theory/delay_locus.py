@@ -76,6 +76,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from stability.theory.delays import DelayDistribution
+from stability.theory.discs import disc_product as _dmul
+from stability.theory.rules import Rule, as_rule, rule_polynomial
+
 TOLERANCE = 1e-10  # relative certificate of thresholds and spectral radii
 _EPS = float(np.finfo(np.float64).eps)
 _MAX_LEVELS = 120  # interval halvings in one threshold / count
@@ -205,42 +209,20 @@ class DistributionThreshold(NamedTuple):
     reliable: bool
 
 
-def _g_and_derivative(theta, s, ds, beta, momentum):
-    """G (Q = -i e^{i theta/2} G) and dG/dtheta from S, dS/dtheta at theta."""
-    z = np.exp(1j * theta)
-    zc = np.conj(z)
-    if momentum == "shifted":
-        return 1 / s - beta * zc, -ds / (s * s) + 1j * beta * zc
-    if momentum == "heavy_ball":
-        f, df = 1 - beta * zc, 1j * beta * zc
-    else:
-        w = (1 + beta) * z - beta
-        f, df = (z - beta) / w, 1j * z * beta * beta / (w * w)
-    return f / s, df / s - f * ds / (s * s)
-
-
-def _q_and_derivative(theta, s, ds, beta, momentum):
+def _q_and_derivative(theta, s, ds, beta, rule: Rule):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        g, dg = _g_and_derivative(theta, s, ds, beta, momentum)
+        g, dg = rule.locus_g(theta, s, ds, beta)  # G (Q = -i e^{i theta/2} G) and dG/dtheta
     e = -1j * np.exp(0.5j * theta)
     with np.errstate(invalid="ignore", over="ignore"):
         return e * g, e * (0.5j * g + dg)
 
 
-def _q_at_pi(p: np.ndarray, beta: float, momentum: str) -> float:
+def _q_at_pi(p: np.ndarray, beta: float, rule: Rule) -> float:
     """Q(pi) = G(pi), real: S(pi) = sum_k (-1)^k p_k summed exactly in real arithmetic."""
     s = float(p[0::2].sum() - p[1::2].sum())
     if s == 0:
         return math.inf
-    if momentum == "shifted":
-        return 1 / s + beta
-    f = 1 + beta if momentum == "heavy_ball" else (1 + beta) / (1 + 2 * beta)
-    return f / s
-
-
-def _dmul(a, ar, b, br):
-    """Disc product: {x y : |x - a| <= ar, |y - b| <= br} lies in D(a b, this radius)."""
-    return a * b, np.abs(a) * br + np.abs(b) * ar + ar * br
+    return rule.q_at_pi(s, beta)
 
 
 class _Samples(NamedTuple):
@@ -258,8 +240,8 @@ class _Samples(NamedTuple):
 class _Locus:
     """The locus Q(theta) of one distribution and rule, with certified enclosures."""
 
-    def __init__(self, p: np.ndarray, beta: float, momentum: str):
-        self.p, self.beta, self.momentum = p, float(beta), momentum
+    def __init__(self, p: np.ndarray, beta: float, rule: Rule):
+        self.p, self.beta, self.rule = p, float(beta), rule
         k = np.arange(p.size, dtype=np.float64)
         self.coefs = np.stack([p, k * p, k * k * p])
         self.mu2 = float((k * k) @ p)
@@ -284,7 +266,7 @@ class _Locus:
         return _Samples(theta, v[0], -1j * v[1], -v[2], *err)
 
     def values(self, x: _Samples):
-        return _q_and_derivative(x.theta, x.s, x.s1, self.beta, self.momentum)
+        return _q_and_derivative(x.theta, x.s, x.s1, self.beta, self.rule)
 
     def enclosure(self, x: _Samples, r):
         """Discs holding Q and Q' over [theta - r, theta + r], and a lower bound of |Q|.
@@ -305,25 +287,10 @@ class _Locus:
         inv2_c, inv2_r = _dmul(inv_c, inv_r, inv_c, inv_r)
         s1inv2 = _dmul(x.s1, r1, inv2_c, inv2_r)
         z = np.exp(1j * theta)
-        zc = np.conj(z)
         s_max = np.minimum(self.psum, abs_s + rs)
-        if self.momentum == "shifted":  # G = 1/S - beta/z, G' = -S'/S^2 + i beta/z
-            g_c, g_r = inv_c - beta * zc, inv_r + beta * r
-            dg_c, dg_r = -s1inv2[0] + 1j * beta * zc, s1inv2[1] + beta * r
-            lower = 1 / s_max - beta
-        else:  # G = f/S, G' = f'/S - f S'/S^2
-            if self.momentum == "heavy_ball":  # f = 1 - beta/z: |f'| = |f''| = beta
-                f_c, f_r = 1 - beta * zc, beta * r
-                df_c, df_r = 1j * beta * zc, beta * r
-            else:  # f = (z - beta)/w, w = (1 + beta) z - beta, |w| >= 1
-                w = (1 + beta) * z - beta
-                f_c, f_r = (z - beta) / w, beta * beta * r
-                df_c, df_r = 1j * z * beta * beta / (w * w), beta * beta * (3 + 2 * beta) * r
-            g_c, g_r = _dmul(f_c, f_r, inv_c, inv_r)
-            a_c, a_r = _dmul(df_c, df_r, inv_c, inv_r)
-            b_c, b_r = _dmul(f_c, f_r, *s1inv2)
-            dg_c, dg_r = a_c - b_c, a_r + b_r
-            lower = (np.abs(f_c) - f_r) / s_max
+        g_c, g_r, dg_c, dg_r, lower = self.rule.locus_g_disc(
+            z, r, beta, (inv_c, inv_r), s1inv2, s_max
+        )
         e_c = -1j * np.exp(0.5j * theta)  # Q = e G with |de/dtheta| = 1/2
         q_c, q_r = _dmul(e_c, 0.5 * r, g_c, g_r)
         dq_c, dq_r = _dmul(e_c, 0.5 * r, 0.5j * g_c + dg_c, 0.5 * g_r + dg_r)  # Q' = e (iG/2 + G')
@@ -394,23 +361,24 @@ def _crossing_candidates(theta_a, q_a, theta_b, q_b, q_best):
     return np.flatnonzero(ok), np.where(ok, est, np.inf)
 
 
-def distribution_threshold(probabilities, beta: float, momentum: str) -> DistributionThreshold:
+def distribution_threshold(probabilities, beta: float, momentum) -> DistributionThreshold:
     """q_max of a rule under a delay distribution: the smallest q > 0 with a root of
-    P on the unit circle, certified to relative ``TOLERANCE`` (module docstring)."""
+    P on the unit circle, certified to relative ``TOLERANCE`` (module docstring).
+    ``momentum``: a rule with the distribution closed forms, or its name."""
     with _single_threaded():
-        return _threshold(probabilities, beta, momentum)
+        return _threshold(probabilities, beta, as_rule(momentum))
 
 
-def _threshold(probabilities, beta, momentum):
+def _threshold(probabilities, beta, rule: Rule):
     p = trimmed(probabilities)
     beta = float(beta)
-    locus = _Locus(p, beta, momentum)
+    locus = _Locus(p, beta, rule)
     m = _grid_size(p.size - 1, 4)
     live = locus.grid(m)
     q, _ = locus.values(live)
 
     q_best, th_best = math.inf, math.nan
-    q_pi = _q_at_pi(p, beta, momentum)
+    q_pi = _q_at_pi(p, beta, rule)
     if 0 < q_pi < math.inf:
         q_best, th_best = 2 * q_pi, math.pi
 
@@ -490,26 +458,16 @@ class DistributionRadius(NamedTuple):
     root: complex
 
 
-def rule_parts(q: float, beta: float, momentum: str):
-    """(a1, a2, w1, w0): U = (z - a1)(z - a2), W = w1 z + w0 (module docstring)."""
-    if momentum == "heavy_ball":
-        return 1.0, beta, q, 0.0
-    if momentum == "nesterov":
-        return 1.0, beta, q * (1 + beta), -q * beta
-    if momentum == "shifted":
-        return 1.0, 0.0, q - beta, beta
-    raise ValueError(f"momentum must be 'heavy_ball', 'nesterov' or 'shifted'; got {momentum!r}")
-
-
 class _Polynomial:
     """P(z) = z^K (U(z) + W(z) S(z)) of one distribution, rule, q and beta."""
 
-    def __init__(self, p: np.ndarray, q: float, beta: float, momentum: str):
+    def __init__(self, p: np.ndarray, q: float, beta: float, rule: Rule):
         self.p = p
         self.k = np.arange(p.size, dtype=np.float64)
         self.K = p.size - 1
         self.degree = self.K + 2
-        self.a1, self.a2, self.w1, self.w0 = rule_parts(q, beta, momentum)
+        # U = (z - a1)(z - a2), W = w1 z + w0 (module docstring)
+        self.a1, self.a2, self.w1, self.w0 = rule.distribution_parts(q, beta)
         with np.errstate(divide="ignore"):
             self.logp = np.log(p)
         self.sums = _PowerSums(np.stack([p, self.k * p]))
@@ -777,16 +735,17 @@ def _projections(z, v, vt):
     return proj[np.argsort(-np.abs(proj))][:_NEWTON_STARTS]
 
 
-def distribution_spectral_radius(probabilities, q: float, beta: float, momentum: str):
+def distribution_spectral_radius(probabilities, q: float, beta: float, momentum):
     """Largest root modulus of the rule's polynomial at q, certified to relative
-    ``TOLERANCE`` when ``certified`` (module docstring)."""
+    ``TOLERANCE`` when ``certified`` (module docstring). ``momentum``: a rule with
+    ``distribution_parts``, or its name."""
     with _single_threaded():
-        return _spectral_radius(probabilities, q, beta, momentum)
+        return _spectral_radius(probabilities, q, beta, as_rule(momentum))
 
 
-def _spectral_radius(probabilities, q, beta, momentum):
+def _spectral_radius(probabilities, q, beta, rule: Rule):
     p = trimmed(probabilities)
-    poly = _Polynomial(p, float(q), float(beta), momentum)
+    poly = _Polynomial(p, float(q), float(beta), rule)
     n = poly.degree
     r_lo, r_hi = 0.0, poly.cauchy_radius()  # N(r_lo) < n = N(r_hi)
     best = None  # the Newton root of largest modulus so far
@@ -864,35 +823,18 @@ SMALL_SUPPORT = 30  # K <= this: companion eigenvalues (numpy) are exact and fas
 EIGENVALUE_FALLBACK = 1000  # K <= this: an uncertified radius is recomputed by eigenvalues
 
 
-def dense_coefficients(p: np.ndarray, q, beta, momentum: str) -> np.ndarray:
+def dense_coefficients(p: np.ndarray, q, beta, rule: Rule) -> np.ndarray:
     """P = A + q B in descending powers, shape broadcast(q, beta) + (K + 3,): the
-    polynomials of ``stability.theory.rules`` written out in numpy (for small supports and the
-    eigenvalue fallback)."""
+    rule's polynomial (`stability.theory.rules.rule_polynomial`) in numpy (for small
+    supports and the eigenvalue fallback)."""
     q, beta = np.broadcast_arrays(np.asarray(q, np.float64), np.asarray(beta, np.float64))
-    k = p.size - 1
-    n = k + 3
-    qq, bb = q[..., None], beta[..., None]
-    c = np.zeros(q.shape + (n,))
-    if momentum == "shifted":  # (z - 1)(z^(K+1) - beta D) + q z D
-        inner = np.zeros(q.shape + (k + 2,))
-        inner[..., 0] = 1.0
-        inner[..., 1:] = -bb * p
-        c[..., :-1] += inner
-        c[..., 1:] -= inner
-        c[..., 1 : k + 2] += qq * p
-        return c
-    c[..., 0], c[..., 1], c[..., 2] = 1.0, -(1.0 + beta), beta  # z^K (z - 1)(z - beta)
-    if momentum == "heavy_ball":  # + q z D
-        c[..., 1 : k + 2] += qq * p
-    else:  # + q ((1 + beta) z - beta) D
-        c[..., 1 : k + 2] += qq * (1.0 + bb) * p
-        c[..., 2 : k + 3] -= qq * bb * p
-    return c
+    a, b = rule_polynomial(rule, DelayDistribution(p), beta, np)
+    return a + q[..., None] * b
 
 
-def eigenvalue_radius(p: np.ndarray, q, beta, momentum: str) -> np.ndarray:
+def eigenvalue_radius(p: np.ndarray, q, beta, rule: Rule) -> np.ndarray:
     """Spectral radii from numpy's companion eigenvalues (LAPACK), O(K^3) each."""
-    c = dense_coefficients(p, q, beta, momentum)
+    c = dense_coefficients(p, q, beta, as_rule(rule))
     m = c.shape[-1] - 1
     comp = np.zeros(c.shape[:-1] + (m, m))
     comp[..., 0, :] = -c[..., 1:]
@@ -902,38 +844,40 @@ def eigenvalue_radius(p: np.ndarray, q, beta, momentum: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_threshold(key: bytes, beta: float, momentum: str) -> DistributionThreshold:
-    return distribution_threshold(np.frombuffer(key, dtype=np.float64), beta, momentum)
+def _cached_threshold(key: bytes, beta: float, rule: Rule) -> DistributionThreshold:
+    return distribution_threshold(np.frombuffer(key, dtype=np.float64), beta, rule)
 
 
-def thresholds(probabilities, beta, momentum: str):
+def thresholds(probabilities, beta, momentum):
     """(q_max, theta, reliable) arrays of beta's shape; one certified threshold per beta
     (cached: a tracker or a verdict asks for the same one again and again)."""
     key = trimmed(probabilities).tobytes()
     beta = np.asarray(beta, dtype=np.float64)
-    out = [_cached_threshold(key, float(b), momentum) for b in beta.reshape(-1)]
+    rule = as_rule(momentum)
+    out = [_cached_threshold(key, float(b), rule) for b in beta.reshape(-1)]
     q = np.array([t.q_max for t in out], dtype=np.float64).reshape(beta.shape)
     theta = np.array([t.theta for t in out], dtype=np.float64).reshape(beta.shape)
     ok = np.array([t.reliable for t in out], dtype=bool).reshape(beta.shape)
     return q, theta, ok
 
 
-def spectral_radii(probabilities, q, beta, momentum: str) -> np.ndarray:
+def spectral_radii(probabilities, q, beta, momentum) -> np.ndarray:
     """Spectral radii over broadcast(q, beta): eigenvalues for supports up to
     SMALL_SUPPORT, else the certified radius; an uncertified one is recomputed by
     eigenvalues up to EIGENVALUE_FALLBACK and NaN beyond (never an unproven number)."""
     p = trimmed(probabilities)
+    rule = as_rule(momentum)
     q, beta = np.broadcast_arrays(np.asarray(q, np.float64), np.asarray(beta, np.float64))
     if p.size - 1 <= SMALL_SUPPORT:
-        return eigenvalue_radius(p, q, beta, momentum)
+        return eigenvalue_radius(p, q, beta, rule)
     out = np.empty(q.shape)
     flat_q, flat_b, flat_out = q.reshape(-1), beta.reshape(-1), out.reshape(-1)
     for i, (qi, bi) in enumerate(zip(flat_q.tolist(), flat_b.tolist(), strict=True)):
-        r = distribution_spectral_radius(p, qi, bi, momentum)
+        r = distribution_spectral_radius(p, qi, bi, rule)
         if r.certified:
             flat_out[i] = r.rho
         elif p.size - 1 <= EIGENVALUE_FALLBACK:
-            flat_out[i] = float(eigenvalue_radius(p, qi, bi, momentum))
+            flat_out[i] = float(eigenvalue_radius(p, qi, bi, rule))
         else:
             flat_out[i] = np.nan
     return out

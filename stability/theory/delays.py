@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stability.validation import check_int, check_probabilities, check_tau
+from stability.validation import check_int, check_probabilities, check_tau, is_concrete
 
 
 class DelayDistribution(NamedTuple):
@@ -101,3 +101,28 @@ def as_delay_distribution(tau) -> DelayDistribution:
     if isinstance(tau, DelayDistribution):
         return tau
     return fixed_delay(tau)
+
+
+def check_delay(tau, name: str = "tau") -> None:
+    """An integer delay (scalar or array) or a :class:`DelayDistribution`."""
+    if isinstance(tau, DelayDistribution):
+        if is_concrete(tau.probabilities):
+            check_probabilities(tau.probabilities, f"{name}.probabilities")
+        return
+    check_tau(tau, name)
+
+
+def static_delay(tau, name: str = "tau"):
+    """A delay that fixes a polynomial's size: a Python int or a DelayDistribution."""
+    if isinstance(tau, DelayDistribution):
+        check_delay(tau, name)
+        return tau
+    if not is_concrete(tau):
+        raise TypeError(
+            f"{name} fixes the size of the companion matrix, so it must be a concrete "
+            f"integer (mark it static under jax.jit); got a traced value {tau!r}"
+        )
+    check_tau(tau, name)
+    if np.ndim(tau) != 0:
+        raise ValueError(f"{name} must be a scalar integer here; got shape {np.shape(tau)}")
+    return check_int(name, tau)

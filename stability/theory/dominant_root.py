@@ -64,6 +64,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from stability.theory.rules import Rule, as_rule
+
 NUM_STARTS = 3
 NEWTON_STEPS = 30
 RELATIVE_TOLERANCE = 1e-10
@@ -89,17 +91,11 @@ class SparseCharacteristic:
         return self.a1 * self.a2
 
 
-def sparse_characteristic(q, beta, tau: int, momentum: str) -> SparseCharacteristic:
-    """The sparse form of a rule's characteristic polynomial (module docstring)."""
-    one = jnp.ones_like(q)
-    zero = jnp.zeros_like(q)
-    if momentum == "heavy_ball":
-        return SparseCharacteristic(tau - 1, one, beta, zero, q)
-    if momentum == "nesterov":
-        return SparseCharacteristic(tau, one, beta, q * (1.0 + beta), -q * beta)
-    if momentum == "shifted":
-        return SparseCharacteristic(tau, one, zero, q - beta, beta)
-    raise ValueError(f"momentum must be 'heavy_ball', 'nesterov' or 'shifted'; got {momentum!r}")
+def sparse_characteristic(q, beta, tau: int, momentum) -> SparseCharacteristic:
+    """The sparse form of a rule's characteristic polynomial (module docstring;
+    ``Rule.sparse_form``); ``momentum`` a rule or its name."""
+    m, a1, a2, v1, v0 = as_rule(momentum).sparse_form(q, beta, tau, jnp)
+    return SparseCharacteristic(m, a1, a2, v1, v0)
 
 
 def _cplx(re, im):
@@ -295,13 +291,13 @@ class _Sparse(NamedTuple):
     one_minus_a2: np.ndarray
     q: np.ndarray
     beta: np.ndarray
-    momentum: str
+    rule: Rule
 
 
-def _sparse_host(q, beta, tau: int, momentum: str) -> _Sparse:
-    m = tau - 1 if momentum == "heavy_ball" else tau
-    a2 = np.zeros_like(beta) if momentum == "shifted" else beta
-    return _Sparse(float(m), m % 2, a2, 1.0 - a2, q, beta, momentum)
+def _sparse_host(q, beta, tau: int, momentum) -> _Sparse:
+    rule = as_rule(momentum)
+    m, _, a2, _, _ = rule.sparse_form(q, beta, tau, np)  # a1 = 1 (the log form needs it)
+    return _Sparse(float(m), m % 2, a2, 1.0 - a2, q, beta, rule)
 
 
 def _z_minus(ell, theta, a, one_minus_a):
@@ -316,20 +312,8 @@ def _v_and_zero(p: _Sparse, ell, theta):
     """V at e^(ell + i theta) (no cancellation at z = 1), V's slope v1, its zero and
     1 - zero (where v1 != 0; NaN elsewhere)."""
     d1 = _z_minus(ell, theta, 1.0, 0.0)
-    q, beta = p.q, p.beta
     with np.errstate(divide="ignore", invalid="ignore"):
-        if p.momentum == "heavy_ball":
-            v, v1 = q + 0j * d1, np.zeros_like(q)
-            zero = one_minus = np.full_like(q, np.nan)
-        elif p.momentum == "nesterov":
-            v = q * ((1.0 + beta) * d1 + 1.0)  # q ((1 + beta) z - beta)
-            v1 = q * (1.0 + beta)
-            zero, one_minus = beta / (1.0 + beta), 1.0 / (1.0 + beta)
-        else:
-            v = q * (d1 + 1.0) - beta * d1  # (q - beta) z + beta
-            v1 = q - beta
-            zero, one_minus = beta / (beta - q), -q / (beta - q)
-    return v, v1, zero, one_minus
+        return p.rule.log_v(p.q, p.beta, d1)
 
 
 def _log_newton(p: _Sparse, w):

@@ -119,6 +119,7 @@ simulation confirms a mean-square verdict through the mean over runs.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import NamedTuple
 
@@ -126,15 +127,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability.theory.boundary_locus import stability_threshold
+from stability.theory.boundary_locus import checked_threshold
 from stability.theory.delays import DelayDistribution
-from stability.theory.rules import characteristic_polynomial, float_dtype, python_scalars_out
+from stability.theory.hyperparameters import check_hyperparameters
+from stability.theory.precision import float_dtype, python_scalars_out
+from stability.theory.rules import Rule, rule_polynomial
 from stability.validation import (
-    check_beta,
     check_finite,
     check_int,
     check_lr,
-    check_momentum,
     check_number,
     check_positive,
     check_tau,
@@ -281,10 +282,10 @@ def _check_nonnegative(name, x) -> None:
         raise ValueError(f"{name} must be >= 0; got {np.asarray(x).tolist()!r}")
 
 
-def _check_rule(tau, beta, momentum) -> int:
-    check_momentum(momentum)
-    check_beta(beta)
-    return _check_delay(tau)
+def _check_rule(tau, beta, momentum) -> tuple[int, Rule]:
+    """The delay (a concrete scalar integer) and the rule object, checked."""
+    rule = check_hyperparameters(tau, None, beta, momentum, check_tau=False).rule
+    return _check_delay(tau), rule
 
 
 def variance_factor(batch_size, num_examples, *, replacement: bool = False) -> float:
@@ -302,205 +303,150 @@ def variance_factor(batch_size, num_examples, *, replacement: bool = False) -> f
     return (n - b) / (b * (n - 1))
 
 
-# Two implementations of the same arithmetic: numpy on the host for concrete inputs
-# (no program compiled per delay or shape: a verdict or a sweep costs milliseconds),
-# and jax for traced inputs (under jit, vmap, grad), compiled once per polynomial
-# length bucket. The tests check that they agree.
-
-# ------------------------------------------------------------------ host (numpy)
-
-
-def _polynomials_host(tau: int, beta: np.ndarray, momentum: str):
-    """``(A, B)`` of `stability.theory.rules` in numpy, shape ``beta.shape + (tau + 3,)``:
-    heavy_ball / nesterov ``A = z^tau (z - 1)(z - beta)``, ``B = z`` / ``(1 + beta) z -
-    beta``; shifted ``A = (z - 1)(z^(tau+1) - beta)``, ``B = z``."""
-    d = tau + 2
-    a = np.zeros(beta.shape + (d + 1,), beta.dtype)
-    b = np.zeros_like(a)
-    a[..., 0] = 1.0
-    if momentum == "shifted":  # z^(tau+2) - z^(tau+1) - beta z + beta
-        a[..., 1] = -1.0
-        a[..., d - 1] -= beta
-        a[..., d] += beta
-        b[..., d - 1] = 1.0
-    else:  # z^tau (z^2 - (1 + beta) z + beta)
-        a[..., 1] = -(1.0 + beta)
-        a[..., 2] = beta
-        if momentum == "heavy_ball":
-            b[..., d - 1] = 1.0
-        else:
-            b[..., d - 1] = 1.0 + beta
-            b[..., d] = -beta
-    return a, b
+# One implementation, two array namespaces (``xp``, as in stability.curvature.lanczos):
+# numpy on the host for concrete inputs (no program compiled per delay or shape: a
+# verdict or a sweep costs milliseconds), and jax.numpy for traced inputs (under jit,
+# vmap, grad), compiled once per polynomial length bucket. The loops are `_loop`:
+# Python on the host, ``lax.fori_loop`` when traced.
 
 
-def _h2_host(p, b):
-    """:func:`_h2_one` vectorised over the leading axes in numpy; inf where P is not
-    Schur stable."""
-    p, b = (np.array(x, copy=True) for x in np.broadcast_arrays(p, b))
+def _loop(n: int, body, init, xp):
+    """``body(i, carry)`` for i in 0..n-1: a Python loop (numpy) or ``lax.fori_loop``."""
+    if xp is np:
+        carry = init
+        for i in range(n):
+            carry = body(i, carry)
+        return carry
+    return jax.lax.fori_loop(0, n, body, init)
+
+
+def _polynomials(tau: int, beta, rule: Rule, xp):
+    """``(A, B)`` of the rule (`stability.theory.rules.rule_polynomial`), shape
+    ``beta.shape + (length,)``. Traced (jax.numpy), both are multiplied by ``z^k`` so
+    that their length is a power of two (at least 8): ``B / P`` is unchanged (k extra
+    roots at 0, and the recursion's first k steps are exact no-ops), and the programs
+    below compile once per length, not once per delay."""
+    a, b = rule_polynomial(rule, tau, beta, xp)
+    if xp is np:
+        return a, b
+    length = a.shape[-1]
+    pad = [(0, 0)] * (a.ndim - 1) + [(0, max(8, 1 << (length - 1).bit_length()) - length)]
+    return jnp.pad(a, pad), jnp.pad(b, pad)
+
+
+def _h2(p, b, xp):
+    """``sum_k t_k^2`` for the impulse response t of ``B / P`` over the leading axes
+    (descending coefficient vectors of equal length, ``p[..., 0] = 1``, ``deg B <
+    deg P``) by Astrom's recursion (module docstring); inf where P is not Schur stable
+    (some reduced ``a_0^(k)`` <= 0), where the sum diverges."""
+    p, b = xp.broadcast_arrays(p, b)
     m = p.shape[-1]
-    total = np.zeros(p.shape[:-1], p.dtype)
-    stable = p[..., 0] > 0
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for k in range(m - 1, 0, -1):
-            alpha = p[..., k] / p[..., 0]
-            beta = b[..., k] / p[..., 0]
-            total += beta * b[..., k]
-            rev = p[..., k:0:-1].copy()  # a_{k-i}, i = 0..k-1
-            p[..., :k] -= alpha[..., None] * rev
-            b[..., :k] -= beta[..., None] * rev
-            stable &= p[..., 0] > 0
-        total += b[..., 0] * b[..., 0] / p[..., 0]
-    return np.where(stable, total, np.inf)
-
-
-def _gain_host(q, a, b):
-    return _h2_host(a + q[..., None] * b, b)
-
-
-def _deterministic_host(tau, beta, momentum):
-    """``q_max(tau, beta)`` per entry of beta (NaN where not certified), one scalar
-    threshold per distinct beta (one compiled program for every shape)."""
-    out = np.empty(beta.shape, beta.dtype)
-    for value in np.unique(beta):
-        t = stability_threshold(tau, float(value), momentum=momentum)
-        out[beta == value] = t.q_max if t.reliable else np.nan
-    return out
-
-
-def _threshold_host(r, a, b, q_mean):
-    lo, hi = np.zeros_like(q_mean), q_mean.copy()
-    with np.errstate(invalid="ignore", over="ignore"):
-        for _ in range(_BISECTION_STEPS):
-            mid = 0.5 * (lo + hi)
-            up = mid * mid * r * _gain_host(mid, a, b) < 1
-            lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-    q = np.where(r > 0, 0.5 * (lo + hi), q_mean)
-    return np.where(np.isinf(r), 0.0, q)
-
-
-def _below_host(log_mu, p, b, sigma2):
-    s = np.exp(0.5 * log_mu)[..., None]
-    powers = np.arange(p.shape[-1], dtype=p.dtype)
-    n = _h2_host(p * s**-powers, b * s**-powers)
-    with np.errstate(invalid="ignore"):
-        return ~np.isfinite(n) | ((sigma2 > 0) & (sigma2 * n >= 1))
-
-
-def _growth_host(q, sigma2, a, b):
-    p = a + q[..., None] * b
-    hi = np.ones_like(q)
-    for _ in range(10):  # mu <= e^1024
-        hi = np.where(_below_host(hi, p, b, sigma2), 2.0 * hi, hi)
-    lo = np.full_like(q, _LOG_MU_FLOOR)
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        up = _below_host(mid, p, b, sigma2)
-        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-    return np.exp(0.5 * (lo + hi))
-
-
-# ---------------------------------------------------------------------- traced (jax)
-
-
-def _padded_polynomials(tau, beta, momentum):
-    """``(A, B)`` of `stability.theory.rules`, both multiplied by ``z^k`` so that their length
-    is a power of two (at least 8): ``B / P`` is unchanged (k extra roots at 0), and
-    the programs below compile once per length, not once per delay."""
-    poly = characteristic_polynomial(tau, beta, momentum=momentum)
-    length = poly.a.shape[-1]
-    pad = [(0, 0)] * (poly.a.ndim - 1) + [(0, max(8, 1 << (length - 1).bit_length()) - length)]
-    return jnp.pad(poly.a, pad), jnp.pad(poly.b, pad)
-
-
-def _h2_one(p, b):
-    """``(sum_k t_k^2, stable)`` for the impulse response t of ``B / P`` (one pair of
-    descending coefficient vectors of equal length, ``p[0] = 1``, ``deg B < deg P``):
-    Astrom's recursion (module docstring); ``stable``: P is Schur stable (every
-    ``a_0^(k)`` > 0), without which the sum diverges and the value is meaningless."""
-    m = p.shape[-1]
-    idx = jnp.arange(m)
+    idx = xp.arange(m)
 
     def body(i, carry):
         a, b, total, stable = carry
         k = m - 1 - i
-        alpha = a[k] / a[0]
-        beta = b[k] / a[0]
-        total = total + beta * b[k]
-        rev = jnp.where(idx <= k, a[jnp.clip(k - idx, 0, m - 1)], 0.0)  # z^k A(1/z)
-        keep = idx < k
-        a = jnp.where(keep, a - alpha * rev, 0.0)
-        b = jnp.where(keep, b - beta * rev, 0.0)
-        return a, b, total, stable & (a[0] > 0)
+        alpha = a[..., k] / a[..., 0]
+        beta = b[..., k] / a[..., 0]
+        total = total + beta * b[..., k]
+        rev = xp.where(idx <= k, xp.take(a, xp.clip(k - idx, 0, m - 1), axis=-1), 0.0)
+        keep = idx < k  # z^k A(1/z) subtracted from the first k coefficients
+        a = xp.where(keep, a - alpha[..., None] * rev, 0.0)
+        b = xp.where(keep, b - beta[..., None] * rev, 0.0)
+        return a, b, total, stable & (a[..., 0] > 0)
 
-    init = (p, b, jnp.zeros((), p.dtype), p[0] > 0)
-    a, b, total, stable = jax.lax.fori_loop(0, m - 1, body, init)
-    return total + b[0] * b[0] / a[0], stable
-
-
-def _h2(p, b):
-    """:func:`_h2_one` over the leading axes of ``p`` and ``b`` (same shape), inf where
-    P is not Schur stable."""
-    m = p.shape[-1]
-    total, stable = jax.vmap(_h2_one)(p.reshape(-1, m), b.reshape(-1, m))
-    return jnp.where(stable, total, jnp.inf).reshape(p.shape[:-1])
+    init = (p, b, xp.zeros(p.shape[:-1], p.dtype), p[..., 0] > 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a, b, total, stable = _loop(m - 1, body, init, xp)
+        total = total + b[..., 0] * b[..., 0] / a[..., 0]
+    return xp.where(stable, total, xp.inf)
 
 
-@jax.jit
-def _gain(q, a, b):
+def _gain(q, a, b, xp):
     """N(q) for q broadcast with the leading axes of a, b (inf where not stable)."""
-    return _h2(a + q[..., None] * b, jnp.broadcast_to(b, a.shape))
+    return _h2(a + q[..., None] * b, b, xp)
 
 
-def _deterministic(tau, beta, momentum):
-    t = stability_threshold(tau, beta, momentum=momentum)
+def _deterministic(tau, beta, rule: Rule, xp):
+    """``q_max(tau, beta)`` per entry of beta, NaN where not certified. On the host one
+    scalar threshold per distinct beta (one compiled program for every shape)."""
+    if xp is np:
+        out = np.empty(beta.shape, beta.dtype)
+        for value in np.unique(beta):
+            t = _scalar_threshold(tau, float(value), rule)
+            out[beta == value] = t.q_max if t.reliable else np.nan
+        return out
+    t = checked_threshold(tau, beta, rule)
     return jnp.where(t.reliable, t.q_max, jnp.nan)
 
 
-@jax.jit
-def _threshold(r, a, b, q_mean):
+@python_scalars_out
+def _scalar_threshold(tau, beta, rule):
+    return checked_threshold(tau, beta, rule)
+
+
+def _threshold(r, a, b, q_mean, xp):
     """Bisection for ``q^2 r N(q) = 1`` on (0, q_mean)."""
 
     def body(_, bracket):
         lo, hi = bracket
         mid = 0.5 * (lo + hi)
-        up = mid * mid * r * _gain(mid, a, b) < 1
-        return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+        with np.errstate(invalid="ignore", over="ignore"):
+            up = mid * mid * r * _gain(mid, a, b, xp) < 1
+        return xp.where(up, mid, lo), xp.where(up, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (jnp.zeros_like(q_mean), q_mean))
-    q = jnp.where(r > 0, 0.5 * (lo + hi), q_mean)
-    return jnp.where(jnp.isinf(r), 0.0, q)
+    lo, hi = _loop(_BISECTION_STEPS, body, (xp.zeros_like(q_mean), q_mean), xp)
+    q = xp.where(r > 0, 0.5 * (lo + hi), q_mean)
+    return xp.where(xp.isinf(r), 0.0, q)
 
 
-@jax.jit
-def _growth(q, sigma2, a, b):
+def _growth(q, sigma2, a, b, xp):
     """The root mu of ``sigma2 sum_k t_k^2 mu^-k = 1`` above ``rho(P)^2`` (``rho(P)^2``
     for sigma2 = 0), by bisection on log mu: ``sum_k t_k^2 mu^-k`` is the gain of the
     polynomials scaled by ``sqrt(mu)``, inf where the scaled P is not stable
     (``mu <= rho(P)^2``), and decreases in mu."""
     p = a + q[..., None] * b
-    b = jnp.broadcast_to(b, p.shape)
-    powers = jnp.arange(p.shape[-1], dtype=p.dtype)
+    b = xp.broadcast_to(b, p.shape)
+    powers = xp.arange(p.shape[-1], dtype=p.dtype)
 
     def below(log_mu):  # True where mu is at or below the root
-        s = jnp.exp(0.5 * log_mu)[..., None]
-        n = _h2(p * s**-powers, b * s**-powers)
-        return ~jnp.isfinite(n) | ((sigma2 > 0) & (sigma2 * n >= 1))
+        s = xp.exp(0.5 * log_mu)[..., None]
+        n = _h2(p * s**-powers, b * s**-powers, xp)
+        with np.errstate(invalid="ignore"):
+            return ~xp.isfinite(n) | ((sigma2 > 0) & (sigma2 * n >= 1))
 
     def grow(_, hi):
-        return jnp.where(below(hi), 2.0 * hi, hi)
+        return xp.where(below(hi), 2.0 * hi, hi)
 
-    hi = jax.lax.fori_loop(0, 10, grow, jnp.ones_like(q))  # mu <= e^1024
+    hi = _loop(10, grow, xp.ones_like(q), xp)  # mu <= e^1024
 
     def body(_, bracket):
         lo, hi = bracket
         mid = 0.5 * (lo + hi)
         up = below(mid)
-        return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+        return xp.where(up, mid, lo), xp.where(up, hi, mid)
 
-    lo = jnp.full_like(q, _LOG_MU_FLOOR)
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
-    return jnp.exp(0.5 * (lo + hi))
+    lo = xp.full_like(q, _LOG_MU_FLOOR)
+    lo, hi = _loop(_BISECTION_STEPS, body, (lo, hi), xp)
+    return xp.exp(0.5 * (lo + hi))
+
+
+# The traced namespace's programs, compiled once per shape (the numpy ones run eagerly).
+_gain_jit = jax.jit(functools.partial(_gain, xp=jnp))
+_threshold_jit = jax.jit(functools.partial(_threshold, xp=jnp))
+_growth_jit = jax.jit(functools.partial(_growth, xp=jnp))
+
+
+def _kernels(host: bool):
+    """``(xp, gain, threshold, growth)`` of the host (numpy) or traced (jax) path."""
+    if host:
+        return (
+            np,
+            functools.partial(_gain, xp=np),
+            functools.partial(_threshold, xp=np),
+            functools.partial(_growth, xp=np),
+        )
+    return jnp, _gain_jit, _threshold_jit, _growth_jit
 
 
 # ---------------------------------------------------------------------------- public
@@ -524,13 +470,12 @@ def noise_gain(q, tau, beta=0.0, *, momentum: str = "heavy_ball"):
     Plain SGD at tau = 0: ``1 / (q (2 - q))``. Broadcasts over q and beta; tau a
     concrete integer. Dimensionless.
     """
-    tau = _check_rule(tau, beta, momentum)
+    tau, rule = _check_rule(tau, beta, momentum)
     check_finite("q", q)
     dtype = float_dtype(q, beta)
     host, (q, beta) = _arrays(dtype, q, beta)
-    if host:
-        return jnp.asarray(_gain_host(q, *_polynomials_host(tau, beta, momentum)))
-    return _gain(q, *_padded_polynomials(tau, beta, momentum))
+    xp, gain, _, _ = _kernels(host)
+    return jnp.asarray(gain(q, *_polynomials(tau, beta, rule, xp)))
 
 
 @python_scalars_out
@@ -551,7 +496,7 @@ def mean_square_threshold(
       to ``q_max_mean * 2^-80``); ``r = 0`` gives the deterministic ``q_max_mean``.
       Plain SGD at tau = 0: ``2 / (1 + r)``. Broadcasts over r and beta.
     """
-    tau = _check_rule(tau, beta, momentum)
+    tau, rule = _check_rule(tau, beta, momentum)
     if is_concrete(relative_noise):
         check_number("relative_noise", relative_noise)
         arr = np.asarray(relative_noise, dtype=np.float64)
@@ -559,13 +504,10 @@ def mean_square_threshold(
             raise ValueError(f"relative_noise must be >= 0 (inf allowed); got {arr.tolist()!r}")
     dtype = float_dtype(relative_noise, beta)
     host, (r, beta) = _arrays(dtype, relative_noise, beta)
-    if host:
-        q_mean = _deterministic_host(tau, beta, momentum)
-        q = _threshold_host(r, *_polynomials_host(tau, beta, momentum), q_mean)
-        q, q_mean = jnp.asarray(q), jnp.asarray(q_mean)
-    else:
-        q_mean = _deterministic(tau, beta, momentum)
-        q = _threshold(r, *_padded_polynomials(tau, beta, momentum), q_mean)
+    xp, _, threshold, _ = _kernels(host)
+    q_mean = _deterministic(tau, beta, rule, xp)
+    q = threshold(r, *_polynomials(tau, beta, rule, xp), q_mean)
+    q, q_mean = jnp.asarray(q), jnp.asarray(q_mean)
     return MeanSquareThreshold(q, q_mean, jnp.isfinite(q_mean))
 
 
@@ -586,20 +528,16 @@ def second_moment_growth(q, noise, tau, beta=0.0, *, momentum: str = "heavy_ball
       at ``e^-80``; ``mu < 1`` iff stable in mean square. Plain SGD at tau = 0:
       ``(1 - q)^2 + sigma^2``.
     """
-    tau = _check_rule(tau, beta, momentum)
+    tau, rule = _check_rule(tau, beta, momentum)
     check_finite("q", q)
     _check_nonnegative("noise", noise)
     dtype = float_dtype(q, noise, beta)
     host, (q, noise, beta) = _arrays(dtype, q, noise, beta)
-    if host:
-        a, b = _polynomials_host(tau, beta, momentum)
-        stable = np.isfinite(_gain_host(q, a, b))
-        mu = _growth_host(np.where(stable, q, 0.0), noise, a, b)
-        return jnp.asarray(np.where(stable, mu, np.nan))
-    a, b = _padded_polynomials(tau, beta, momentum)
-    stable = jnp.isfinite(_gain(q, a, b))
-    mu = _growth(jnp.where(stable, q, 0.0), noise, a, b)
-    return jnp.where(stable, mu, jnp.nan)
+    xp, gain, _, growth = _kernels(host)
+    a, b = _polynomials(tau, beta, rule, xp)
+    stable = xp.isfinite(gain(q, a, b))
+    mu = growth(xp.where(stable, q, 0.0), noise, a, b)
+    return jnp.asarray(xp.where(stable, mu, xp.nan))
 
 
 def _relative_noise(sharpness, nonuniformity, gamma, dtype):
@@ -707,7 +645,7 @@ def mean_square_stability(
     check_lr(lr)
     check_positive("sharpness", sharpness)
     _check_nonnegative("nonuniformity", nonuniformity)
-    tau = _check_rule(tau, beta, momentum)
+    tau, _ = _check_rule(tau, beta, momentum)
     gamma = variance_factor(batch_size, num_examples, replacement=replacement)
     dtype = float_dtype(lr, sharpness, nonuniformity, beta)
     lr, a, s, beta = jnp.broadcast_arrays(

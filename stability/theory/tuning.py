@@ -16,15 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from stability.theory import mean_square
-from stability.theory.boundary_locus import stability_threshold
-from stability.theory.rules import (
-    MOMENTUM_RULES,
-    check_delay,
-    float_dtype,
-    host_float64,
-    python_scalars_out,
-)
-from stability.validation import check_beta, check_lr, check_momentum, check_positive
+from stability.theory.boundary_locus import checked_limit, checked_threshold
+from stability.theory.delays import check_delay
+from stability.theory.hyperparameters import check_hyperparameters
+from stability.theory.precision import float_dtype, host_float64, python_scalars_out
+from stability.theory.rules import MOMENTUM_RULES, as_rule
+from stability.validation import check_beta, check_lr, check_positive
 
 DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -120,12 +117,11 @@ def lr_for_delay(
     check_lr(lr, "lr")
     check_delay(tau, "tau")
     check_delay(from_tau, "from_tau")
-    check_beta(beta, "beta")
-    check_momentum(momentum, "momentum")
+    hp = check_hyperparameters(tau, None, beta, momentum, check_tau=False)
     dtype = float_dtype(lr, beta)
     beta = jnp.asarray(beta, dtype)
-    new = stability_threshold(tau, beta, momentum=momentum)
-    old = stability_threshold(from_tau, beta, momentum=momentum)
+    new = checked_threshold(tau, beta, hp.rule)
+    old = checked_threshold(from_tau, beta, hp.rule)
     ratio = jnp.where(new.reliable & old.reliable, new.q_max / old.q_max, jnp.nan)
     return jnp.asarray(lr, dtype) * ratio
 
@@ -200,22 +196,22 @@ def recommend_momentum(
     momenta = tuple(momenta)
     if not momenta:
         raise ValueError("momenta must name at least one rule; got ()")
-    for m in momenta:
-        check_momentum(m, "momenta")
+    rules = [as_rule(m, "momenta") for m in momenta]
     betas = np.asarray(DEFAULT_BETAS if betas is None else betas, dtype=np.float64).reshape(-1)
     if betas.size == 0:
         raise ValueError("betas must be non-empty; got []")
     check_beta(betas, "betas")
     eff = float(effective_lr)
     rows = []
-    for m in momenta:
+    for rule in rules:
         with host_float64():  # Python floats out: float64 whatever jax_enable_x64 says
-            t = stability_threshold(tau, np.asarray(betas), momentum=m)
+            t = checked_threshold(tau, np.asarray(betas), rule)
             q = np.where(np.asarray(t.reliable), np.asarray(t.q_max, np.float64), np.nan)
         for b, qb in zip(betas.tolist(), q.tolist(), strict=True):
             lr = _times_one_minus(eff, b)  # Python floats throughout (not numpy scalars)
-            rows.append(MomentumCandidate(m, b, lr, qb / lr))
-    base_q = stability_threshold(tau, 0.0, momentum=momenta[0])
+            rows.append(MomentumCandidate(rule.name, b, lr, qb / lr))
+    with host_float64():
+        base_q = checked_threshold(tau, 0.0, rules[0])
     base = float(base_q.q_max) / eff if bool(base_q.reliable) else float("nan")
     best = None
     for row in rows:  # first maximum in (rule, increasing beta) order, ties to smaller beta
@@ -232,4 +228,92 @@ def recommend_momentum(
         raise ValueError("no candidate threshold could be certified (all NaN)")
     return MomentumRecommendation(
         best.momentum, best.beta, best.lr, best.max_stable_sharpness, base, tuple(rows)
+    )
+
+
+@python_scalars_out
+def max_stable_lr(
+    sharpness,
+    tau,
+    beta=0.0,
+    *,
+    momentum="heavy_ball",
+    nonuniformity=None,
+    batch_size: int | None = None,
+    num_examples: int | None = None,
+    replacement: bool = False,
+):
+    """The largest learning rate at which a minimum of this sharpness is stable.
+
+    Full batch (``batch_size=None``, the default): ``q_max(tau, beta) / sharpness``
+    (sharpness > 0), the linear stability of the exact-gradient recursion; broadcasts
+    like :func:`max_stable_sharpness` (a Python float for Python-scalar arguments).
+
+    Mini-batches (``batch_size`` given): the largest lr at which the second moment of
+    the distance to the minimum stays bounded (mean-square stability; docs/theory.md
+    section 15, Wu, Ma and E 2018), along a direction of curvature ``a = sharpness``
+    and non-uniformity ``s = nonuniformity`` (``s^2 = v^T Sigma v``, ``Sigma =
+    mean_i H_i^2 - H^2``, the per-example Hessians' spread; same units as the
+    sharpness): ``q_ms(r) / a`` with ``r = gamma s^2 / a^2``, ``q_ms`` the root of
+    ``q^2 r N(q) = 1`` below ``q_max`` (``N`` the squared H2 norm of the loop,
+    `stability.noise_gain`). For SGD at tau = 0 this is Wu, Ma and E's
+    ``2 a / (a^2 + gamma s^2)``. ``gamma`` (`stability.variance_factor`) assumes a
+    fresh uniform batch every step: ``(n - B) / (B (n - 1))`` without replacement
+    (B distinct examples; ``1 / B`` times the finite-population correction ``(n -
+    B) / (n - 1)``, so the full batch ``B = n`` gives the deterministic value) or
+    ``1 / B`` with replacement. Delegates to `stability.max_stable_lr_minibatch`;
+    tau must be a concrete integer (a ``DelayDistribution`` raises
+    NotImplementedError: the mean-square model covers fixed delays only).
+
+    Args:
+      sharpness: the curvature ``a > 0`` (largest Hessian eigenvalue).
+      tau: delay: integer (array) or ``DelayDistribution``; a scalar integer with
+        ``batch_size``.
+      beta: momentum coefficient in [0, 1).
+      momentum: "heavy_ball", "nesterov" or "shifted".
+      nonuniformity: ``s >= 0`` along the same direction; required with
+        ``batch_size`` (`stability.directional_nonuniformity` estimates it).
+      batch_size: ``B``, an integer >= 1 (<= ``num_examples`` without replacement);
+        None for the full-batch threshold.
+      num_examples: ``n``, the examples the batches are drawn from; required with
+        ``batch_size``.
+      replacement: whether a batch draws with replacement (default False, as
+        `stability.simulate_async` does).
+
+    Returns:
+      The learning rate (units: 1 / Hessian eigenvalue units); NaN where the
+      deterministic threshold is not certified.
+    """
+    if (
+        batch_size is not None
+        or nonuniformity is not None
+        or num_examples is not None
+        or (replacement is not False)
+    ):
+        return _max_stable_lr_minibatch(
+            sharpness, tau, beta, momentum, nonuniformity, batch_size, num_examples, replacement
+        )
+    check_positive("sharpness", sharpness)
+    hp = check_hyperparameters(tau, None, beta, momentum)
+    return checked_limit(sharpness, hp.tau, hp.beta, hp.rule)
+
+
+def _max_stable_lr_minibatch(
+    sharpness, tau, beta, momentum, nonuniformity, batch_size, num_examples, replacement
+):
+    """The ``batch_size`` path of :func:`max_stable_lr`."""
+    mean_square.check_batch_arguments(
+        tau, batch_size, num_examples, replacement, {"nonuniformity": nonuniformity},
+        given={"nonuniformity": nonuniformity, "num_examples": num_examples,
+               "replacement": replacement},
+    )  # fmt: skip
+    return mean_square.max_stable_lr_minibatch(
+        sharpness,
+        nonuniformity,
+        tau,
+        beta,
+        momentum=momentum,
+        batch_size=batch_size,
+        num_examples=num_examples,
+        replacement=replacement,
     )
