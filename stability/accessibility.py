@@ -628,7 +628,7 @@ def verdict_from_spectrum(
         )
     worst = None
     if wu_ma_e_lambda_max is not None:
-        worst = (wu_ma_e_lambda_max, True, worst_curvature, worst_nonuniformity)
+        worst = _WuMaE(wu_ma_e_lambda_max, True, worst_curvature, worst_nonuniformity)
     return _verdict(
         spectrum, tau, lr, beta=beta, momentum=momentum, require_minimum=require_minimum,
         failure_probability=failure_probability, nonuniformity=nonuniformity,
@@ -655,11 +655,7 @@ def _verdict(
     def radius(a):
         return float(companion.spectral_radius(a, lr, tau, beta, momentum=momentum))
 
-    max_lr = (
-        float(tuning.max_stable_lr(top, tau, beta, momentum=momentum))
-        if top > 0
-        else math.inf
-    )
+    max_lr = float(tuning.max_stable_lr(top, tau, beta, momentum=momentum)) if top > 0 else math.inf
     verdict, certified_by, reason = judged.verdict, judged.certified_by, judged.reason
     extra = {}
     if batch_size is not None:
@@ -747,7 +743,7 @@ def _with_noise(spectrum, judged, limit, max_lr, lr, tau, beta, momentum, sampli
         extra.update(max_nonuniformity=float(s_noisy),
                      max_nonuniformity_curvature=float(a_noisy),
                      noise_gain_nonuniform=noisy.gain)  # fmt: skip
-    if worst is not None:  # (lambda_max, converged, a, s): the Wu-Ma-E direction
+    if worst is not None:  # a _WuMaE (or a plain 4-tuple): the top of Wu, Ma and E's matrix
         lam, converged, a_w, s_w = worst
         extra["wu_ma_e_lambda_max"] = float(lam)
         if a_w is None:  # no positive excess: the top of the matrix is 1 (flat directions)
@@ -942,70 +938,13 @@ def is_accessible(
             model, params, loss=loss, train=train, data=data, call_kwargs=call_kwargs,
             batch_keys=batch_keys,
         )  # fmt: skip
+    setting = _Setting(tau, lr, beta, momentum, bool(require_minimum), failure_probability)
+    solver = _Solver(tol, max_hvps, seed)
     if spectrum is None:
-        limit = _limit(lr, tau, beta, momentum)
-        require = bool(require_minimum)
-
-        def decided(estimate: HessianSpectrum) -> bool:
-            verdict = _judge(estimate, limit, require, failure_probability).verdict
-            if minibatch:  # the noise needs the top vector resolved, unless already unstable
-                return verdict is False or (verdict is True and _resolved(estimate))
-            return verdict is not None
-
-        spectrum = hessian_spectrum(
-            loss_fn,
-            flat_params,
-            data,
-            k=2 if minibatch and _num_params(flat_params) > 1 else 1,
-            tol=tol,
-            max_hvps=max_hvps,
-            seed=seed,
-            progress=progress,
-            return_vectors=bool(return_vectors or minibatch),
-            converge_smallest=require,
-            stop_when=decided,
-        )
-    s_sharp = s_noisy = a_noisy = worst = None
-    noisy_converged, passes = True, 0
-    if minibatch:
-        limit = _limit(lr, tau, beta, momentum)
-        sharp = _judge(spectrum, limit, bool(require_minimum), failure_probability)
-        if sharp.verdict is not False and _resolved(spectrum):
-            if spectrum.eigenvectors is None:
-                raise ValueError(
-                    "spectrum must hold eigenvectors for batch_size: pass hessian_spectrum(..., "
-                    "return_vectors=True)"
-                )
-            stats = directional_nonuniformity(loss_fn, flat_params, data, spectrum)
-            s_sharp, passes = stats.nonuniformity, 1
-            num_examples = stats.num_examples if num_examples is None else num_examples
-            sampling = dict(batch_size=batch_size, num_examples=num_examples,
-                            replacement=replacement)  # fmt: skip
-            first = _judge_noise(float(spectrum.eigenvalues[0]), float(spectrum.errors[0]),
-                                 s_sharp, "", lr, tau, beta, momentum, sampling)  # fmt: skip
-            if first.verdict is not False:  # decision-driven: Sigma only when still needed
-                sigma = nonuniformity_spectrum(loss_fn, flat_params, data, tol=tol,
-                                               max_products=max_hvps, seed=seed,
-                                               return_vector=True)  # fmt: skip
-                along = directional_nonuniformity(loss_fn, flat_params, data, sigma.eigenvector)
-                s_noisy, a_noisy = along.nonuniformity, along.curvature
-                noisy_converged = sigma.converged
-                passes += 2 * sigma.num_products + 1
-                second = _judge_noise(a_noisy, 0.0, s_noisy, "", lr, tau, beta, momentum,
-                                      sampling)  # fmt: skip
-                if second.verdict is not False:  # the top of Wu, Ma and E's matrix
-                    gamma = mean_square.variance_factor(**sampling)
-                    wme = wu_ma_e_spectrum(loss_fn, flat_params, data, lr=lr,
-                                           variance_factor=gamma, tol=tol, max_products=max_hvps,
-                                           seed=seed, return_vector=True)  # fmt: skip
-                    passes += 2 * wme.num_products
-                    floor = 1e-8 * abs(float(spectrum.eigenvalues[0]))
-                    worst = (wme.lambda_max, wme.converged, None, None)
-                    if wme.excess > max(wme.error, floor):  # a direction above 1
-                        at = directional_nonuniformity(loss_fn, flat_params, data,
-                                                       wme.eigenvector)  # fmt: skip
-                        worst = (wme.lambda_max, wme.converged, at.curvature, at.nonuniformity)
-                        passes += 1
+        spectrum = _spectrum_until_decided(
+            loss_fn, flat_params, data, setting, solver, minibatch=minibatch,
+            progress=progress, return_vectors=return_vectors,
+        )  # fmt: skip
     if not minibatch:
         return verdict_from_spectrum(
             spectrum,
@@ -1016,10 +955,160 @@ def is_accessible(
             require_minimum=require_minimum,
             failure_probability=failure_probability,
         )
+    sampling = dict(batch_size=batch_size, num_examples=num_examples, replacement=replacement)
+    noise = _measure_noise(loss_fn, flat_params, data, spectrum, setting, solver, sampling)
     return _verdict(
         spectrum, tau, lr, beta=beta, momentum=momentum, require_minimum=require_minimum,
-        failure_probability=failure_probability, nonuniformity=s_sharp, batch_size=batch_size,
-        num_examples=num_examples, replacement=replacement, max_nonuniformity=s_noisy,
-        max_nonuniformity_curvature=a_noisy, noisy_converged=noisy_converged,
-        data_passes=passes, worst=worst,
+        failure_probability=failure_probability, nonuniformity=noise.nonuniformity,
+        batch_size=batch_size, num_examples=noise.num_examples, replacement=replacement,
+        max_nonuniformity=noise.max_nonuniformity,
+        max_nonuniformity_curvature=noise.max_nonuniformity_curvature,
+        noisy_converged=noise.sigma_converged, data_passes=noise.data_passes,
+        worst=noise.wu_ma_e,
     )  # fmt: skip
+
+
+class _Setting(NamedTuple):
+    """The hyperparameters and the rule judged (as `is_accessible` received them)."""
+
+    tau: object
+    lr: float
+    beta: float
+    momentum: str
+    require_minimum: bool
+    failure_probability: float
+
+    def limit(self) -> float:
+        return _limit(self.lr, self.tau, self.beta, self.momentum)
+
+
+class _Solver(NamedTuple):
+    """The eigensolver options of `is_accessible`, the same for every spectrum it runs."""
+
+    tol: float
+    max_hvps: int
+    seed: int
+
+
+def _spectrum_until_decided(loss_fn, params, data, setting, solver, *, minibatch, progress,
+                            return_vectors) -> HessianSpectrum:  # fmt: skip
+    """Steps 2 to 4 (`hessian_spectrum`), stopped as soon as `_judge` decides; with
+    mini-batches, as soon as the deterministic side fails or is stable with the top
+    Ritz vector resolved (the noise is measured along it, so the vector is kept)."""
+    limit = setting.limit()
+
+    def decided(estimate: HessianSpectrum) -> bool:
+        verdict = _judge(estimate, limit, setting.require_minimum,
+                         setting.failure_probability).verdict  # fmt: skip
+        if minibatch:  # the noise needs the top vector resolved, unless already unstable
+            return verdict is False or (verdict is True and _resolved(estimate))
+        return verdict is not None
+
+    return hessian_spectrum(
+        loss_fn,
+        params,
+        data,
+        k=2 if minibatch and _num_params(params) > 1 else 1,
+        tol=solver.tol,
+        max_hvps=solver.max_hvps,
+        seed=solver.seed,
+        progress=progress,
+        return_vectors=bool(return_vectors or minibatch),
+        converge_smallest=setting.require_minimum,
+        stop_when=decided,
+    )
+
+
+class _WuMaE(NamedTuple):
+    """The top of Wu, Ma and E's matrix: its Ritz value, whether it converged, and the
+    curvature ``a`` and non-uniformity ``s`` along its Ritz vector (both None when no
+    direction has a positive excess: the top is 1, flat directions)."""
+
+    lambda_max: float
+    converged: bool
+    curvature: float | None = None
+    nonuniformity: float | None = None
+
+
+class _NoiseMeasured(NamedTuple):
+    """What `is_accessible` measured for the mean-square condition; None where it was
+    not needed (the verdict was decided before)."""
+
+    num_examples: int | None  # given, or counted by the first pass over the data
+    nonuniformity: float | None = None  # s along the sharp direction
+    max_nonuniformity: float | None = None  # s along the top eigenvector u of Sigma
+    max_nonuniformity_curvature: float | None = None  # u^T H u
+    sigma_converged: bool = True
+    wu_ma_e: _WuMaE | None = None
+    data_passes: int = 0
+
+
+def _measure_noise(loss_fn, params, data, spectrum, setting, solver, sampling) -> _NoiseMeasured:
+    """The per-example measurements, decision-driven (module docstring): the sharp
+    direction once the deterministic side has not failed and the top Ritz vector is
+    resolved, then the top of Sigma and the top of Wu, Ma and E's matrix, each only
+    while the directions before it leave the mean-square condition open."""
+    found = _NoiseMeasured(num_examples=sampling["num_examples"])
+    sharp = _judge(spectrum, setting.limit(), setting.require_minimum,
+                   setting.failure_probability)  # fmt: skip
+    if sharp.verdict is False or not _resolved(spectrum):
+        return found
+    found = _along_sharp(loss_fn, params, data, spectrum, found)
+    sampling = dict(sampling, num_examples=found.num_examples)
+
+    def fails(a, err, s) -> bool:
+        args = (setting.lr, setting.tau, setting.beta, setting.momentum, sampling)
+        return _judge_noise(a, err, s, "", *args).verdict is False
+
+    top, top_err = float(spectrum.eigenvalues[0]), float(spectrum.errors[0])
+    if fails(top, top_err, found.nonuniformity):  # Sigma only when still needed
+        return found
+    found = _along_sigma(loss_fn, params, data, solver, found)
+    if fails(found.max_nonuniformity_curvature, 0.0, found.max_nonuniformity):
+        return found
+    gamma = mean_square.variance_factor(**sampling)
+    return _along_wu_ma_e(loss_fn, params, data, setting.lr, gamma, top, solver, found)
+
+
+def _along_sharp(loss_fn, params, data, spectrum, found) -> _NoiseMeasured:
+    """``s`` along the top Ritz vector (one pass) and the number of examples."""
+    if spectrum.eigenvectors is None:
+        raise ValueError(
+            "spectrum must hold eigenvectors for batch_size: pass hessian_spectrum(..., "
+            "return_vectors=True)"
+        )
+    stats = directional_nonuniformity(loss_fn, params, data, spectrum)
+    num_examples = stats.num_examples if found.num_examples is None else found.num_examples
+    return found._replace(num_examples=num_examples, nonuniformity=stats.nonuniformity,
+                          data_passes=1)  # fmt: skip
+
+
+def _along_sigma(loss_fn, params, data, solver, found) -> _NoiseMeasured:
+    """``s`` and ``a`` along the top eigenvector of Sigma (Lanczos, two passes per
+    product, then one pass along the vector)."""
+    sigma = nonuniformity_spectrum(loss_fn, params, data, tol=solver.tol,
+                                   max_products=solver.max_hvps, seed=solver.seed,
+                                   return_vector=True)  # fmt: skip
+    along = directional_nonuniformity(loss_fn, params, data, sigma.eigenvector)
+    return found._replace(
+        max_nonuniformity=along.nonuniformity,
+        max_nonuniformity_curvature=along.curvature,
+        sigma_converged=sigma.converged,
+        data_passes=found.data_passes + 2 * sigma.num_products + 1,
+    )
+
+
+def _along_wu_ma_e(loss_fn, params, data, lr, gamma, top, solver, found) -> _NoiseMeasured:
+    """The top of Wu, Ma and E's matrix (two passes per product) and, when some
+    direction lies above 1, ``a`` and ``s`` along its Ritz vector (one more pass)."""
+    wme = wu_ma_e_spectrum(loss_fn, params, data, lr=lr, variance_factor=gamma,
+                           tol=solver.tol, max_products=solver.max_hvps, seed=solver.seed,
+                           return_vector=True)  # fmt: skip
+    passes = found.data_passes + 2 * wme.num_products
+    worst = _WuMaE(wme.lambda_max, wme.converged)
+    floor = 1e-8 * abs(top)
+    if wme.excess > max(wme.error, floor):  # a direction above 1
+        at = directional_nonuniformity(loss_fn, params, data, wme.eigenvector)
+        worst = worst._replace(curvature=at.curvature, nonuniformity=at.nonuniformity)
+        passes += 1
+    return found._replace(wu_ma_e=worst, data_passes=passes)
