@@ -336,9 +336,9 @@ def test_untrained_leaves_pass_through(adam_run):
         hessian_spectrum(var_loss, variables, batch, preconditioner=pre)  # stats too
 
 
-def test_warm_start_and_batches(adam_run):
-    """A warm start in ``u`` (the previous eigenvectors) and several batches give the
-    same preconditioned spectrum."""
+def test_warm_start_batches_and_loops(adam_run):
+    """A warm start in ``u`` (the previous eigenvectors), several batches, the device
+    loop and power iteration give the same preconditioned spectrum."""
     p, state = adam_run
     batch = _data()
     pre = preconditioner_from_optax(state, p)
@@ -351,6 +351,14 @@ def test_warm_start_and_batches(adam_run):
     halves = [jax.tree.map(lambda x: x[:40], batch), jax.tree.map(lambda x: x[40:], batch)]
     split = hessian_spectrum(loss, p, halves, tol=1e-9, preconditioner=pre, progress=False)
     assert split.sharpness == pytest.approx(cold.sharpness, rel=1e-8)
+    fused = hessian_spectrum(loss, p, batch, tol=1e-9, preconditioner=pre, loop="device",
+                             return_vectors=True)  # fmt: skip
+    assert fused.sharpness == pytest.approx(cold.sharpness, rel=1e-8)
+    np.testing.assert_allclose(np.abs(fused.eigenvectors["w1"]), np.abs(cold.eigenvectors["w1"]),
+                               atol=1e-6)  # fmt: skip
+    power = hessian_spectrum(loss, p, batch, tol=1e-6, max_hvps=400, method="power",
+                             preconditioner=pre, progress=False)  # fmt: skip
+    assert power.sharpness == pytest.approx(cold.sharpness, rel=1e-5)
     problem = change_of_variables(loss, p, pre)
     assert problem.loss is change_of_variables(loss, p, pre.diagonal).loss  # compiled once
 
