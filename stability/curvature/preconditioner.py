@@ -11,11 +11,14 @@ gradient methods at the edge of stability"), Adam and AdamW (optax's
     P = diag(sqrt(v_hat + eps_root) + eps),   v_hat = nu / (1 - b2^t),   c = 1 / (1 - b1^t),
 
 ``nu`` the second moment and ``t`` the step count of the state, ``wd`` the weight decay
-(0 for Adam). With ``g = H w`` (or a delayed ``H w_{t-tau}``), the iteration matrix is
-``lr (1 - b1) c P^-1 H`` (plus ``lr wd I``), similar to ``lr (1 - b1) c S H S`` with
-``S = P^-1/2``: along each eigenvector of ``S H S`` (in the coordinates ``u = P^1/2 w``)
-the recurrence is the scalar one of heavy-ball-style momentum with the eigenvalue in
-place of the sharpness. This module supplies ``P`` and those constants
+(0 for Adam). ``P`` and ``c`` are frozen at the state's count ``t``: those of the step
+that produced the state (the next step's ``nu`` differs by ``(1 - b2) (g^2 - nu)``,
+zero at a minimum, and its ``c`` is closer to 1). With ``g = H w`` (or a delayed
+``H w_{t-tau}``), one step's Jacobian through the gradient is
+``-(lr (1 - b1) c P^-1 H + lr wd I)``; ``P^-1 H`` is similar to ``S H S`` with
+``S = P^-1/2``, and along each eigenvector of ``S H S`` (in the coordinates
+``u = P^1/2 w``) the recurrence is scalar: the momentum recurrence with the eigenvalue
+in place of the sharpness. This module supplies ``P`` and those constants
 (:class:`Preconditioner`, :func:`preconditioner_from_optax`) and the extreme
 eigenvalues of ``S H S`` come from ``hessian_spectrum(..., preconditioner=P)``.
 
@@ -91,10 +94,10 @@ class Preconditioner(NamedTuple):
     (1 without momentum).
 
     The linearised step is ``w <- w - lr c P^-1 m - lr weight_decay w`` with
-    ``m <- b1 m + (1 - b1) H w``: its iteration matrix on the weights is
-    ``lr (1 - b1) c P^-1 H + lr weight_decay I`` (:attr:`gain` is
-    ``lr (1 - b1) c``), with the eigenvalues of ``P^-1/2 H P^-1/2`` in place of
-    ``P^-1 H``'s (similar matrices).
+    ``m <- b1 m + (1 - b1) H w``: one step's Jacobian through the gradient is
+    ``-(lr (1 - b1) c P^-1 H + lr weight_decay I)`` (:attr:`gain` is
+    ``lr (1 - b1) c``), and ``P^-1 H`` has the eigenvalues of ``P^-1/2 H P^-1/2``
+    (similar matrices).
     """
 
     diagonal: Any
