@@ -95,7 +95,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
@@ -109,6 +109,14 @@ from stability.curvature import lanczos as _lz
 from stability.curvature import preconditioner as _pre
 from stability.curvature import verification as _check
 from stability.curvature.backend import host_is_device
+from stability.curvature.inputs import (
+    check_leaves,
+    check_loss_shape,
+    check_loss_value,
+    check_params,
+    classify_data,
+)
+from stability.progress import progress_bar
 from stability.validation import check_int, check_positive, check_scalar
 
 __all__ = ["HessianSpectrum", "hessian_spectrum"]
@@ -196,137 +204,11 @@ class HessianSpectrum(NamedTuple):
 # ----------------------------------------------------------------- input handling
 
 
-@jax.jit
-def _all_finite(xs):
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])
-
-
-def _host_view(x):
-    """``x`` as a numpy array without a copy or a compiled program when it already
-    lives in host memory (numpy, Python scalars, single-device CPU jax arrays),
-    else None."""
-    if not isinstance(x, jax.Array):
-        return np.asarray(x)
-    devs = x.devices()
-    if len(devs) == 1 and next(iter(devs)).platform == "cpu":
-        try:
-            return np.from_dlpack(x)
-        except (RuntimeError, TypeError, BufferError):  # dtypes DLPack lacks (bfloat16)
-            return np.asarray(x)
-    return None
-
-
-def _leaves_finite(xs):
-    """Per leaf: all entries finite. Checked with numpy where the leaf is in host
-    memory (no compile; on CPU that is every leaf), by one jitted reduction over the
-    others (accelerator or sharded leaves: no transfer to the host)."""
-    views = [_host_view(x) for x in xs]
-    flags = np.array([v is None or bool(np.isfinite(v).all()) for v in views])
-    rest = [i for i, v in enumerate(views) if v is None]
-    if rest:
-        flags[rest] = np.asarray(_all_finite([xs[i] for i in rest]))
-    return flags
-
-
-def _check_leaves(params):
-    """Every leaf of ``params`` an array or a number (a string or None names itself)."""
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if not (hasattr(x, "dtype") or isinstance(x, (int, float))) or isinstance(x, bool):
-            raise TypeError(
-                f"params must be a pytree of arrays; got a {type(x).__name__} leaf at "
-                f"{jax.tree_util.keystr(path) or '<root>'}: {x!r:.60}"
-            )
-
-
-def _check_params(params, mask):
-    leaves = jax.tree_util.tree_leaves(params)
-    for x in leaves:
-        if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
-            raise TypeError("params must have real floating leaves; got a complex leaf")
-    sel = [x for x, m in zip(leaves, mask, strict=True) if m]
-    if not sel:
-        raise ValueError("params must contain at least one floating-point leaf; got none")
-    bad = np.flatnonzero(~_leaves_finite(sel))
-    if bad.size:
-        paths = [
-            jax.tree_util.keystr(p)
-            for (p, x), m in zip(jax.tree_util.tree_flatten_with_path(params)[0], mask, strict=True)
-            if m
-        ]
-        raise ValueError(
-            f"params must be finite; got NaN or inf in leaves {[paths[i] for i in bad[:5]]}"
-        )
-    n = sum(int(np.prod(np.shape(x))) for x in sel)
-    if n == 0:
-        raise ValueError("params must hold at least one number to differentiate; got 0 (empty "
-                         "arrays)")  # fmt: skip
-    return n
-
-
-def _is_batch_leaf(x) -> bool:
-    return hasattr(x, "shape") and hasattr(x, "dtype")
-
-
-def _classify_data(data):
-    """('none', None) | ('single', batch) | ('many', factory)."""
-    if data is None:
-        return "none", None
-    if isinstance(data, list):
-        if not data:
-            raise ValueError("data must not be empty; got an empty list of batches")
-        if len(data) == 1:
-            return "single", data[0]
-        return "many", lambda: iter(data)
-    if isinstance(data, (tuple, dict)) or _is_batch_leaf(data):
-        return "single", data
-    if not isinstance(data, Iterable):  # a custom pytree batch (iterators are not pytrees)
-        leaves = jax.tree_util.tree_leaves(data)
-        if leaves and all(_is_batch_leaf(x) for x in leaves):
-            return "single", data
-    if callable(data):
-        return "many", data
-    if isinstance(data, Iterable):
-        if iter(data) is data:
-            raise ValueError(
-                "data is a one-shot iterator, but every Hessian-vector product needs a full "
-                "pass; pass a list of batches, a re-iterable loader, or a callable returning a "
-                f"fresh iterator; got {type(data).__name__}"
-            )
-        return "many", lambda: iter(data)
-    raise TypeError(
-        f"data must be None, a batch (pytree of arrays), a list/iterable of batches or a "
-        f"callable returning an iterator; got {type(data).__name__}"
-    )
-
-
 @lru_cache(maxsize=32)
 def _ignore_batch(loss):
     """``loss(params)`` as ``loss(params, batch)`` (one object per ``loss``, so
     compiled code is reused across calls)."""
     return lambda params, batch: loss(params)
-
-
-def _check_loss_shape(loss, params, batch):
-    args = (params,) if batch is None else (params, batch)
-    call = "loss(params)" if batch is None else "loss(params, batch)"
-    try:
-        out = jax.eval_shape(loss, *args)
-    except TypeError as e:
-        raise TypeError(f"loss could not be called as {call}: {e}") from e
-    except ValueError as e:  # e.g. params of other shapes than the loss expects
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"loss could not be evaluated as {call} at these params: {first}") from e
-    if not hasattr(out, "shape") or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(
-            "loss must return a real scalar (the mean loss over the batch); got "
-            f"{getattr(out, 'dtype', type(out))}{getattr(out, 'shape', '')}"
-        )
-
-
-def _check_loss_value(value):
-    v = float(value)
-    if not np.isfinite(v):
-        raise ValueError(f"loss must be finite at params; got {v!r}")
 
 
 # --------------------------------------------------------------- fused (one jit)
@@ -557,7 +439,7 @@ class _OneBatch:
             hv, val = _hvp.hvp_sum(self.loss, self.mask, self.params, main, rem, v, None)
         if self.loss_value is None:
             self.loss_value = float(val) / self.n
-            _check_loss_value(self.loss_value)
+            check_loss_value(self.loss_value)
         return hv, self.scale
 
 
@@ -586,7 +468,7 @@ class _Pass:
         if self.n_examples is None:
             self.n_examples = total
             self.loss_value = sum(float(x) for x in lsum) / total
-            _check_loss_value(self.loss_value)
+            check_loss_value(self.loss_value)
         elif total != self.n_examples:
             raise ValueError(
                 f"data must yield the same examples on every pass; got {total} examples after "
@@ -601,7 +483,7 @@ class _Pass:
         total, lsum, prints = 0, [], []
         for batch in self.factory():
             if not self.checked:
-                _check_loss_shape(self.loss, self.params, batch)
+                check_loss_shape(self.loss, self.params, batch)
                 self.checked = True
             main, rem, nb = _hvp.place_batch(batch, self.mesh, whole=_couples_examples(self.loss))
             if nb == 0:
@@ -652,30 +534,6 @@ def _fingerprint(batch):
     wide = any(x.dtype == jnp.float64 for x in leaves)
     leaves = [x.astype(jnp.float64 if wide else jnp.float32) for x in leaves]
     return jnp.stack([s for x in leaves for s in (jnp.sum(x), jnp.sum(x * x))])
-
-
-class _NoBar:
-    """The bar when ``progress`` is off: tqdm is not imported (tens of ms on the
-    first call of a process)."""
-
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, **kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress_bar(total, progress):
-    if not progress:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    # No total: a run stops when its answer is decided, usually long before max_hvps, so an
-    # ETA to max_hvps would mislead; the bar counts products and their rate.
-    return tqdm(total=None, desc="Hessian-vector products", unit=" products", leave=False)
 
 
 def default_memory_budget() -> int:
@@ -945,7 +803,7 @@ def _float64_product(loss, params, data, args, devices):
 def _float64_data(data):
     """``data`` with floating leaves cast to float64, batch by batch as a pass reads
     them (several batches are never all copied at once)."""
-    kind, payload = _classify_data(data)
+    kind, payload = classify_data(data)
     if kind == "single":
         return _check.to_float64(payload)
     if kind == "many":
@@ -1119,9 +977,9 @@ def _check_arguments(
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be 'auto', 'device' or 'host'; got {loop!r}")
-    _check_leaves(params)
+    check_leaves(params)
     mask = _hvp.trainable_mask(params, trainable)
-    n = _check_params(params, mask)
+    n = check_params(params, mask)
     if k > n:
         raise ValueError(f"k must be <= the number of parameters ({n}); got k={k}")
     want_smallest = bool(converge_smallest)
@@ -1170,7 +1028,7 @@ def _build_product(
     agreeing, :func:`_agree`), the loop chosen (device: one batch or no data on
     GPU/TPU, or ``loop="device"``; host: CPU by default, several batches, a
     stopping rule, several processes) and the Hessian-vector product built."""
-    kind, payload = _classify_data(data)
+    kind, payload = classify_data(data)
     if kind == "none" and stop_when is not None:
         # The stopping rule runs in Python, so the loop runs on the host, whose
         # products take a batch: a one-example dummy batch that the loss ignores.
@@ -1190,7 +1048,7 @@ def _build_product(
     mesh = _hvp.make_mesh(devices) if kind != "none" else None
     params_d = _hvp.replicate(params, mesh)
     if kind == "none":
-        _check_loss_shape(loss, params, None)
+        check_loss_shape(loss, params, None)
         return _Product(loss, params_d, mesh, on_device=True)
     if kind == "many":
         passes = _Pass(loss, args.mask, params_d, payload, mesh, progress)
@@ -1202,7 +1060,7 @@ def _build_product(
         if _hvp.batch_size(payload) == 0:
             raise ValueError("data must not be empty; got a batch of 0 examples")
         if check_loss:  # (the float64 check's product: checked in working precision)
-            _check_loss_shape(loss, params, payload)
+            check_loss_shape(loss, params, payload)
         return _hvp.place_batch(payload, mesh, whole=_couples_examples(loss))
 
     main, rem, n_ex = _agree(place)
@@ -1233,7 +1091,7 @@ def _solve_on_device(product, args, return_vectors):
         method=args.method, reorthogonalize=args.reorthogonalize,
         want_smallest=args.want_smallest, return_vectors=return_vectors,
     )  # fmt: skip
-    _check_loss_value(loss_value)
+    check_loss_value(loss_value)
     if not bool(finite):
         raise ValueError("the Hessian-vector product is not finite (NaN or inf) at params")
     ext, count = jax.device_get(ext), int(count)
@@ -1250,7 +1108,11 @@ def _solve_on_host(product, args, return_vectors, stop):
     products, Lanczos steps, Ritz vectors)``, the vectors as flat rows like
     :func:`_solve_on_device`'s."""
     k, mesh, v0 = args.k, product.mesh, args.v0
-    bar = _progress_bar(args.max_hvps, product.progress)
+    # No total: a run stops when its answer is decided, usually long before max_hvps, so an
+    # ETA to max_hvps would mislead; the bar counts products and their rate. It is drawn
+    # wherever stderr goes, a terminal or not.
+    bar = progress_bar(product.progress, desc="Hessian-vector products", unit=" products",
+                       leave=False, terminal_only=False)  # fmt: skip
     vecs = None
     try:
         if args.method == "lanczos":

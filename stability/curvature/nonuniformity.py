@@ -32,9 +32,9 @@ differentiated static: keep the same loss object to reuse the compiled code). Ea
 chunk's mean and sum of squared deviations are combined by Chan, Golub and
 LeVeque's pairwise update, so ``s^2`` is not the difference of two large numbers.
 
-Data handling is `stability.hessian_spectrum`'s (reused, not copied): ``data`` is
-one batch, a list of batches, a re-iterable or a callable returning a fresh
-iterator; each chunk is split over the devices' mesh by `stability.curvature.hvp.place_batch`
+Data handling is `stability.hessian_spectrum`'s (`stability.curvature.inputs`):
+``data`` is one batch, a list of batches, a re-iterable or a callable returning a
+fresh iterator; each chunk is split over the devices' mesh by `stability.curvature.hvp.place_batch`
 (examples sharded, parameters replicated; a remainder that is not a multiple of the
 device count runs replicated, no example dropped or padded). One process only.
 A model evaluated in training mode with batch statistics (batch norm) has no
@@ -53,14 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from stability.curvature import hvp as _hvp
-from stability.curvature.hessian_spectrum import (
-    HessianSpectrum,
-    _check_loss_shape,
-    _check_params,
-    _classify_data,
-    _NoBar,
-)
+from stability.curvature.hessian_spectrum import HessianSpectrum
 from stability.curvature.host_loop import host_lanczos
+from stability.curvature.inputs import check_loss_shape, check_params, classify_data
+from stability.progress import SilentBar
 from stability.validation import check_int, check_positive
 
 __all__ = [
@@ -158,7 +154,7 @@ def _square_sum(loss, mask, params, chunk, u):
 
 def _chunks(data, chunk_size):
     """Every example of ``data`` once, as batches of at most ``chunk_size``."""
-    kind, payload = _classify_data(data)
+    kind, payload = classify_data(data)
     if kind == "none":
         raise ValueError("data must hold the examples (per-example Hessians need them); got None")
     batches = [payload] if kind == "single" else payload()
@@ -196,12 +192,12 @@ def _setup(loss, params, data, trainable, devices) -> _Setup:
             "example has no loss of its own; evaluate the model in eval mode (train=False)"
         )
     mask = _hvp.trainable_mask(params, trainable)
-    n = _check_params(params, mask)
-    kind, payload = _classify_data(data)
+    n = check_params(params, mask)
+    kind, payload = classify_data(data)
     if kind == "single":
         if _hvp.batch_size(payload) == 0:
             raise ValueError("data must not be empty; got a batch of 0 examples")
-        _check_loss_shape(loss, params, payload)
+        check_loss_shape(loss, params, payload)
     mesh = _hvp.make_mesh(devices)
     dtype = np.dtype(_hvp.flat_dtype(params, mask))
     return _Setup(loss, mask, _hvp.replicate(params, mesh), mesh, n, dtype)
@@ -348,7 +344,7 @@ def _lanczos_top(loss, params, data, coeffs, tol, max_products, seed, return_vec
     v0 = np.random.default_rng(seed).standard_normal(s.n).astype(s.dtype)
     basis, ext, steps = host_lanczos(
         hv, v0, None, k=1, tol=tol, max_hvps=max_products, reorthogonalize=True,
-        want_smallest=False, bar=_NoBar(),
+        want_smallest=False, bar=SilentBar(),
     )  # fmt: skip
     scale = max(abs(float(ext.top[0])), abs(float(ext.smallest)))
     vector = None
