@@ -1,40 +1,23 @@
 """Plots of stability regions, thresholds and simulated trajectories.
 
-matplotlib is imported lazily (the Agg backend when no display is set), so
-importing `stability` stays cheap. Every function takes an optional ``ax`` and
-returns the matplotlib ``Axes`` it drew on.
+matplotlib is imported lazily (the Agg backend when no display is set;
+`stability.figures`), so importing `stability` stays cheap. Every function takes
+an optional ``ax`` and returns the matplotlib ``Axes`` it drew on.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from stability.figures import axes, pyplot
 from stability.validation import MOMENTUM_RULES
 
 __all__ = ["plot_stability_region", "plot_thresholds", "plot_trajectories"]
 
 
-def _pyplot():
-    import matplotlib
-
-    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in ("agg",):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # an interactive backend already in use (notebooks)
-            pass
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _axes(ax):
-    if ax is not None:
-        return ax
-    plt = _pyplot()
-    _, ax = plt.subplots(figsize=(6, 4.5))
-    return ax
+# demo.py and experiments.py still call plotting._pyplot(); the public name is
+# stability.figures.pyplot.
+_pyplot = pyplot
 
 
 def plot_stability_region(
@@ -56,7 +39,7 @@ def plot_stability_region(
     from stability.theory.boundary_locus import max_stable_sharpness
     from stability.theory.companion import spectral_radius
 
-    ax = _axes(ax)
+    ax = axes(ax)
     betas = np.linspace(0.0, 0.95, resolution) if betas is None else np.asarray(betas)
     edge = np.asarray(max_stable_sharpness(1.0, tau, betas, momentum=momentum), dtype=float)
     top = float(q_max) if q_max is not None else 1.3 * float(np.max(edge))
@@ -97,7 +80,7 @@ def plot_thresholds(
     """
     from stability.theory.boundary_locus import max_stable_sharpness
 
-    ax = _axes(ax)
+    ax = axes(ax)
     taus = np.asarray(taus)
     ax.plot(
         np.maximum(taus, 0.5),
@@ -128,7 +111,7 @@ def plot_trajectories(trajectories: dict, *, quantity: str = "loss", styles=None
     colour per configuration with a solid line for its stable run and a dashed one
     for its unstable run.
     """
-    ax = _axes(ax)
+    ax = axes(ax)
     styles = styles or {}
     for label, traj in trajectories.items():
         y = np.asarray(getattr(traj, quantity, traj), dtype=float)

@@ -57,6 +57,7 @@ import numpy as np
 
 from stability.curvature.hessian_spectrum import hessian_spectrum
 from stability.curvature.hvp import trainable_mask
+from stability.figures import axes
 from stability.theory.boundary_locus import max_stable_sharpness
 from stability.validation import check_int, check_positive, check_scalar
 
@@ -308,9 +309,7 @@ class SharpnessTracker:
     def plot(self, ax=None):
         """Sharpness (with its error bar) and the stable limit against the step;
         returns the matplotlib Axes."""
-        from stability.app.plotting import _axes
-
-        ax = _axes(ax)
+        ax = axes(ax)
         h = self.arrays()
         ax.errorbar(h["step"], h["sharpness"], yerr=h["error"], fmt="o-", ms=3,
                     label="sharpness $\\lambda_{max}$")  # fmt: skip
