@@ -442,7 +442,9 @@ def _checked_scales(diag, like, paths):
     ok, s = _scales(diag, like)
     bad = [p for p, good in zip(paths, np.asarray(ok), strict=True) if not good]
     if bad:
-        raise ValueError(f"preconditioner must be finite and positive; it is not at {bad[:5]}")
+        raise ValueError(
+            f"preconditioner must be finite and positive; it is not at {', '.join(bad[:5])}"
+        )
     return s
 
 
@@ -496,7 +498,7 @@ def change_of_variables(loss, params, preconditioner, *, trainable=None, start=N
     finite, zeros = _zeros(w)
     bad = [p for p, good in zip(paths, np.asarray(finite), strict=True) if not good]
     if bad:
-        raise ValueError(f"params must be finite; got NaN or inf in leaves {bad[:5]}")
+        raise ValueError(f"params must be finite; got NaN or inf in leaves {', '.join(bad[:5])}")
     s = _checked_scales(diag, w, paths)
     it = iter(zeros)
     u = [next(it) if m else x for x, m in zip(leaves, mask, strict=True)]
