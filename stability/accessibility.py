@@ -85,7 +85,8 @@ from stability.curvature.nonuniformity import (
 from stability.curvature.verification import PRECISION_TOLERANCE
 from stability.networks.models import loss_from_model
 from stability.theory import boundary_locus, companion, delays, mean_square, tuning
-from stability.validation import check_beta, check_lr, check_momentum, check_scalar
+from stability.theory.rules import as_rule
+from stability.validation import check_beta, check_lr, check_scalar
 
 __all__ = ["Accessibility", "MinibatchAccessibility", "is_accessible", "verdict_from_spectrum"]
 
@@ -844,7 +845,7 @@ def _check_hyperparameters(tau, lr, beta, momentum, failure_probability) -> None
     check_lr(lr)
     check_scalar("beta", beta)
     check_beta(beta)
-    check_momentum(momentum)
+    as_rule(momentum)  # a rule's name or a stability.theory.rules.Rule
     if not (isinstance(failure_probability, (int, float)) and 0 < failure_probability < 1):
         raise ValueError(f"failure_probability must be in (0, 1); got {failure_probability!r}")
 

@@ -36,8 +36,9 @@ beta and the random key are arguments of the compiled function (not
 constants), the shapes, rule and schedule are static. With a sharpness
 ``tracker`` the same steps run in chunks (one compiled scan per chunk, the
 state carried between them) and the tracker sees the weights between chunks.
-The state and the step (`_State`, `_init_state`, `_worker_order`,
-`_async_step`) are shared with `stability.training.train_async`, which trains
+The state and the step (`ServerState`, `init_state`, `worker_order`,
+`async_step`, with the checks `check_delays`, `check_params` and `track`) are
+shared with `stability.training.train_async`, which trains
 from initialization on mini-batches drawn without replacement per epoch.
 """
 
@@ -52,14 +53,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stability.validation import (
-    check_beta,
-    check_int,
-    check_lr,
-    check_momentum,
-    check_option,
-    leading_size,
-)
+from stability.theory.hyperparameters import check_hyperparameters
+from stability.theory.rules import Rule
+from stability.validation import check_int, check_option, leading_size
+
+__all__ = ["AsyncTrajectory", "growth_rate", "simulate_async", "stationary_tilt"]
 
 SCHEDULES = ("round_robin", "random")
 
@@ -151,15 +149,13 @@ def simulate_async(
     arguments. This driver itself is not traceable (it validates its inputs
     and reads the result back to set ``diverged``).
     """
-    check_lr(lr)
-    check_beta(beta)
-    momentum = check_momentum(momentum)
+    momentum = check_hyperparameters(None, lr, beta, momentum).rule
     schedule = check_option("schedule", schedule, SCHEDULES)
     steps = check_int("steps", steps, 1)
     record_every = check_int("record_every", record_every, 1)
     seed = check_int("seed", seed, 0)
-    tau, num_workers = _check_delays(tau, num_workers, schedule)
-    dtype = _check_params(params)
+    tau, num_workers = check_delays(tau, num_workers, schedule)
+    dtype = check_params(params)
     if data is None:
         if batch_size is not None:
             raise ValueError(f"batch_size={batch_size!r} needs data; got data=None")
@@ -213,7 +209,7 @@ def simulate_async(
     return AsyncTrajectory(loss_rec, dist_rec, final, delays, record_steps, diverged)
 
 
-def _check_delays(tau, num_workers, schedule: str) -> tuple[int | None, int | None]:
+def check_delays(tau, num_workers, schedule: str) -> tuple[int | None, int | None]:
     """Exactly one of a constant delay ``tau`` and ``num_workers``, checked."""
     if (tau is None) == (num_workers is None):
         raise ValueError(
@@ -229,7 +225,7 @@ def _check_delays(tau, num_workers, schedule: str) -> tuple[int | None, int | No
     return None, check_int("num_workers", num_workers, 1)
 
 
-def _check_params(params):
+def check_params(params):
     """Non-empty pytree of floating-point arrays; returns their common dtype."""
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
@@ -306,7 +302,7 @@ def _simulate_tracked(
         # a sharpness check of non-finite weights would raise and lose the record.
         finite = finite and _finite(lc, dc)
         if finite:
-            _track(tracker, carry.w, min(lo + every, steps), steps)
+            track(tracker, carry.w, min(lo + every, steps), steps)
     return jnp.concatenate(losses), jnp.concatenate(dists), carry.w, jnp.concatenate(delays)
 
 
@@ -315,7 +311,7 @@ def _finite(*arrays) -> bool:
     return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in arrays)
 
 
-def _track(tracker, params, step: int, steps: int) -> None:
+def track(tracker, params, step: int, steps: int) -> None:
     """``tracker(params, step)``; at the last step a tracker with a ``check`` method
     (`stability.SharpnessTracker`) checks whatever ``step % every`` is, so that a
     run's sharpness record ends at its final weights. Shared with `train_async`."""
@@ -355,18 +351,7 @@ def _distance(w, w0):
     return jnp.sqrt(functools.reduce(jnp.add, sq))
 
 
-def _momentum_update(momentum, w, v, g, lr, beta):
-    """(w+, v+) for one step of the rule; ``v`` is the buffer the rule uses."""
-    v_new = jax.tree_util.tree_map(lambda vi, gi: beta.astype(vi.dtype) * vi + gi, v, g)
-    if momentum == "nesterov":
-        step = jax.tree_util.tree_map(lambda gi, vi: gi + beta.astype(vi.dtype) * vi, g, v_new)
-    else:  # heavy_ball, and shifted with the pushing worker's own buffer
-        step = v_new
-    w_new = jax.tree_util.tree_map(lambda wi, si: wi - lr.astype(wi.dtype) * si, w, step)
-    return w_new, v_new
-
-
-class _State(NamedTuple):
+class ServerState(NamedTuple):
     """The server's state between steps (shared with `stability.training`).
 
     w: the current weights w_t. slots: the stale weights (ring of the last
@@ -384,19 +369,28 @@ class _State(NamedTuple):
     t: jax.Array
 
 
-def _init_state(w0, *, tau, num_workers, momentum) -> _State:
-    """The state before step 0: every slot holds w0, every buffer is zero."""
+def _buffers(tau, num_workers, rule: Rule) -> int:
+    """How many optimiser buffers the server keeps: one per ring slot (tau + 1) or
+    per worker for a rule with ``per_worker_buffer`` (shifted), else one."""
+    if not rule.per_worker_buffer:
+        return 1
+    return tau + 1 if tau is not None else num_workers
+
+
+def init_state(w0, *, tau, num_workers, momentum: Rule) -> ServerState:
+    """The state before step 0: every slot holds w0, every buffer is the rule's
+    initial one (zeros for the momentum rules)."""
     constant = tau is not None
     n_slots = tau if constant else num_workers
-    n_vbuf = (tau + 1 if constant else num_workers) if momentum == "shifted" else 1
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, w0)
+    buffer = momentum.init_buffer(w0)
     slots = _tree_stack(w0, n_slots) if n_slots else None
-    v = _tree_stack(zeros, n_vbuf) if momentum == "shifted" else zeros
+    if momentum.per_worker_buffer:
+        buffer = _tree_stack(buffer, _buffers(tau, num_workers, momentum))
     pulled = jnp.zeros((num_workers or 1,), jnp.int32)
-    return _State(w0, slots, pulled, v, jnp.zeros((), jnp.int32))
+    return ServerState(w0, slots, pulled, buffer, jnp.zeros((), jnp.int32))
 
 
-def _worker_order(key, steps: int, *, tau, num_workers, schedule):
+def worker_order(key, steps: int, *, tau, num_workers, schedule):
     """The worker that pushes at each step t, int32 ``(steps,)``.
 
     Round robin: t mod N. Random: each round of N steps is a fresh uniformly
@@ -414,7 +408,7 @@ def _worker_order(key, steps: int, *, tau, num_workers, schedule):
     return perms.reshape(-1)[:steps].astype(jnp.int32)
 
 
-def _async_step(state: _State, worker, gradient, lr, beta, *, tau, num_workers, momentum):
+def async_step(state: ServerState, worker, gradient, lr, beta, *, tau, num_workers, momentum):
     """One server update: ``(state+, delay, aux)``.
 
     ``gradient(w_stale) -> (g, aux)`` evaluates the gradient that arrives at
@@ -425,7 +419,7 @@ def _async_step(state: _State, worker, gradient, lr, beta, *, tau, num_workers, 
     """
     w, slots, pulled, v, t = state
     constant = tau is not None
-    n_vbuf = (tau + 1 if constant else num_workers) if momentum == "shifted" else 1
+    n_vbuf = _buffers(tau, num_workers, momentum)
     # Read the stale weights the arriving gradient was computed at.
     if constant:
         slot = t % tau if tau > 0 else None
@@ -435,19 +429,19 @@ def _async_step(state: _State, worker, gradient, lr, beta, *, tau, num_workers, 
         w_stale = _tree_read(slots, worker)
         delay = (t - pulled[worker]).astype(jnp.int32)
     g, aux = gradient(w_stale)
-    if momentum == "shifted":
+    if momentum.per_worker_buffer:  # the pushing worker's own buffer (shifted)
         vslot = t % n_vbuf if constant else worker
-        w_new, v_k = _momentum_update(momentum, w, _tree_read(v, vslot), g, lr, beta)
+        w_new, v_k = momentum.update(w, _tree_read(v, vslot), g, lr, beta)
         v = _tree_write(v, vslot, v_k)
     else:
-        w_new, v = _momentum_update(momentum, w, v, g, lr, beta)
+        w_new, v = momentum.update(w, v, g, lr, beta)
     if constant:
         if tau > 0:  # w_t goes where w_{t-tau} was: read at step t + tau
             slots = _tree_write(slots, slot, w)
     else:  # the pushing worker pulls the new weights
         slots = _tree_write(slots, worker, w_new)
         pulled = pulled.at[worker].set(t + 1)
-    return _State(w_new, slots, pulled, v, t + 1), delay, aux
+    return ServerState(w_new, slots, pulled, v, t + 1), delay, aux
 
 
 _STATIC = ("loss", "tau", "num_workers", "momentum", "schedule", "batch_size", "record_every")
@@ -456,9 +450,7 @@ _STATIC = ("loss", "tau", "num_workers", "momentum", "schedule", "batch_size", "
 def _start(params, data, key, *, loss, tau, num_workers, schedule, steps):
     """Initial state, per-step inputs (worker, mini-batch key) and the w_0 record."""
     schedule_key, batch_key = jax.random.split(key)
-    workers = _worker_order(
-        schedule_key, steps, tau=tau, num_workers=num_workers, schedule=schedule
-    )
+    workers = worker_order(schedule_key, steps, tau=tau, num_workers=num_workers, schedule=schedule)
     xs = (workers, jax.random.split(batch_key, steps))
     return xs, _record(loss, data, params, params)
 
@@ -490,7 +482,7 @@ def _segment(
 
     def step(carry, x):
         worker, bkey = x
-        carry, delay, _ = _async_step(
+        carry, delay, _ = async_step(
             carry,
             worker,
             lambda w: gradient(w, bkey),
@@ -554,7 +546,7 @@ def _simulate(
         schedule=schedule,
         steps=steps,
     )
-    carry = _init_state(params, tau=tau, num_workers=num_workers, momentum=momentum)
+    carry = init_state(params, tau=tau, num_workers=num_workers, momentum=momentum)
     carry, (losses, dists), delays = _segment(
         carry,
         params,
@@ -592,7 +584,7 @@ def _simulate_start(params, data, key, *, loss, tau, num_workers, momentum, sche
         schedule=schedule,
         steps=steps,
     )
-    return _init_state(params, tau=tau, num_workers=num_workers, momentum=momentum), xs, rec0
+    return init_state(params, tau=tau, num_workers=num_workers, momentum=momentum), xs, rec0
 
 
 _simulate_segment = jax.jit(

@@ -7,7 +7,7 @@ records: the training loss, held-out metrics and (with a tracker) the
 sharpness along the way.
 
 Update rules and delay models are exactly those of `stability.simulate` (the
-same code: `simulate._async_step`): at step t the server applies a gradient
+same code: `simulate.async_step`): at step t the server applies a gradient
 computed at stale weights w_{t - tau_t} with the heavy-ball, Nesterov or
 shifted (per-worker buffer) momentum rule; a constant ``tau``, or
 ``num_workers`` pushing round robin (tau = N - 1) or in a random order per
@@ -43,14 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stability import simulate as _sim
-from stability.validation import (
-    check_beta,
-    check_int,
-    check_lr,
-    check_momentum,
-    check_option,
-    leading_size,
-)
+from stability.theory.hyperparameters import check_hyperparameters
+from stability.validation import check_int, check_option, leading_size
 
 __all__ = ["TrainingRun", "batch_indices", "train_async"]
 
@@ -222,16 +216,14 @@ def train_async(
       A `TrainingRun`.
     """
     start = time.perf_counter()
-    check_lr(lr)
-    check_beta(beta)
-    momentum = check_momentum(momentum)
+    momentum = check_hyperparameters(None, lr, beta, momentum).rule
     schedule = check_option("schedule", schedule, _sim.SCHEDULES)
     epochs = check_int("epochs", epochs, 1)
     seed = check_int("seed", seed, 0)
-    tau, num_workers = _sim._check_delays(tau, num_workers, schedule)
+    tau, num_workers = _sim.check_delays(tau, num_workers, schedule)
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(params, batch); got {type(loss).__name__}")
-    dtype = _sim._check_params(params)
+    dtype = _sim.check_params(params)
     n = leading_size("train_data", train_data)
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)
@@ -266,7 +258,7 @@ def train_async(
     else:
         idx = _batch_order(order_key, n, batch_size, epochs)
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    state = _sim._init_state(params, tau=tau, num_workers=num_workers, momentum=momentum)
+    state = _sim.init_state(params, tau=tau, num_workers=num_workers, momentum=momentum)
     lr = jnp.asarray(lr, dtype)
     beta = jnp.asarray(beta, dtype)
     evaluate = _evaluator(loss, eval_fn)
@@ -287,7 +279,7 @@ def train_async(
         train_rec.append(float(tl))
         eval_rec.append({k: float(v) for k, v in metrics.items()})
         if tracker is not None and math.isfinite(train_rec[-1]):
-            _sim._track(tracker, w, t, steps)  # the last step is checked, whatever `every`
+            _sim.track(tracker, w, t, steps)  # the last step is checked, whatever `every`
         return math.isfinite(train_rec[-1])
 
     bar = _bar(-(-steps // chunk), progress)
@@ -323,7 +315,7 @@ def train_async(
 
 
 _worker_order = jax.jit(
-    _sim._worker_order, static_argnames=("steps", "tau", "num_workers", "schedule")
+    _sim.worker_order, static_argnames=("steps", "tau", "num_workers", "schedule")
 )
 
 
@@ -361,7 +353,7 @@ def _train_chunk(state, xs, data, lr, beta, *, loss, tau, num_workers, momentum,
                 value, g = value_and_grad(w_stale, batch)
             return g, value
 
-        state, delay, value = _sim._async_step(
+        state, delay, value = _sim.async_step(
             state, worker, gradient, lr, beta, tau=tau, num_workers=num_workers, momentum=momentum
         )
         return state, (value, delay)
