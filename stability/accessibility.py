@@ -84,7 +84,7 @@ from stability.curvature.nonuniformity import (
 )
 from stability.curvature.verification import PRECISION_TOLERANCE
 from stability.networks.models import loss_from_model
-from stability.theory import boundary_locus, companion, delays, mean_square, tuning
+from stability.theory import boundary_locus, companion, delays, mean_square
 from stability.theory.rules import as_rule
 from stability.validation import check_beta, check_lr, check_scalar
 
@@ -571,8 +571,8 @@ def _resolved(spectrum: HessianSpectrum) -> bool:
     return float(spectrum.errors[0]) <= RESOLVED_FRACTION * max(gap, 0.0)
 
 
-def _limit(lr, tau, beta, momentum) -> float:
-    return float(boundary_locus.max_stable_sharpness(lr, tau, beta, momentum=momentum))
+def _limit(lr, tau, beta, momentum) -> float:  # checked arguments: nothing checked again
+    return float(boundary_locus.checked_limit(lr, tau, beta, as_rule(momentum)))
 
 
 def verdict_from_spectrum(
@@ -654,9 +654,13 @@ def _verdict(
     top, low = float(spectrum.eigenvalues[0]), float(spectrum.smallest)
 
     def radius(a):
-        return float(companion.spectral_radius(a, lr, tau, beta, momentum=momentum))
+        return float(companion.checked_spectral_radius(a, lr, tau, beta, as_rule(momentum)))
 
-    max_lr = float(tuning.max_stable_lr(top, tau, beta, momentum=momentum)) if top > 0 else math.inf
+    max_lr = (
+        float(boundary_locus.checked_limit(top, tau, beta, as_rule(momentum)))
+        if top > 0
+        else math.inf
+    )
     verdict, certified_by, reason = judged.verdict, judged.certified_by, judged.reason
     extra = {}
     if batch_size is not None:

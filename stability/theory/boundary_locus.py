@@ -232,6 +232,7 @@ def stability_threshold(tau, beta=0.0, *, momentum="heavy_ball") -> Threshold:
     return checked_threshold(hp.tau, hp.beta, hp.rule)
 
 
+@python_scalars_out
 def checked_threshold(tau, beta, rule: Rule) -> Threshold:
     """:func:`stability_threshold` of checked arguments (a `Rule` object; nothing is
     checked again)."""
@@ -313,6 +314,7 @@ def max_stable_sharpness(lr, tau, beta=0.0, *, momentum="heavy_ball"):
     return checked_limit(hp.lr, hp.tau, hp.beta, hp.rule)
 
 
+@python_scalars_out
 def checked_limit(scale, tau, beta, rule: Rule):
     """``q_max(tau, beta) / scale`` of checked arguments, NaN where not certified:
     :func:`max_stable_sharpness` (scale = lr) and the full-batch

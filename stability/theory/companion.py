@@ -195,6 +195,7 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum="heavy_ball"):
     return checked_spectral_radius(sharpness, lr, hp.tau, hp.beta, hp.rule)
 
 
+@python_scalars_out
 def checked_spectral_radius(sharpness, lr, tau, beta, rule: Rule):
     """:func:`spectral_radius` of checked arguments (a `Rule` object; nothing is
     checked again). A rule without a sparse form (`Rule.provides`) gets companion
