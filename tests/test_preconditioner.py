@@ -380,3 +380,51 @@ def test_float32_bar_contains_the_float64_truth():
     assert abs(spec.sharpness - truth[-1]) <= spec.sharpness_error
     if spec.smallest_converged:
         assert abs(spec.smallest - truth[0]) <= spec.smallest_error
+
+
+def test_nnx_state():
+    """An nnx model with batch statistics: params its ``nnx.Param`` state, ``P`` from
+    ``optax.adam`` over that state."""
+    from flax import nnx
+
+    from stability import loss_from_model
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(6, 16, rngs=rngs, param_dtype=jnp.float64)
+            self.bn = nnx.BatchNorm(16, use_running_average=True, param_dtype=jnp.float64,
+                                    rngs=rngs)  # fmt: skip
+            self.l2 = nnx.Linear(16, 3, rngs=rngs, param_dtype=jnp.float64)
+
+        def __call__(self, x):
+            return self.l2(jnp.tanh(self.bn(self.l1(x))))
+
+    model = Net(nnx.Rngs(0))
+    batch = _data()
+    model_loss, params = loss_from_model(model, params=nnx.state(model, nnx.Param))
+    opt = optax.adam(1e-2)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        updates, state = opt.update(jax.grad(model_loss)(params, batch), state)
+        return optax.apply_updates(params, updates), state
+
+    with jax.numpy_dtype_promotion("standard"):
+        for _ in range(20):
+            params, state = step(params, state)
+    pre = preconditioner_from_optax(state, params)
+    spec = hessian_spectrum(model_loss, params, batch, tol=1e-11, converge_smallest=True,
+                            return_vectors=True, preconditioner=pre, progress=False)  # fmt: skip
+    # The state holds the float32 batch statistics too (zero Hessian rows); the dense
+    # oracle casts them up.
+    wide = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
+    flat, unravel = ravel_pytree(wide(params))
+    with xla_optimizations(), jax.numpy_dtype_promotion("standard"):
+        h = np.asarray(jax.jit(jax.hessian(lambda f: model_loss(unravel(f), batch)))(flat))
+    s = 1.0 / np.sqrt(np.asarray(ravel_pytree(wide(pre.diagonal))[0]))
+    truth = np.linalg.eigvalsh(s[:, None] * h * s[None, :])
+    scale = np.abs(truth).max()
+    assert abs(spec.sharpness - truth[-1]) <= 1e-8 * scale
+    assert abs(spec.smallest - truth[0]) <= 1e-8 * scale
+    assert type(spec.eigenvectors) is type(params)
