@@ -36,6 +36,75 @@ RULES = ("heavy_ball", "nesterov", "shifted")
 EPS = float(np.finfo(np.float64).eps)
 
 
+# ------------------------------------------------------------ adaptive rules (16)
+
+
+def _adam_page_polynomial(q, tau, b1, d):
+    """(44) as the page writes it: z^tau (z - 1 + d)(z - b1) + (1 - b1) q z (numpy)."""
+    a = np.polymul(np.polymul([1.0, d - 1.0], [1.0, -b1]), np.r_[1.0, np.zeros(tau)])
+    b = np.polymul([(1 - b1) * q, 0.0], np.ones(1))
+    return np.polyadd(a, b)
+
+
+def _adam_simulated_rate(q, tau, b1, d, steps=4000):
+    """Per-step growth of Adam's frozen-preconditioner recurrence along one eigenvalue,
+    simulated as section 16 writes it (lr c = 1, a = q): m+ = b1 m + (1 - b1) a
+    y_{t-tau}, y+ = (1 - d) y - m+."""
+    y = [1.0] * (tau + 1)
+    m = 0.0
+    norms = []
+    for _ in range(steps):
+        m = b1 * m + (1 - b1) * q * y[-1 - tau]
+        y.append((1 - d) * y[-1] - m)
+        norms.append(max(abs(v) for v in y[-tau - 2 :]) + abs(m))
+    return (norms[-1] / norms[steps // 2]) ** (1.0 / (steps - 1 - steps // 2))
+
+
+@pytest.mark.parametrize("tau, b1, d", [(0, 0.9, 0.0), (3, 0.9, 0.0), (5, 0.5, 1e-2)])
+def test_adam_polynomial(tau, b1, d):
+    """Theory (44): the library's polynomial of the Adam rule is the page's, and the
+    simulated recurrence grows at the rate of its largest root."""
+    from stability.theory.rules.adam import Adam
+
+    with jax.enable_x64(True):
+        for q in (0.05, 0.3):
+            page = _adam_page_polynomial(q, tau, b1, d)
+            lib = np.asarray(
+                st.characteristic_polynomial(tau, b1, momentum=Adam(decay=d)).coefficients(q)
+            )
+            np.testing.assert_allclose(lib, page, rtol=0, atol=1e-15)
+            rho = np.max(np.abs(np.roots(page)))
+            assert _adam_simulated_rate(q, tau, b1, d) == pytest.approx(rho, rel=2e-3)
+
+
+@pytest.mark.parametrize("b1", [0.0, 0.9, 0.99])
+def test_adam_threshold(b1):
+    """Theory (45): the Adam limit is the heavy ball's q_max / (lr c (1 - b1)); at
+    tau = 0 it is 2 (1 + b1) / (lr c (1 - b1)) (38 / lr at b1 = 0.9, c = 1); against
+    brentq on the largest root of (44)."""
+    from stability.theory.rules.adam import Adam
+
+    lr, c = 0.01, 1.25
+    with jax.enable_x64(True):
+        for tau in (0, 1, 4, 16):
+            limit = float(st.max_stable_sharpness(lr * c, tau, b1, momentum=Adam()))
+            hb = float(st.stability_threshold(tau, b1, momentum="heavy_ball").q_max)
+            assert limit == pytest.approx(hb / (lr * c * (1 - b1)), rel=1e-9)
+            q = brentq(
+                lambda q, tau=tau: (
+                    np.max(np.abs(np.roots(_adam_page_polynomial(q, tau, b1, 0.0)))) - 1
+                ),
+                1e-6,
+                2 * (1 + b1) / (1 - b1) + 1,  # above every delay's limit (section 5: one interval)
+                xtol=1e-14,
+            )
+            assert limit * lr * c == pytest.approx(q, rel=1e-7)
+        zero = float(st.max_stable_sharpness(lr * c, 0, b1, momentum=Adam()))
+        assert zero == pytest.approx(2 * (1 + b1) / (lr * c * (1 - b1)), rel=1e-12)
+        if b1 == 0.9:
+            assert float(st.max_stable_sharpness(1.0, 0, b1, momentum=Adam())) == pytest.approx(38)
+
+
 # ------------------------------------------------------------------ oracles
 
 
