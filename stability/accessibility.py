@@ -158,6 +158,30 @@ class MinibatchAccessibility(NamedTuple):
     data_passes: int | None = None
 
 
+class AdaptiveAccessibility(NamedTuple):
+    """The optimizer part of an `Accessibility` report for Adam, AdamW or RMSprop
+    (``report.adaptive``; docs/theory.md section 16): the Hessian judged is the
+    preconditioned ``P^-1/2 H P^-1/2`` with the second moment frozen at the state's.
+
+    Attributes:
+      optimizer: ``"adam"``, ``"adamw"`` or ``"rmsprop"`` (`stability.Preconditioner.kind`).
+      b1: the first-moment decay (the report's ``beta``). bias_correction: ``c =
+        1 / (1 - b1^t)`` at the state's step count (RMSprop: ``1 / (1 - momentum)``).
+      weight_decay: AdamW's decoupled decay (0 otherwise). count: the step count.
+      corrected_lr: ``lr c``, the rule's learning rate: the limit is
+        ``q_max / (lr c)`` in preconditioned units.
+      preconditioner: the `stability.Preconditioner` used (left out of ``to_dict``).
+    """
+
+    optimizer: str
+    b1: float
+    bias_correction: float
+    weight_decay: float
+    count: int | None
+    corrected_lr: float
+    preconditioner: object = None
+
+
 def _alias(name: str) -> property:
     """A read-only property of `Accessibility`: ``minibatch.<name>``, None without
     ``batch_size``."""
@@ -213,6 +237,10 @@ class Accessibility:
 
       minibatch: with ``batch_size``, the mini-batch part of the report
         (`MinibatchAccessibility`); None without it.
+      adaptive: with ``optimizer_state`` (Adam, AdamW, RMSprop), the optimizer part
+        (`AdaptiveAccessibility`); None otherwise. Then ``sharpness`` and the limit are
+        those of the preconditioned Hessian, ``lr`` is the optimizer's, ``beta`` its b1
+        and ``max_stable_lr`` in the optimizer's lr.
 
     Aliases: ``batch_size``, ``num_examples``, ``replacement``, ``variance_factor``,
     ``nonuniformity``, ``noise_gain``, ``max_nonuniformity``,
@@ -249,6 +277,7 @@ class Accessibility:
     product_error: float = 0.0
     spectrum: HessianSpectrum | None = dataclasses.field(default=None, repr=False)
     minibatch: MinibatchAccessibility | None = None
+    adaptive: AdaptiveAccessibility | None = None
 
     batch_size = _alias("batch_size")
     num_examples = _alias("num_examples")
@@ -293,7 +322,21 @@ class Accessibility:
             "rule\n"
             f"  hyperparameters   tau={_describe_tau(self.tau)}  lr={self.lr:.6g}  "
             f"beta={self.beta:g}  momentum={self.momentum}\n"
-            f"  cost              {self.num_hvps} Hessian-vector products" + self._minibatch_lines()
+            f"  cost              {self.num_hvps} Hessian-vector products"
+            + self._minibatch_lines()
+            + self._adaptive_lines()
+        )
+
+    def _adaptive_lines(self) -> str:
+        a = self.adaptive
+        if a is None:
+            return ""
+        decay = f", weight decay {a.weight_decay:g}" if a.weight_decay else ""
+        return (
+            f"\n  optimizer         {a.optimizer} (b1={a.b1:g}, step {a.count}, bias correction "
+            f"c={a.bias_correction:.6g}{decay}): the sharpness is that of P^-1/2 H P^-1/2 with "
+            f"the second moment frozen at the state's; the rule's lr is lr c = "
+            f"{a.corrected_lr:.6g}"
         )
 
     def _minibatch_lines(self) -> str:
@@ -368,8 +411,13 @@ class Accessibility:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("spectrum")
         out.pop("minibatch")
+        out.pop("adaptive")
         if self.minibatch is not None:
             out.update(self.minibatch._asdict())
+        if self.adaptive is not None:
+            adaptive = self.adaptive._asdict()
+            adaptive.pop("preconditioner")
+            out["adaptive"] = adaptive
         out["tau"] = _describe_tau(self.tau)
         for key, value in out.items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -837,6 +885,46 @@ def _check_minibatch(tau, batch_size, num_examples, replacement, nonuniformity=N
         raise ValueError(f"nonuniformity must be a finite number >= 0; got {nonuniformity!r}")
 
 
+def _adaptive(optimizer_state, lr, beta, momentum, batch_size):
+    """``(corrected lr, b1, rule, AdaptiveAccessibility)`` for an Adam-family state: the
+    delayed Adam rule on the preconditioned Hessian (docs/theory.md section 16)."""
+    from stability.curvature.preconditioner import Preconditioner, preconditioner_from_optax
+    from stability.theory.rules.adam import Adam
+
+    if batch_size is not None:
+        raise ValueError(
+            "batch_size cannot go with optimizer_state: the mean-square condition is derived "
+            f"for the SGD-type rules only; got batch_size={batch_size!r}"
+        )
+    if not (isinstance(beta, (int, float)) and beta == 0.0) or momentum != "heavy_ball":
+        raise ValueError(
+            "beta and momentum come from optimizer_state (its b1 and the Adam rule): leave "
+            f"them out; got beta={beta!r}, momentum={momentum!r}"
+        )
+    pre = (
+        optimizer_state
+        if isinstance(optimizer_state, Preconditioner)
+        else preconditioner_from_optax(optimizer_state)
+    )
+    if lr is None:  # a given lr asks "what if" at the same state
+        lr = pre.lr
+    if lr is None:
+        raise ValueError(
+            "lr: optimizer_state does not hold the learning rate (an "
+            "optax.inject_hyperparams state does); pass lr"
+        )
+    check_lr(lr)
+    lr = float(lr)
+    rule = Adam(decay=lr * pre.weight_decay)
+    c = float(pre.bias_correction)
+    info = AdaptiveAccessibility(
+        optimizer=pre.kind, b1=float(pre.b1), bias_correction=c,
+        weight_decay=float(pre.weight_decay), count=pre.count, corrected_lr=lr * c,
+        preconditioner=pre,
+    )  # fmt: skip
+    return lr * c, float(pre.b1), rule, info
+
+
 def _check_hyperparameters(tau, lr, beta, momentum, failure_probability) -> None:
     if not isinstance(tau, delays.DelayDistribution):
         from stability.validation import check_tau
@@ -858,7 +946,7 @@ def is_accessible(
     model,
     params,
     tau,
-    lr: float,
+    lr: float | None = None,
     *,
     beta: float = 0.0,
     momentum: str = "heavy_ball",
@@ -878,6 +966,7 @@ def is_accessible(
     batch_size: int | None = None,
     num_examples: int | None = None,
     replacement: bool = False,
+    optimizer_state=None,
 ) -> Accessibility:
     """Are the sharp directions of the minimum ``params`` stable with delay tau and lr?
 
@@ -927,11 +1016,23 @@ def is_accessible(
         with: adds the mean-square condition along the sharp direction (module
         docstring; `stability.theory.mean_square`). Needs ``data`` and a constant delay;
         the top eigenvector is kept in ``result.spectrum``.
+      optimizer_state: judge Adam, AdamW or RMSprop instead of an SGD rule: the
+        optax state the network was trained with (``optax.inject_hyperparams(...)``
+        states hold lr, b1 and the weight decay), or a `stability.Preconditioner`
+        (`stability.preconditioner_from_optax` with the hyperparameters a plain
+        ``optax.adamw`` state does not store). The spectrum is that of the
+        preconditioned Hessian ``P^-1/2 H P^-1/2`` with the second moment frozen at
+        the state's (docs/theory.md section 16), judged against the delayed Adam
+        rule (`stability.theory.rules.adam`); ``lr`` defaults to the state's,
+        ``beta`` and ``momentum`` come from it (leave them out). Full batch only.
 
     Returns:
       An `Accessibility` report; ``bool(report)`` is True only for a certified
       stable verdict.
     """
+    adaptive = None
+    if optimizer_state is not None:
+        lr, beta, momentum, adaptive = _adaptive(optimizer_state, lr, beta, momentum, batch_size)
     _check_hyperparameters(tau, lr, beta, momentum, failure_probability)
     _check_minibatch(tau, batch_size, num_examples, replacement)
     minibatch = batch_size is not None
@@ -944,14 +1045,14 @@ def is_accessible(
             batch_keys=batch_keys,
         )  # fmt: skip
     setting = _Setting(tau, lr, beta, momentum, bool(require_minimum), failure_probability)
-    solver = _Solver(tol, max_hvps, seed)
+    solver = _Solver(tol, max_hvps, seed, None if adaptive is None else adaptive.preconditioner)
     if spectrum is None:
         spectrum = _spectrum_until_decided(
             loss_fn, flat_params, data, setting, solver, minibatch=minibatch,
             progress=progress, return_vectors=return_vectors,
         )  # fmt: skip
     if not minibatch:
-        return verdict_from_spectrum(
+        report = verdict_from_spectrum(
             spectrum,
             tau,
             lr,
@@ -959,6 +1060,13 @@ def is_accessible(
             momentum=momentum,
             require_minimum=require_minimum,
             failure_probability=failure_probability,
+        )
+        if adaptive is None:
+            return report
+        # the rule ran on the corrected lr c; the report speaks the optimizer's lr
+        c = adaptive.bias_correction
+        return dataclasses.replace(
+            report, lr=lr / c, max_stable_lr=report.max_stable_lr / c, adaptive=adaptive
         )
     sampling = dict(batch_size=batch_size, num_examples=num_examples, replacement=replacement)
     noise = _measure_noise(loss_fn, flat_params, data, spectrum, setting, solver, sampling)
@@ -988,11 +1096,13 @@ class _Setting(NamedTuple):
 
 
 class _Solver(NamedTuple):
-    """The eigensolver options of `is_accessible`, the same for every spectrum it runs."""
+    """The eigensolver options of `is_accessible`, the same for every spectrum it runs
+    (``preconditioner``: Adam's ``P``, or None for the plain Hessian)."""
 
     tol: float
     max_hvps: int
     seed: int
+    preconditioner: object = None
 
 
 def _spectrum_until_decided(loss_fn, params, data, setting, solver, *, minibatch, progress,
@@ -1021,6 +1131,7 @@ def _spectrum_until_decided(loss_fn, params, data, setting, solver, *, minibatch
         return_vectors=bool(return_vectors or minibatch),
         converge_smallest=setting.require_minimum,
         stop_when=decided,
+        preconditioner=solver.preconditioner,
     )
 
 
