@@ -170,6 +170,11 @@ class AdaptiveAccessibility(NamedTuple):
       weight_decay: AdamW's decoupled decay (0 otherwise). count: the step count.
       corrected_lr: ``lr c``, the rule's learning rate: the limit is
         ``q_max / (lr c)`` in preconditioned units.
+      b2: the second-moment decay. decay_horizon: the steps a stable verdict lasts if
+        the gradient vanishes (an exact full-batch minimum): the second moment then
+        decays by b2 per step and the preconditioned sharpness grows like
+        ``b2^(-t/2)`` (while ``sqrt(v) >> eps``), reaching the limit after about
+        ``2 ln(limit / sharpness) / ln(1 / b2)`` steps (None when not stable).
       preconditioner: the `stability.Preconditioner` used (left out of ``to_dict``).
     """
 
@@ -179,6 +184,8 @@ class AdaptiveAccessibility(NamedTuple):
     weight_decay: float
     count: int | None
     corrected_lr: float
+    b2: float = 0.999
+    decay_horizon: float | None = None
     preconditioner: object = None
 
 
@@ -332,12 +339,20 @@ class Accessibility:
         if a is None:
             return ""
         decay = f", weight decay {a.weight_decay:g}" if a.weight_decay else ""
-        return (
+        text = (
             f"\n  optimizer         {a.optimizer} (b1={a.b1:g}, step {a.count}, bias correction "
             f"c={a.bias_correction:.6g}{decay}): the sharpness is that of P^-1/2 H P^-1/2 with "
             f"the second moment frozen at the state's; the rule's lr is lr c = "
             f"{a.corrected_lr:.6g}"
         )
+        if a.decay_horizon is not None:
+            text += (
+                f"\n  live Adam         frozen-preconditioner verdict: if the gradient vanishes "
+                f"(an exact full-batch minimum) the second moment decays by b2={a.b2:g} per "
+                f"step and this state reaches the limit after about "
+                f"{_number(a.decay_horizon, '.0f')} steps (mini-batch noise keeps v near its level)"
+            )
+        return text
 
     def _minibatch_lines(self) -> str:
         m = self.minibatch
@@ -920,7 +935,7 @@ def _adaptive(optimizer_state, lr, beta, momentum, batch_size):
     info = AdaptiveAccessibility(
         optimizer=pre.kind, b1=float(pre.b1), bias_correction=c,
         weight_decay=float(pre.weight_decay), count=pre.count, corrected_lr=lr * c,
-        preconditioner=pre,
+        b2=float(pre.b2), preconditioner=pre,
     )  # fmt: skip
     return lr * c, float(pre.b1), rule, info
 
@@ -1065,6 +1080,10 @@ def is_accessible(
             return report
         # the rule ran on the corrected lr c; the report speaks the optimizer's lr
         c = adaptive.bias_correction
+        if report.verdict is True and report.sharpness > 0:
+            ratio = report.max_stable_sharpness / (report.sharpness + report.sharpness_error)
+            horizon = 2 * math.log(max(ratio, 1.0)) / -math.log(adaptive.b2)
+            adaptive = adaptive._replace(decay_horizon=horizon)
         return dataclasses.replace(
             report, lr=lr / c, max_stable_lr=report.max_stable_lr / c, adaptive=adaptive
         )

@@ -181,7 +181,8 @@ def _chunk(loss, optimizer, tau: int, full_batch: bool):
         stale = jax.tree_util.tree_map(lambda h: h[head], history)
         batch = data if full_batch else jax.tree_util.tree_map(lambda x: x[idx], data)
         g = grad(stale, batch)
-        updates, state = optimizer.update(g, state, w)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes its int count with floats
+            updates, state = optimizer.update(g, state, w)
         new = jax.tree_util.tree_map(lambda p, u: p + u.astype(p.dtype), w, updates)
         history = jax.tree_util.tree_map(lambda h, x: h.at[head].set(x), history, new)
         head = jnp.where(head + 1 > tau, 0, head + 1).astype(jnp.int32)

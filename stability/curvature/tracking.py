@@ -131,6 +131,16 @@ def _stable(sharpness: float, error: float, threshold: float, product_error=0.0)
     return None
 
 
+def _no_update_yet(opt_state) -> bool:
+    """Whether every step count in an optax state is 0 (``init``'s state)."""
+    counts = [
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+        if path and getattr(path[-1], "name", None) == "count"
+    ]
+    return bool(counts) and all(int(np.asarray(c)) == 0 for c in counts)
+
+
 class SharpnessTracker:
     """Tracks ``lambda_max`` of the loss Hessian along a training run.
 
@@ -162,10 +172,21 @@ class SharpnessTracker:
         then rests on continuity alone).
       seed: the random start of check ``i`` uses ``seed + i``.
       trainable: which leaves to differentiate (:func:`stability.curvature.hvp.trainable_mask`).
+      optimizer_hyperparameters: for Adam, AdamW or RMSprop, the keywords of
+        :func:`stability.preconditioner_from_optax` that the optimizer state does
+        not hold (e.g. ``{"b1": 0.9, "weight_decay": 1e-4}`` for a plain
+        ``optax.adamw`` state; an ``optax.inject_hyperparams`` state holds them).
 
     Calling ``tracker(params, step)`` returns the new :class:`SharpnessRecord`, or
     None when ``step`` is not a multiple of ``every``; with ``step=None`` the calls
-    are counted and every call is a step. ``history`` is a dict of lists (one per
+    are counted and every call is a step. For Adam, AdamW or RMSprop call
+    ``tracker(params, step, opt_state=state)`` with the live optimizer state: the
+    check then tracks the preconditioned sharpness, the top eigenvalue of
+    ``P^-1/2 H P^-1/2`` with ``P`` read from the state
+    (:func:`stability.preconditioner_from_optax`), against the delayed Adam limit
+    ``q_max(tau, b1) / (lr c (1 - b1))`` at the state's bias correction ``c``
+    (docs/theory.md section 16); ``beta`` and ``momentum`` are then not used, and
+    each record's ``threshold`` is the limit at its step. ``history`` is a dict of lists (one per
     record field), ``arrays()`` the same as numpy arrays, ``records`` the list of
     records, ``threshold`` the stable limit, ``last`` the last
     :class:`stability.HessianSpectrum` (with its eigenvector).
@@ -188,6 +209,7 @@ class SharpnessTracker:
         cold_every: int | None = 20,
         seed: int = 0,
         trainable=None,
+        optimizer_hyperparameters: dict | None = None,
     ):
         if not callable(loss):
             raise TypeError(f"loss must be callable; got {type(loss).__name__}")
@@ -209,6 +231,14 @@ class SharpnessTracker:
                 f"the stable limit of lr={lr!r}, tau={tau!r}, beta={beta!r}, "
                 f"momentum={momentum!r} could not be computed (NaN)"
             )
+        if optimizer_hyperparameters is not None and not isinstance(
+            optimizer_hyperparameters, dict
+        ):
+            raise TypeError(
+                "optimizer_hyperparameters must be a dict of preconditioner_from_optax "
+                f"keywords or None; got {type(optimizer_hyperparameters).__name__}"
+            )
+        self.optimizer_hyperparameters = dict(optimizer_hyperparameters or {})
         self.records: list[SharpnessRecord] = []
         self.last = None
         self._calls = 0
@@ -219,18 +249,24 @@ class SharpnessTracker:
         self._dist_prev = 0.0
         self._vec_prev = None
 
-    def __call__(self, params, step: int | None = None) -> SharpnessRecord | None:
+    def __call__(
+        self, params, step: int | None = None, *, opt_state=None
+    ) -> SharpnessRecord | None:
         if step is None:
             step = self._calls
         elif isinstance(step, bool) or not isinstance(step, (int, np.integer)):
             raise TypeError(f"step must be an integer or None; got {step!r}")
         self._calls += 1
-        if step % self.every:
-            return None
-        return self.check(params, int(step))
+        if step % self.every or (opt_state is not None and _no_update_yet(opt_state)):
+            return None  # (an optimizer state before its first update has no moments)
+        return self.check(params, int(step), opt_state=opt_state)
 
-    def check(self, params, step: int) -> SharpnessRecord:
-        """A check now, whatever the step."""
+    def check(self, params, step: int, *, opt_state=None) -> SharpnessRecord:
+        """A check now, whatever the step (``opt_state``: an Adam-family optimizer's
+        live state, for the preconditioned sharpness)."""
+        preconditioner = None
+        if opt_state is not None:
+            preconditioner, self.threshold = self._adaptive(opt_state)
         n = len(self.records)
         warm = (
             self.warm_start
@@ -246,7 +282,7 @@ class SharpnessTracker:
         spec = hessian_spectrum(
             self.loss, params, self.data, k=1, tol=self.tol, max_hvps=self.max_hvps,
             seed=self.seed + n, trainable=self.trainable, progress=False,
-            return_vectors=self.warm_start, start=start,
+            return_vectors=self.warm_start, start=start, preconditioner=preconditioner,
         )  # fmt: skip
         if track:
             self._remember(params, mask)
@@ -265,6 +301,25 @@ class SharpnessTracker:
         )
         self.records.append(rec)
         return rec
+
+    def _adaptive(self, opt_state):
+        """The frozen preconditioner of ``opt_state`` and the delayed Adam limit at its
+        bias correction (docs/theory.md section 16)."""
+        from stability.curvature.preconditioner import preconditioner_from_optax
+        from stability.theory.rules.adam import Adam
+
+        pre = preconditioner_from_optax(opt_state, **self.optimizer_hyperparameters)
+        if pre.lr is not None and not np.isclose(pre.lr, float(self.lr), rtol=1e-6):
+            raise ValueError(
+                f"lr={self.lr!r} contradicts the learning rate the optimizer state holds "
+                f"(inject_hyperparams): {pre.lr!r}"
+            )
+        lr = float(self.lr)
+        rule = Adam(decay=lr * pre.weight_decay)
+        limit = float(
+            max_stable_sharpness(lr * pre.bias_correction, self.tau, pre.b1, momentum=rule)
+        )
+        return pre, limit
 
     def _extrapolated(self, params, mask):
         """The extrapolated start (a pytree like params), or None when the last two
