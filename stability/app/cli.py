@@ -72,9 +72,11 @@ def _build_parser() -> argparse.ArgumentParser:
     table.add_argument("--json", action="store_true", help="machine-readable output")
 
     experiment = add(
-        "experiment", "the delayed edge of stability (eos) or the paper's claims (paper) on digits"
+        "experiment",
+        "on the bundled digits: the delayed edge of stability (eos), the paper's claims "
+        "(paper), delayed Adam at the adaptive edge of stability (adam-eos)",
     )
-    experiment.add_argument("name", choices=["eos", "paper"], help="which experiment")
+    experiment.add_argument("name", choices=["eos", "paper", "adam-eos"], help="which experiment")
     experiment.add_argument(
         "--full", action="store_true", help="the larger sizes (default: the quick ones)"
     )
@@ -384,7 +386,10 @@ def _cmd_experiment(args) -> int:
         raise UsageError(f"--full contradicts --size {args.size}")
     size = args.size or ("full" if args.full else "quick")
     start = time.perf_counter()
-    run = experiments.edge_of_stability if args.name == "eos" else experiments.paper_claims
+    if args.name == "adam-eos":
+        from stability.app.adam_eos import adaptive_edge_of_stability as run
+    else:
+        run = experiments.edge_of_stability if args.name == "eos" else experiments.paper_claims
     result = run(size, progress=not args.quiet)
     paths = experiments.write_outputs(result, args.out)
     print(result.table())

@@ -77,6 +77,7 @@ __all__ = [
     "edge_of_stability",
     "paper_claims",
     "write_outputs",
+    "json_ready",
     "mlp_init",
     "mlp_apply",
     "squared_error",
@@ -323,12 +324,12 @@ class EosResult(NamedTuple):
     def to_dict(self) -> dict:
         runs = []
         for r in self.runs:
-            d = {k: _plain(v) for k, v in r._asdict().items()}
-            d.update(ratio=_plain(r.ratio), peak_ratio=_plain(r.peak_ratio), label=r.label)
+            d = {k: json_ready(v) for k, v in r._asdict().items()}
+            d.update(ratio=json_ready(r.ratio), peak_ratio=json_ready(r.peak_ratio), label=r.label)
             runs.append(d)
         return {
             "experiment": "eos",
-            "config": _plain(self.config),
+            "config": json_ready(self.config),
             "seconds": self.seconds,
             "runs": runs,
         }
@@ -581,16 +582,16 @@ class PaperResult(NamedTuple):
     def to_dict(self) -> dict:
         runs = []
         for r in self.runs:
-            d = {k: _plain(v) for k, v in r._asdict().items()}
-            d.update(tau=r.tau, fraction_of_limit=_plain(r.fraction_of_limit))
+            d = {k: json_ready(v) for k, v in r._asdict().items()}
+            d.update(tau=r.tau, fraction_of_limit=json_ready(r.fraction_of_limit))
             runs.append(d)
         return {
             "experiment": "paper",
-            "config": _plain(self.config),
+            "config": json_ready(self.config),
             "lr0": self.lr0,
-            "tuning": _plain(self.tuning),
+            "tuning": json_ready(self.tuning),
             "seconds": self.seconds,
-            "summary": _plain(self.summary()),
+            "summary": json_ready(self.summary()),
             "runs": runs,
         }
 
@@ -728,10 +729,16 @@ def write_outputs(result, out_dir: str) -> dict:
     Returns:
       ``{"json": path, "markdown": path, "figures": [paths]}``.
     """
-    name = "eos" if isinstance(result, EosResult) else "paper"
-    if not isinstance(result, (EosResult, PaperResult)):
+    if isinstance(result, (EosResult, PaperResult)):
+        name = "eos" if isinstance(result, EosResult) else "paper"
+    elif callable(getattr(result, "figures", None)) and isinstance(
+        getattr(result, "name", None), str
+    ):
+        name = result.name  # an experiment of its own module (e.g. adam_eos)
+    else:
         raise TypeError(
-            f"result must be an EosResult or a PaperResult; got {type(result).__name__}"
+            "result must be an EosResult, a PaperResult or an experiment result with a name "
+            f"and figures(); got {type(result).__name__}"
         )
     os.makedirs(out_dir, exist_ok=True)
     paths = {
@@ -741,7 +748,12 @@ def write_outputs(result, out_dir: str) -> dict:
     with open(paths["json"], "w") as f:
         json.dump(result.to_dict(), f, indent=1, allow_nan=False)
         f.write("\n")
-    figures = _eos_figures(result, out_dir) if name == "eos" else _paper_figures(result, out_dir)
+    if name == "eos":
+        figures = _eos_figures(result, out_dir)
+    elif name == "paper":
+        figures = _paper_figures(result, out_dir)
+    else:
+        figures = result.figures(out_dir)
     with open(paths["markdown"], "w") as f:
         f.write(_markdown(result, figures, out_dir))
     paths["figures"] = figures
@@ -749,13 +761,14 @@ def write_outputs(result, out_dir: str) -> dict:
 
 
 def _markdown(result, figures, out_dir) -> str:
-    lines = [
-        f"# {'Delayed edge of stability' if isinstance(result, EosResult) else 'Paper claims'}"
-    ]
+    title = getattr(result, "title", None) or (
+        "Delayed edge of stability" if isinstance(result, EosResult) else "Paper claims"
+    )
+    lines = [f"# {title}"]
     lines.append("")
     lines.append(
         f"size `{result.config['size']}`, {result.seconds:.1f} s; config: "
-        f"`{json.dumps(_plain(result.config))}`"
+        f"`{json.dumps(json_ready(result.config))}`"
     )
     if isinstance(result, PaperResult):
         tuned = ", ".join(f"{lr:g}: {acc:.4f}" for lr, acc in result.tuning.items())
@@ -883,14 +896,14 @@ class _float64:
         jax.config.update("jax_enable_x64", self._old)
 
 
-def _plain(x) -> Any:
-    """JSON-ready: numpy to Python, NaN / inf to None."""
+def json_ready(x) -> Any:
+    """JSON-ready: numpy to Python, NaN / inf to None (dicts, lists and tuples walked)."""
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [json_ready(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
+        return json_ready(x.tolist())
     if isinstance(x, (np.generic,)):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
