@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stability.figures import pyplot
+
 __all__ = ["DemoResult", "run_demo"]
 
 DEMO_TAUS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -325,7 +327,7 @@ def demo_figure(sharpness, reports, taus, runs, lr0):
 
     from stability.app import plotting
 
-    plt = plotting._pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     plotting.plot_stability_region(8, momentum="shifted", resolution=120, ax=axes[0, 0])
     plotting.plot_thresholds(taus=(0, 1, 2, 4, 8, 16, 32, 64), beta=DEMO_BETA, ax=axes[0, 1])
@@ -388,9 +390,8 @@ def demo_figure(sharpness, reports, taus, runs, lr0):
 
 
 def _figure(out_dir, sharpness, reports, taus, runs, lr0) -> str:
-    from stability.app import plotting
 
-    plt = plotting._pyplot()
+    plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     fig = demo_figure(sharpness, reports, taus, runs, lr0)
     path = os.path.join(out_dir, "demo.png")

@@ -62,7 +62,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from stability.curvature.tracking import SharpnessTracker
+from stability.figures import pyplot
 from stability.networks.examples import N_DIGITS, load_digits
+from stability.progress import progress_bar
 from stability.theory.tuning import lr_for_delay
 from stability.training import train_async
 from stability.validation import check_option
@@ -365,7 +367,7 @@ def edge_of_stability(
                 plan.append((name, cfg["momentum_tau"], rule, EOS_BETA, lr, False))
             plan.append((name, 0, "none", 0.0, eta0 / CONTROL_FACTOR, True))
         runs = []
-        bar = _bar(len(plan), progress, "eos runs")
+        bar = progress_bar(progress, total=len(plan), desc="eos runs")
         for name, tau, rule, beta, lr, control in plan:
             bar.set_postfix_str(f"{name} tau={tau} {rule}{' control' if control else ''}")
             run = _eos_run(name, params0, (x, y), tau, rule, beta, lr, cfg, progress)
@@ -618,7 +620,7 @@ def paper_claims(size: str = "quick", *, progress: bool = True) -> PaperResult:
         n_val = int(VALIDATION * len(train_idx))
         fit, val = (train[0][n_val:], train[1][n_val:]), (train[0][:n_val], train[1][:n_val])
         tuning = {}
-        bar = _bar(len(cfg["lrs"]), progress, "tuning lr at tau=0")
+        bar = progress_bar(progress, total=len(cfg["lrs"]), desc="tuning lr at tau=0")
         for lr in cfg["lrs"] if len(cfg["lrs"]) > 1 else ():
             run = train_async(
                 cross_entropy,
@@ -649,7 +651,7 @@ def paper_claims(size: str = "quick", *, progress: bool = True) -> PaperResult:
                 for seed in cfg["seeds"]:
                     plan.append((n, policy, seed, *lrs[policy]))
         runs, done = [], {}
-        bar = _bar(len(plan), progress, "paper runs")
+        bar = progress_bar(progress, total=len(plan), desc="paper runs")
         for n, policy, seed, lr, beta, momentum in plan:
             # N = 1: lr_for_delay is the fixed lr, and one worker's own buffer is the
             # buffer (shifted is heavy ball): those runs are one run.
@@ -781,9 +783,7 @@ def _markdown(result, figures, out_dir) -> str:
 
 
 def _eos_figures(result: EosResult, out_dir: str) -> list[str]:
-    from stability.app import plotting
-
-    plt = plotting._pyplot()
+    plt = pyplot()
     paths = []
     for name in dict.fromkeys(r.loss for r in result.runs):
         runs = [r for r in result.runs if r.loss == name]
@@ -846,9 +846,7 @@ def _eos_figures(result: EosResult, out_dir: str) -> list[str]:
 
 
 def _paper_figures(result: PaperResult, out_dir: str) -> list[str]:
-    from stability.app import plotting
-
-    plt = plotting._pyplot()
+    plt = pyplot()
     summary = result.summary()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
     for i, policy in enumerate(PAPER_POLICIES):
@@ -909,22 +907,3 @@ def json_ready(x) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix_str(self, s):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total, progress, desc):
-    if not progress:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=None)  # no bar unless stderr is a terminal

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from stability.figures import axes, pyplot
+from stability.figures import axes
 from stability.validation import MOMENTUM_RULES
 
 __all__ = ["plot_stability_region", "plot_thresholds", "plot_trajectories"]
-
-
-# demo.py and experiments.py still call plotting._pyplot(); the public name is
-# stability.figures.pyplot.
-_pyplot = pyplot
 
 
 def plot_stability_region(
