@@ -149,7 +149,7 @@ def simulate_async(
     arguments. This driver itself is not traceable (it validates its inputs
     and reads the result back to set ``diverged``).
     """
-    momentum = check_hyperparameters(None, lr, beta, momentum).rule
+    momentum = check_hyperparameters(lr=lr, beta=beta, momentum=momentum).rule
     schedule = check_option("schedule", schedule, SCHEDULES)
     steps = check_int("steps", steps, 1)
     record_every = check_int("record_every", record_every, 1)

@@ -216,7 +216,7 @@ def train_async(
       A `TrainingRun`.
     """
     start = time.perf_counter()
-    momentum = check_hyperparameters(None, lr, beta, momentum).rule
+    momentum = check_hyperparameters(lr=lr, beta=beta, momentum=momentum).rule
     schedule = check_option("schedule", schedule, _sim.SCHEDULES)
     epochs = check_int("epochs", epochs, 1)
     seed = check_int("seed", seed, 0)

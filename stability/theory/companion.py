@@ -189,7 +189,7 @@ def spectral_radius(sharpness, lr, tau, beta=0.0, *, momentum="heavy_ball"):
     (a 16 x 24 grid over 4 devices works and is tested); keep CPU inputs on one
     device (the fast path is elementwise, XLA already uses all cores).
     """
-    hp = check_hyperparameters(tau, None, beta, momentum)
+    hp = check_hyperparameters(tau, beta=beta, momentum=momentum)
     check_finite("sharpness", sharpness)
     check_lr(lr, "lr")
     return checked_spectral_radius(sharpness, lr, hp.tau, hp.beta, hp.rule)

@@ -15,12 +15,22 @@ from stability.theory.rules import Rule, as_rule
 from stability.validation import check_lr
 
 
+class _NotGiven:
+    """The default of an argument a caller does not have (None is a bad value)."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN = _NotGiven()
+
+
 class Hyperparameters(NamedTuple):
     """Checked hyperparameters.
 
-    tau: the delay (integer, integer array or ``DelayDistribution``); None where the
-      caller has none (a simulation with ``num_workers``).
-    lr: the learning rate, or None where the caller has none.
+    tau: the delay (integer, integer array or ``DelayDistribution``), as given
+      (`NOT_GIVEN`, or unchecked with ``check_tau=False``, where the caller checks it).
+    lr: the learning rate, or `NOT_GIVEN` where the caller has none.
     beta: the rule's momentum coefficient (array allowed).
     rule: the rule object.
     """
@@ -32,18 +42,19 @@ class Hyperparameters(NamedTuple):
 
 
 def check_hyperparameters(
-    tau, lr=None, beta=0.0, momentum="heavy_ball", *, check_tau: bool = True
+    tau=NOT_GIVEN, lr=NOT_GIVEN, beta=0.0, momentum="heavy_ball", *, check_tau: bool = True
 ) -> Hyperparameters:
     """Check ``(tau, lr, beta, momentum)`` once; ValueError/TypeError naming the bad one.
 
     Order of the checks (the first bad argument is reported): lr, momentum, tau,
     beta. ``check_tau=False`` leaves tau to the caller (a simulation checks its delay
-    options together). ``lr=None`` skips the learning rate.
+    options together); an argument left `NOT_GIVEN` is not checked (None is checked,
+    and refused).
     """
-    if lr is not None:
+    if lr is not NOT_GIVEN:
         check_lr(lr, "lr")
     rule = as_rule(momentum, "momentum")
-    if check_tau and tau is not None:
+    if check_tau and tau is not NOT_GIVEN:
         check_delay(tau, "tau")
     rule.check_beta(beta, "beta")
     return Hyperparameters(tau, lr, beta, rule)

@@ -284,7 +284,7 @@ def _check_nonnegative(name, x) -> None:
 
 def _check_rule(tau, beta, momentum) -> tuple[int, Rule]:
     """The delay (a concrete scalar integer) and the rule object, checked."""
-    rule = check_hyperparameters(tau, None, beta, momentum, check_tau=False).rule
+    rule = check_hyperparameters(beta=beta, momentum=momentum).rule
     return _check_delay(tau), rule
 
 

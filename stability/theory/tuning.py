@@ -117,7 +117,7 @@ def lr_for_delay(
     check_lr(lr, "lr")
     check_delay(tau, "tau")
     check_delay(from_tau, "from_tau")
-    hp = check_hyperparameters(tau, None, beta, momentum, check_tau=False)
+    hp = check_hyperparameters(beta=beta, momentum=momentum)
     dtype = float_dtype(lr, beta)
     beta = jnp.asarray(beta, dtype)
     new = checked_threshold(tau, beta, hp.rule)
@@ -294,7 +294,7 @@ def max_stable_lr(
             sharpness, tau, beta, momentum, nonuniformity, batch_size, num_examples, replacement
         )
     check_positive("sharpness", sharpness)
-    hp = check_hyperparameters(tau, None, beta, momentum)
+    hp = check_hyperparameters(tau, beta=beta, momentum=momentum)
     return checked_limit(sharpness, hp.tau, hp.beta, hp.rule)
 
 
