@@ -82,6 +82,12 @@ BENCHMARKS = {
         ["--models", "mlp", "--repeat", "3"],
         "RESULTS-preconditioned.md",
     ),
+    "adam-verdicts": (
+        "adam_verdicts.py",
+        [],
+        [],
+        "RESULTS-adam-verdicts.md",
+    ),
 }
 DESCRIPTIONS = {
     "thresholds": "threshold evaluations per second, speed-up over eigenvalue bisection, "
@@ -93,6 +99,8 @@ DESCRIPTIONS = {
     "verification": "cost of the float64 check of float32 spectra",
     "preconditioned": "Adam's preconditioned spectrum: time per product and products per "
     "spectrum against the plain engine",
+    "adam-verdicts": "Adam(W) verdicts at 0.9x and 1.1x max_stable_lr against the frozen "
+    "model and live delayed AdamW from a trained minimum",
     "float32": "float32 certificates on Flax-example networks against float64 truths",
 }
 # Benchmarks whose script may not exist in every checkout: registered only when the
