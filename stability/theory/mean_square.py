@@ -342,6 +342,21 @@ def _h2(p, b, xp):
     p, b = xp.broadcast_arrays(p, b)
     m = p.shape[-1]
     idx = xp.arange(m)
+    if xp is np:  # updated in place below (k is a Python int there)
+        p, b = np.array(p, copy=True), np.array(b, copy=True)
+
+    def reduce(a, b, alpha, beta, k):
+        """a_i -= alpha a_(k-i), b_i -= beta a_(k-i) for i < k (z^k A(1/z) subtracted)."""
+        if xp is np:  # slices of the first k coefficients: half the work of the masks
+            rev = a[..., k:0:-1].copy()
+            a[..., :k] -= alpha[..., None] * rev
+            b[..., :k] -= beta[..., None] * rev
+            return a, b
+        rev = xp.where(idx <= k, xp.take(a, xp.clip(k - idx, 0, m - 1), axis=-1), 0.0)
+        keep = idx < k
+        return xp.where(keep, a - alpha[..., None] * rev, 0.0), xp.where(
+            keep, b - beta[..., None] * rev, 0.0
+        )
 
     def body(i, carry):
         a, b, total, stable = carry
@@ -349,10 +364,7 @@ def _h2(p, b, xp):
         alpha = a[..., k] / a[..., 0]
         beta = b[..., k] / a[..., 0]
         total = total + beta * b[..., k]
-        rev = xp.where(idx <= k, xp.take(a, xp.clip(k - idx, 0, m - 1), axis=-1), 0.0)
-        keep = idx < k  # z^k A(1/z) subtracted from the first k coefficients
-        a = xp.where(keep, a - alpha[..., None] * rev, 0.0)
-        b = xp.where(keep, b - beta[..., None] * rev, 0.0)
+        a, b = reduce(a, b, alpha, beta, k)
         return a, b, total, stable & (a[..., 0] > 0)
 
     init = (p, b, xp.zeros(p.shape[:-1], p.dtype), p[..., 0] > 0)
