@@ -88,7 +88,8 @@ def companion_matrix(sharpness, lr, tau, beta=0.0, *, momentum="heavy_ball"):
       tau: the delay, a concrete Python int (it fixes the matrix size, so it is
         static under ``jax.jit``), or a ``DelayDistribution`` (first-moment model).
       beta: momentum in [0, 1).
-      momentum: "heavy_ball" (default), "nesterov" or "shifted".
+      momentum: "heavy_ball" (default), "nesterov", "shifted", "gd" or a
+        `stability.theory.rules.Rule`.
 
     Returns:
       Array of shape ``broadcast(sharpness, lr, beta).shape + (m, m)``, m = tau + 2

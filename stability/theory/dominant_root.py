@@ -242,7 +242,7 @@ def certified_spectral_radius(q, beta, tau: int, momentum: str):
       q: lr * sharpness, float64 array.
       beta: momentum, float64 array broadcasting with q.
       tau: integer delay >= 2 (static).
-      momentum: "heavy_ball", "nesterov" or "shifted" (static).
+      momentum: a rule with a sparse form, or its name (static).
 
     Returns:
       ``(rho, certified)``: where ``certified`` is True, ``rho`` is within relative

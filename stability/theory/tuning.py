@@ -74,7 +74,8 @@ def lr_for_delay(
       tau: the new delay.
       from_tau: the delay ``lr`` was tuned for.
       beta: momentum coefficient in [0, 1).
-      momentum: "heavy_ball", "nesterov" or "shifted".
+      momentum: a rule name ("heavy_ball", "nesterov", "shifted", "gd") or a
+        `stability.theory.rules.Rule`.
       batch_size: the new batch size ``B`` (None: the full-batch rule).
       from_batch_size: the batch size ``lr`` was tuned for (default ``batch_size``).
       num_examples: ``n``, the examples the batches are drawn from; required with
@@ -270,7 +271,8 @@ def max_stable_lr(
       tau: delay: integer (array) or ``DelayDistribution``; a scalar integer with
         ``batch_size``.
       beta: momentum coefficient in [0, 1).
-      momentum: "heavy_ball", "nesterov" or "shifted".
+      momentum: a rule name ("heavy_ball", "nesterov", "shifted", "gd") or a
+        `stability.theory.rules.Rule`.
       nonuniformity: ``s >= 0`` along the same direction; required with
         ``batch_size`` (`stability.directional_nonuniformity` estimates it).
       batch_size: ``B``, an integer >= 1 (<= ``num_examples`` without replacement);
