@@ -346,11 +346,21 @@ class Accessibility:
             f"{a.corrected_lr:.6g}"
         )
         if a.decay_horizon is not None:
+            shrink = self.spectral_radius**a.decay_horizon
             text += (
-                f"\n  live Adam         frozen-preconditioner verdict: if the gradient vanishes "
-                f"(an exact full-batch minimum) the second moment decays by b2={a.b2:g} per "
-                f"step and this state reaches the limit after about "
-                f"{_number(a.decay_horizon, '.0f')} steps (mini-batch noise keeps v near its level)"
+                f"\n  live Adam         if the gradient vanishes (an exact full-batch minimum) the "
+                f"second moment decays by b2={a.b2:g} per step and the preconditioned sharpness "
+                f"grows like b2^(-t/2): this state stays stable for about "
+                f"{_number(a.decay_horizon, '.0f')} steps, while a perturbation along the "
+                f"sharpest direction shrinks by at most x{shrink:.2g}; then it grows "
+                "(mini-batch noise keeps v near its level)"
+            )
+            if shrink > 0.1:
+                text += "; little margin for live full-batch Adam"
+        elif self.verdict is False:
+            text += (
+                "\n  live Adam         at an exact minimum live Adam grows at least as fast "
+                "(its preconditioned sharpness only grows as v decays)"
             )
         return text
 
