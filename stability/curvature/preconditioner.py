@@ -89,8 +89,9 @@ class Preconditioner(NamedTuple):
     (RMSProp: ``decay``). eps, eps_root: the constants of ``P`` (RMSProp with
     ``eps_in_sqrt=True``: ``eps_root`` is its eps and ``eps = 0``). weight_decay:
     AdamW's decoupled decay (0 otherwise; with ``optax.adamw(mask=...)`` it applies
-    to the masked leaves only, and the state does not record the mask). count: the state's step count ``t`` (None
-    for RMSProp without bias correction, which keeps none). bias_correction: ``c`` in
+    to the masked leaves only, and the state does not record the mask). count: the
+    state's step count ``t`` (None for RMSProp without bias correction, which keeps
+    none). bias_correction: ``c`` in
     ``w <- w - lr c P^-1 m``: ``1 / (1 - b1^t)`` for Adam, ``1 / (1 - b1)`` for RMSProp
     (1 without momentum).
 
