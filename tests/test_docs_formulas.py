@@ -874,6 +874,110 @@ def test_simulated_growth_is_the_spectral_radius():
         assert (measured > 1) == (factor > 1)
 
 
+# ------------------------------------------------------------------ section 17
+
+
+def _diloco_round_matrix(a, lr, beta, h, outer_lr, mu, keep, stale):
+    """One round of local SGD as section 17 writes it, inner heavy ball (beta = 0:
+    SGD), outer Nesterov (mu = 0: SGD), the outer gradient the pseudo-gradient
+    ``stale`` rounds old; state [x, u, v, Delta_{k-1}, ..., Delta_{k-stale}]."""
+
+    def round_(s):
+        x, u, v, old = s[0], s[1], s[2], list(s[3:])
+        xl, vl = x, (v if keep else 0.0)
+        for _ in range(h):
+            vl = beta * vl + a * xl
+            xl = xl - lr * vl
+        delta = x - xl
+        g = old[stale - 1] if stale else delta
+        u = mu * u + g
+        x = x - outer_lr * (g + mu * u)
+        return np.array([x, u, vl, *([delta] + old)[: len(old)]])
+
+    n = 3 + stale
+    return np.stack([round_(e) for e in np.eye(n)], axis=1)
+
+
+def test_pseudo_gradient_factor():
+    """Theory (46): H inner steps from (x, 0) end at (1 - kappa) x; inner SGD:
+    kappa = 1 - (1 - lr a)^H."""
+    from stability.theory.local_sgd import LocalSGD, pseudo_gradient_factor
+
+    for h in (1, 2, 5, 30):
+        for a in (0.5, 3.0, 25.0):
+            assert pseudo_gradient_factor(LocalSGD(0.1, h), a) == pytest.approx(
+                1 - (1 - 0.1 * a) ** h, rel=1e-13, abs=1e-13
+            )
+            x, v = 1.0, 0.0
+            for _ in range(h):
+                v = 0.9 * v + a * x
+                x = x - 0.1 * v
+            cfg = LocalSGD(0.1, h, "heavy_ball", 0.9)
+            assert pseudo_gradient_factor(cfg, a) == pytest.approx(1 - x, abs=1e-12)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_outer_polynomials(keep):
+    """Theory (47, 48): the roots of the page's polynomials, built with numpy from
+    kappa / T^H, are the eigenvalues of the one-round matrix (nonzero ones, 1e-9),
+    outer Nesterov, DiLoCo and streaming tau = 2, inner heavy ball reset / kept."""
+    from stability.theory.local_sgd import LocalSGD, outer_polynomial
+
+    a, lr, beta, mu, outer_lr = 3.0, 0.1, 0.9, 0.9, 0.7
+    for h in (1, 5, 30):
+        t = np.linalg.matrix_power(np.array([[1 - lr * a, -lr * beta], [a, beta]]), h)
+        for stale in (0, 2):
+            sched = {"schedule": "streaming", "overlap": stale} if stale else {}
+            cfg = LocalSGD(lr, h, "heavy_ball", beta, not keep, "nesterov", **sched)
+            a_out = np.polymul(np.r_[1.0, np.zeros(stale)], np.polymul([1, -1], [1, -mu]))
+            b_out = np.r_[1 + mu, -mu]
+            if keep:
+                det = np.linalg.det(t)
+                page = np.polyadd(
+                    np.polymul([1.0, -t[1, 1]], a_out),
+                    outer_lr * np.polymul([1 - t[0, 0], det - t[1, 1]], b_out),
+                )
+            else:
+                page = np.polyadd(a_out, outer_lr * (1 - t[0, 0]) * b_out)
+            lib = outer_polynomial(cfg, a, mu).coefficients(outer_lr)
+            np.testing.assert_allclose(np.asarray(lib), page, rtol=0, atol=1e-12)
+            dense = np.linalg.eigvals(
+                _diloco_round_matrix(a, lr, beta, h, outer_lr, mu, keep, stale)
+            )
+            big = np.sort(np.abs(dense))[::-1][: len(page) - 1]
+            roots = np.sort(np.abs(np.roots(page)))[::-1]
+            np.testing.assert_allclose(roots[:3], big[:3], atol=1e-9)
+
+
+def test_outer_learning_rate_threshold():
+    """Theory (49): outer_lr_max = q_max(outer delay, mu) / kappa (the round matrix has
+    radius 1 there, 1e-9); kappa < 0 leaves none; and the page's table."""
+    from stability.theory.local_sgd import LocalSGD, max_stable_outer_lr
+
+    for h, stale in ((1, 0), (5, 0), (30, 1)):
+        kappa = 1 - (1 - 0.3) ** h
+        q = st.stability_threshold(stale, 0.9, momentum="nesterov").q_max
+        sched = {"schedule": "streaming", "overlap": stale} if stale else {}
+        lr_max = max_stable_outer_lr(LocalSGD(0.1, h, **sched), 3.0, 0.9)
+        assert lr_max == pytest.approx(q / kappa, rel=1e-12)
+        m = _diloco_round_matrix(3.0, 0.1, 0.0, h, lr_max, 0.9, False, stale)
+        assert np.max(np.abs(np.linalg.eigvals(m))) == pytest.approx(1.0, abs=1e-9)
+    assert max_stable_outer_lr(LocalSGD(0.1, 2), 25.0, 0.9) == 0.0  # kappa = -1.25
+    rows = {  # (inner, beta, reset, H): DiLoCo, eager M = 8, streaming tau = 1 (the page's)
+        ("gd", 0.0, True, 1): (4.524, 1.068, 0.844),
+        ("gd", 0.0, True, 30): (1.357, 0.320, 0.253),
+        ("heavy_ball", 0.9, True, 5): (0.763, 0.180, 0.142),
+        ("heavy_ball", 0.9, False, 5): (0.845, 0.173, 0.137),
+        ("heavy_ball", 0.9, False, 1): (0.0099, 0.0078, 0.0075),
+    }
+    schedules = ({}, {"schedule": "eager", "workers": 8}, {"schedule": "streaming", "overlap": 1})
+    for (inner, beta, reset, h), want in rows.items():
+        for sched, value in zip(schedules, want, strict=True):
+            cfg = LocalSGD(0.1, h, inner, beta, reset, "nesterov", **sched)
+            digits = 3 if value >= 0.1 else 4  # as the page rounds them
+            assert round(max_stable_outer_lr(cfg, 3.0, 0.9), digits) == value
+
+
 # -------------------------------------------------------------- the page itself
 
 

@@ -39,7 +39,11 @@ Outer schedules (the outer delay, in rounds):
   ``Delta_{k-1}``. Identical workers make this EXACTLY the delay distribution
   ``p_0 = 1/M, p_1 = (M - 1)/M`` (every worker's Delta is the same linear function
   of the global iterate, so the first-moment model of ``stability.theory.delays``
-  holds with no averaging over chance);
+  holds with no averaging over chance. If each worker holds its own replica of the global
+  state, identical replicas stay identical; a difference between replicas (excited
+  only when they differ) sees ``(Delta_k - Delta_{k-1}) / M``, the signed law
+  ``(1/M, -1/M)``: tests/test_local_sgd.py finds both sets of roots in the
+  replicated round matrix);
 - ``"streaming"`` with ``overlap`` tau >= 1: the averaged pseudo-gradient of round
   k reaches the outer optimizer tau rounds later: ``x_{k+1} = outer(x_k,
   Delta_{k-tau})``, the workers starting round k from the x_k they hold. This is
