@@ -114,12 +114,19 @@ def _build_parser() -> argparse.ArgumentParser:
         help="training mode: batch statistics of the batch, dropout with a fixed key",
     )
     check.add_argument("--tau", type=int, required=True, help="the delay (integer >= 0)")
-    check.add_argument("--lr", type=float, required=True, help="the learning rate (> 0)")
-    check.add_argument("--beta", type=float, default=0.0, help="momentum coefficient in [0, 1)")
     check.add_argument(
-        "--momentum", default="heavy_ball",
-        help="momentum rule: heavy_ball, nesterov or shifted",
+        "--lr",
+        type=float,
+        help="the learning rate (> 0; required, except with --optimizer-state: the "
+        "optimizer's lr, default the one an optax.inject_hyperparams state holds)",
+    )
+    check.add_argument(
+        "--beta", type=float, help="momentum coefficient in [0, 1) (default: 0)"
     )  # fmt: skip
+    check.add_argument(
+        "--momentum", help="momentum rule: heavy_ball, nesterov or shifted (default: heavy_ball)",
+    )  # fmt: skip
+    _add_optimizer_options(check)
     check.add_argument("--max-hvps", type=int, default=200,
                        help="most Hessian-vector products before answering undecided")  # fmt: skip
     check.add_argument(
@@ -148,6 +155,40 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _add_optimizer_options(check) -> None:
+    """``check``'s options for Adam, AdamW and RMSprop verdicts (docs/how-to.md, "Is my
+    Adam-trained minimum stable under delay?")."""
+    check.add_argument(
+        "--optimizer-state",
+        nargs="?",
+        const=True,
+        metavar="PATH",
+        help="judge Adam/AdamW/RMSprop with the second moment of this optimizer state: "
+        "alone, the 'opt_state' entry of the --params checkpoint (a training state "
+        "{'params', 'opt_state', ...}); with PATH, that checkpoint (.npz or Orbax: the "
+        "optax state, or a dict with an 'opt_state' entry). Replaces --beta/--momentum "
+        "(default: off, an SGD-type rule)",
+    )
+    check.add_argument(
+        "--optimizer",
+        choices=["adam", "adamw", "rmsprop"],
+        help="the optimizer that wrote --optimizer-state (default: from the state: adam, "
+        "adamw with --weight-decay or a stored weight decay, rmsprop for an RMS state)",
+    )
+    words = "with --optimizer-state; default: the value an inject_hyperparams state holds, else"
+    check.add_argument("--b1", type=float,
+                       help=f"Adam's first-moment decay, RMSprop's momentum ({words} optax's "
+                       "0.9; RMSprop 0)")  # fmt: skip
+    check.add_argument("--b2", type=float,
+                       help=f"Adam's second-moment decay, RMSprop's decay ({words} optax's "
+                       "0.999; RMSprop 0.9)")  # fmt: skip
+    check.add_argument("--eps", type=float, help=f"Adam's / RMSprop's eps ({words} 1e-8)")
+    check.add_argument("--eps-root", type=float, help=f"Adam's eps_root ({words} 0)")
+    check.add_argument("--weight-decay", type=float,
+                       help=f"AdamW's decoupled weight decay ({words} optax.adamw's 1e-4; "
+                       "adam 0)")  # fmt: skip
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -283,18 +324,135 @@ def _call_kwargs(text):
     return value
 
 
+# The options of an optimizer state (`_add_optimizer_options`) and the names
+# `preconditioner_from_optax` gives them in its errors.
+_OPTIMIZER_FLAGS = (
+    ("--optimizer", "optimizer", "kind"),
+    ("--b1", "b1", "b1"),
+    ("--b2", "b2", "b2"),
+    ("--eps", "eps", "eps"),
+    ("--eps-root", "eps_root", "eps_root"),
+    ("--weight-decay", "weight_decay", "weight_decay"),
+)
+
+
+def _check_optimizer_options(args) -> None:
+    """The optimizer-state options, named as typed: each needs --optimizer-state, which
+    replaces --beta, --momentum and --batch-size; the numbers in range."""
+    from stability.validation import check_beta, check_finite
+
+    if args.optimizer_state is None:
+        given = [flag for flag, dest, _ in _OPTIMIZER_FLAGS if getattr(args, dest) is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --optimizer-state (an Adam/RMSprop state)")
+        if args.lr is None:
+            raise UsageError("--lr is required (without --optimizer-state)")
+        return
+    if args.optimizer_state is True and not args.params:
+        raise UsageError(
+            "--optimizer-state without PATH reads the 'opt_state' entry of the --params "
+            "checkpoint: pass --params CHECKPOINT, or --optimizer-state PATH"
+        )
+    clash = [f for f, v in (("--beta", args.beta), ("--momentum", args.momentum)) if v is not None]
+    if clash:
+        raise UsageError(
+            f"{' and '.join(clash)} cannot go with --optimizer-state: the momentum is the "
+            "optimizer's (--b1) and the rule Adam's"
+        )
+    if args.batch_size is not None:
+        raise UsageError(
+            "--batch-size cannot go with --optimizer-state: the mean-square condition is "
+            "derived for the SGD-type rules only"
+        )
+    for flag in ("--b1", "--b2"):
+        value = getattr(args, flag[2:])
+        if value is not None:
+            check_beta(value, flag)
+    for flag, dest in (("--eps", "eps"), ("--eps-root", "eps_root"),
+                       ("--weight-decay", "weight_decay")):  # fmt: skip
+        value = getattr(args, dest)
+        if value is not None:
+            check_finite(flag, value)
+            if value < 0:
+                raise UsageError(f"{flag} must be >= 0; got {value!r}")
+
+
+def _optimizer_state(args, from_params):
+    """The optimizer state to judge: the --params checkpoint's ``opt_state`` entry
+    (``from_params``, None when it has none) or the --optimizer-state PATH checkpoint
+    (its ``opt_state`` entry, or the whole tree)."""
+    from stability.networks.checkpoints import OPT_STATE, load_params
+
+    if args.optimizer_state is True:
+        if from_params is None:
+            raise UsageError(
+                f"--optimizer-state: the --params checkpoint {args.params!r} holds no "
+                f"'{OPT_STATE}' entry (save a dict {{'params': ..., '{OPT_STATE}': ...}}, "
+                "or pass --optimizer-state PATH)"
+            )
+        return from_params
+    if not os.path.exists(args.optimizer_state):
+        raise UsageError(f"--optimizer-state: checkpoint path does not exist: "
+                         f"{args.optimizer_state!r}")  # fmt: skip
+    tree = load_params(args.optimizer_state, name="--optimizer-state")
+    return tree[OPT_STATE] if OPT_STATE in tree else tree
+
+
+def _preconditioner(args, opt_state, params):
+    """`preconditioner_from_optax` with the command line's options; its errors in the
+    flags' names. --b1 is RMSprop's momentum for an RMS state."""
+    from stability.curvature.preconditioner import preconditioner_from_optax
+
+    given = {name: getattr(args, dest) for _, dest, name in _OPTIMIZER_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    # The moments' structure is checked against plain (linen or loss) params; an nnx
+    # State is matched leaf by leaf by the spectrum.
+    like = params if isinstance(params, dict) else None
+    try:
+        if args.optimizer == "rmsprop" and "b1" in given:
+            given["momentum"] = given.pop("b1")
+        try:
+            return preconditioner_from_optax(opt_state, like, **given)
+        except ValueError as err:
+            if "b1" not in given or "not an RMSProp hyperparameter" not in str(err):
+                raise
+            given["momentum"] = given.pop("b1")  # an RMS state: --b1 is its momentum
+            return preconditioner_from_optax(opt_state, like, **given)
+    except (ValueError, TypeError) as err:
+        raise UsageError(_optimizer_words(_one_line(err))) from err
+
+
+def _optimizer_words(text: str) -> str:
+    """`preconditioner_from_optax`'s error in the command line's names."""
+    import re
+
+    names = [(name, flag) for flag, _, name in _OPTIMIZER_FLAGS]
+    names += [("learning_rate", "--lr"), ("momentum", "--b1")]
+    for name, flag in names:
+        text = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", text)
+        text = re.sub(rf"^{name}\b", flag, text)
+    text = re.sub(r"(?<![\w-])kind\b", "--optimizer", text)
+    text = text.replace("opt_state", "the optimizer state")
+    text = text.replace("params must have", "the optimizer state's moments must fit --params:")
+    return f"--optimizer-state: {text}"
+
+
 def _cmd_check(args) -> int:
     from stability.validation import check_beta, check_int, check_lr, check_momentum, check_tau
 
     # The options first, named as typed, before any model or data is loaded.
     check_tau(args.tau, "--tau")
-    check_lr(args.lr, "--lr")
-    check_beta(args.beta, "--beta")
-    check_momentum(args.momentum, "--momentum")
+    if args.lr is not None:
+        check_lr(args.lr, "--lr")
+    if args.beta is not None:
+        check_beta(args.beta, "--beta")
+    if args.momentum is not None:
+        check_momentum(args.momentum, "--momentum")
     check_int("--max-hvps", args.max_hvps, minimum=1)
+    _check_optimizer_options(args)
 
     from stability.accessibility import is_accessible
-    from stability.networks.checkpoints import restore_params
+    from stability.networks.checkpoints import restore_training_state
     from stability.networks.models import loss_from_model
 
     factory = _resolve(args.model, "--model")
@@ -307,11 +465,14 @@ def _cmd_check(args) -> int:
     with warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("always")
         data, first_batch = _load_data(args.data)
-    params = (
-        restore_params(args.params, model, train=args.train, data=first_batch)
+    params, stored_opt_state = (
+        restore_training_state(args.params, model, train=args.train, data=first_batch)
         if args.params
-        else None
+        else (None, None)
     )
+    opt_state = None
+    if args.optimizer_state is not None:
+        opt_state = _optimizer_state(args, stored_opt_state)
     for w in held:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     announce = params is None
@@ -334,6 +495,16 @@ def _cmd_check(args) -> int:
             file=sys.stderr,
         )
     extra = {"require_minimum": True} if args.require_minimum else {}
+    if opt_state is not None:
+        pre = _preconditioner(args, opt_state, params)
+        if args.lr is None and pre.lr is None:
+            raise UsageError(
+                "--lr is required: the optimizer state does not hold the learning rate "
+                "(an optax.inject_hyperparams state does)"
+            )
+        extra["optimizer_state"] = pre
+    else:
+        extra.update(beta=args.beta or 0.0, momentum=args.momentum or "heavy_ball")
     if args.batch_size is not None:
         extra.update(
             batch_size=args.batch_size,
@@ -348,18 +519,24 @@ def _cmd_check(args) -> int:
         params,
         args.tau,
         args.lr,
-        beta=args.beta,
-        momentum=args.momentum,
         data=data,
         max_hvps=args.max_hvps,
         progress=not (args.quiet or args.json),
         **extra,
     )
     if args.json:
-        print(json.dumps(report.to_dict(), indent=1))
+        print(json.dumps(report.to_dict(), indent=1, default=_rule_name))
     else:
         print(report)
     return 0 if report.verdict is not None else 3
+
+
+def _rule_name(obj):
+    """JSON for a rule object in the report (an Adam verdict's ``momentum``): its name."""
+    name = getattr(obj, "name", None)
+    if isinstance(name, str):
+        return name
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def _is_module(obj) -> bool:

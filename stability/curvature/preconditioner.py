@@ -42,7 +42,8 @@ direction in weight space.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import collections
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 import jax
@@ -76,6 +77,25 @@ _REFUSED = {
     "ScaleByNovogradState", "ScaleByAdaDeltaState", "ScaleByRssState", "FactoredState",
     "ScaleBySM3State",
 }  # fmt: skip
+# The same states restored without their optax classes (Orbax without a template,
+# an .npz read by `stability.networks.checkpoints.load_params`): a NamedTuple comes
+# back as the dict of its fields, a tuple as a list or a dict keyed "0", "1", ...
+# Matched by the exact set of keys. {count, mu, nu} is also AdaBelief's and
+# NovoGrad's layout (and centered RMSProp's with bias correction): the dict cannot
+# tell them apart, so it is read as Adam unless kind="rmsprop" says otherwise.
+_RAW = {
+    frozenset({"count", "mu", "nu"}): "ScaleByAdamState",
+    frozenset({"nu"}): "ScaleByRmsState",
+    frozenset({"count", "nu"}): "ScaleByRmsWithCountState",
+    frozenset({"mu", "nu"}): "ScaleByRStdDevState",
+    frozenset({"trace"}): "TraceState",
+    frozenset({"count", "mu", "nu", "nu_max"}): "ScaleByAmsgradState",
+    frozenset({"count", "mu"}): "ScaleByLionState",
+    frozenset({"count", "v_row", "v_col", "v"}): "FactoredState",
+    frozenset({"m", "v", "n", "g", "t"}): "ScaleByAdanState",
+    frozenset({"e_g", "e_x"}): "ScaleByAdaDeltaState",
+    frozenset({"sum_of_squares"}): "ScaleByRssState",
+}
 
 
 class Preconditioner(NamedTuple):
@@ -125,9 +145,36 @@ class Preconditioner(NamedTuple):
 # ------------------------------------------------------------- reading optax states
 
 
+@cache
+def _raw_class(name: str, fields: tuple):
+    """A NamedTuple class named like optax's state class, marked as read from a dict."""
+    cls = collections.namedtuple(name, fields)
+    cls.raw = True
+    return cls
+
+
+def _from_raw(state):
+    """A restored state dict as its optax state (`_RAW`), or ``state`` unchanged. An
+    ``inject_hyperparams`` dict (``hyperparams``, ``inner_state``) keeps its
+    hyperparameters; a ``count`` must be a scalar."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        return state
+    keys = frozenset(state)
+    if {"hyperparams", "inner_state"} <= keys and isinstance(state["hyperparams"], dict):
+        fields = ("hyperparams", "inner_state")
+        return _raw_class("InjectHyperparamsState", fields)(*(state[k] for k in fields))
+    name = _RAW.get(keys)
+    if name is None or ("count" in keys and np.ndim(state["count"]) != 0):
+        return state
+    fields = tuple(sorted(keys))
+    return _raw_class(name, fields)(*(state[k] for k in fields))
+
+
 def _walk(state, hyper, found, traces, refused):
     """Collect optax moment states (with the hyperparameters of the nearest enclosing
-    ``inject_hyperparams``), momentum traces and refused states, depth first."""
+    ``inject_hyperparams``), momentum traces and refused states, depth first; the
+    states may be optax's classes or their restored dicts (`_RAW`)."""
+    state = _from_raw(state)
     name = type(state).__name__
     fields = getattr(state, "_fields", None)
     if fields is not None and "hyperparams" in fields and "inner_state" in fields:
@@ -180,6 +227,12 @@ def _count(state) -> int:
 
 def _check_like_params(tree, params):
     got, want = jax.tree_util.tree_structure(tree), jax.tree_util.tree_structure(params)
+    if got != want and hasattr(params, "keys") and "params" in params:
+        # linen variables ({"params": ..., "batch_stats": ...}): the optimizer ran on
+        # the "params" collection
+        inner = jax.tree_util.tree_structure(params["params"])
+        if inner == got:
+            params, want = params["params"], inner
     if got != want:
         raise ValueError(
             f"params must have the structure of the optimizer state's moments; got {want}, "
@@ -218,7 +271,13 @@ def preconditioner_from_optax(
     (``nu``; ``ScaleByRmsWithCountState`` with ``bias_correction=True``; centered:
     ``ScaleByRStdDevState``) inside ``opt_state``: a plain ``optax.adam / adamw /
     rmsprop`` state, ``optax.chain`` tuples, ``optax.inject_hyperparams(...)``,
-    ``optax.masked`` weight decay, ``optax.MultiSteps``. Returns ``P`` as
+    ``optax.masked`` weight decay, ``optax.MultiSteps``; or the same state
+    restored without its classes (Orbax without a template, an ``.npz`` read by
+    `stability.networks.checkpoints.load_params`): nested dicts and lists in which
+    the Adam state is a dict with the keys ``count, mu, nu`` (read as Adam unless
+    ``kind="rmsprop"``: centered RMSProp's, AdaBelief's and NovoGrad's have the same
+    keys), the RMSProp state ``nu`` (``count, nu``; centered ``mu, nu``), a trace
+    ``trace``, ``inject_hyperparams`` ``hyperparams, inner_state``. Returns ``P`` as
     ``sqrt(nu / (1 - b2^t) + eps_root) + eps`` (module docstring) with the
     constants of the linearised update.
 
@@ -228,8 +287,9 @@ def preconditioner_from_optax(
     ``decay=0.9, eps=1e-8``). An argument that contradicts a stored value is an error.
 
     Args:
-      opt_state: an optax optimizer state.
-      params: optional; when given, the moments must have its structure and shapes.
+      opt_state: an optax optimizer state, or its restored dicts (above).
+      params: optional; when given, the moments must have its structure and shapes
+        (or those of its ``"params"`` entry: linen variables).
       kind: ``"adam"``, ``"adamw"`` or ``"rmsprop"``; default: from the state
         (an Adam state is ``"adamw"`` when a ``weight_decay`` is given or stored).
       learning_rate: the learning rate (``lr``; default: the stored one, else None).
@@ -250,9 +310,13 @@ def preconditioner_from_optax(
     _walk(opt_state, None, found, traces, refused)
     if not found:
         extra = f" (found {sorted(set(refused))}, which are not supported)" if refused else ""
+        keys = ""
+        if isinstance(opt_state, dict):
+            keys = f" with keys {sorted(map(str, opt_state))[:6]}"
         raise ValueError(
             "opt_state must hold an Adam or RMSProp state (optax.ScaleByAdamState or "
-            f"ScaleByRmsState){extra}; got {type(opt_state).__name__}"
+            f"ScaleByRmsState, or its dict count, mu, nu){extra}; got "
+            f"{type(opt_state).__name__}{keys}"
         )
     if len(found) > 1:
         raise ValueError(
@@ -260,6 +324,9 @@ def preconditioner_from_optax(
             f"({[n for n, _, _ in found]}), e.g. from optax.multi_transform"
         )
     name, state, hyper = found[0]
+    centered_dict = getattr(state, "raw", False) and name in _ADAM and kind == "rmsprop"
+    if centered_dict:
+        name = "ScaleByRStdDevWithCountState"  # the same dict keys (`_RAW`)
     stored = hyper or {}
     if params is not None:
         _check_like_params(state.nu, params)
@@ -271,8 +338,16 @@ def preconditioner_from_optax(
     for arg, value in (("b1", b1), ("eps_root", eps_root), ("weight_decay", weight_decay)):
         if value is not None:
             raise ValueError(f"{arg} is not an RMSProp hyperparameter; got {arg}={value!r}")
-    return _rmsprop(name, state, stored, traces, learning_rate, b2, eps, momentum,
-                    eps_in_sqrt)  # fmt: skip
+    pre = _rmsprop(name, state, stored, traces, learning_rate, b2, eps, momentum,
+                   eps_in_sqrt)  # fmt: skip
+    if centered_dict and not all(
+        np.all(np.isfinite(np.asarray(d))) for d in jax.tree_util.tree_leaves(pre.diagonal)
+    ):
+        raise ValueError(
+            "kind='rmsprop' reads the dict (count, mu, nu) as centered RMSProp, but its "
+            "variance nu - mu^2 is negative: it is not one (an Adam state? leave kind out)"
+        )
+    return pre
 
 
 def _adam(state, stored, traces, kind, learning_rate, b1, b2, eps, eps_root, weight_decay,

@@ -33,6 +33,16 @@ takes for a model: linen, the variables dict (``{"params": ...,
 "batch_stats": ...}``; a bare params dict is wrapped); nnx, the module's
 ``nnx.State`` with the checkpoint's values, which must include the batch
 statistics of an eval-mode model (rng streams are not needed).
+
+A training state, as the Flax examples save a ``TrainState`` (``{"step",
+"params", "opt_state"}``, with ``"batch_stats"`` and ``"dynamic_scale"`` where the
+model has them), is recognised by its ``"opt_state"`` entry:
+`split_training_state` separates the model's variables from the optimizer state,
+`restore_params` judges the former and `restore_training_state` returns both (the
+optimizer state as restored without a template: optax's NamedTuples as dicts of
+their fields, tuples as lists or dicts keyed ``"0"``, ``"1"``, ..., which
+`stability.preconditioner_from_optax` reads). An ``.npz`` of a training state may
+claim up to 5 times the model's bytes (the moments beside the params).
 """
 
 from __future__ import annotations
@@ -55,7 +65,13 @@ import zlib
 import jax
 import numpy as np
 
-__all__ = ["load_params", "restore_params", "save_npz"]
+__all__ = [
+    "load_params",
+    "restore_params",
+    "restore_training_state",
+    "save_npz",
+    "split_training_state",
+]
 
 _KEY_SUFFIX = re.compile(r"^(.*)@key\[(.+)\]$")
 
@@ -403,12 +419,16 @@ def _check_sizes(where: str, headers: dict, expected) -> None:
             + "; ".join(problems[:4])
             + more
         )
-    budget = 8 * sum(math.prod(shape) for shape in want.values()) + 2**20
+    # A training state's moments (Adam's mu and nu, a trace, MultiSteps' sums) are
+    # like the params each: room for four of them beside the params.
+    copies = 5 if any(key.startswith(f"{OPT_STATE}/") for key in headers) else 1
+    budget = 8 * copies * sum(math.prod(shape) for shape in want.values()) + 2**20
     if total > budget:
         raise ValueError(
             f"{where} claims {total:,} bytes uncompressed, more than the model's "
-            f"{budget - 2**20:,} bytes at 8 bytes per value: refused before decompressing "
-            f"(a zip bomb, or the checkpoint of a larger model? largest: {shown})"
+            f"{budget - 2**20:,} bytes at 8 bytes per value"
+            f"{' (x5 with an optimizer state)' if copies > 1 else ''}: refused before "
+            f"decompressing (a zip bomb, or the checkpoint of a larger model? largest: {shown})"
         )
 
 
@@ -518,12 +538,59 @@ def _model_variables(model, data):
         return None
 
 
+OPT_STATE = "opt_state"
+# A Flax TrainState's entries that are not the model's variables.
+_TRAINING_ONLY = ("step", OPT_STATE, "dynamic_scale")
+
+
+def split_training_state(tree):
+    """``(variables, opt_state)`` of a training-state checkpoint, else ``(tree, None)``.
+
+    A training state is a dict with an ``"opt_state"`` entry, as the Flax examples
+    save a ``TrainState`` (``{"step", "params", "opt_state"}``, plus
+    ``"batch_stats"`` and ``"dynamic_scale"`` where used). ``variables`` is its
+    ``"params"`` entry when that is all the model part holds, else the dict of the
+    model's entries (``{"params": ..., "batch_stats": ...}``, a linen variables
+    dict); ``"step"`` and ``"dynamic_scale"`` are dropped.
+    """
+    if not (hasattr(tree, "keys") and OPT_STATE in tree):
+        return tree, None
+    rest = {k: v for k, v in tree.items() if k not in _TRAINING_ONLY}
+    if not rest:
+        raise ValueError(
+            "the checkpoint holds an optimizer state ('opt_state') but no model variables "
+            f"beside it (its entries: {sorted(tree)}); save {{'params': ..., 'opt_state': ...}}"
+        )
+    variables = rest["params"] if set(rest) == {"params"} else rest
+    return variables, tree[OPT_STATE]
+
+
+def restore_training_state(
+    checkpoint, model, *, train: bool = False, name: str = "--params", data=None
+):
+    """`restore_params` and the checkpoint's optimizer state: ``(params,
+    opt_state)``, ``opt_state`` None when the checkpoint is not a training state
+    (`split_training_state`), else as restored (dicts and lists; pass it to
+    `stability.preconditioner_from_optax` or ``is_accessible(...,
+    optimizer_state=)``). Arguments as for `restore_params`."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        tree = load_params(checkpoint, expected=_model_variables(model, data), name=name)
+    else:
+        tree = checkpoint
+    try:
+        variables, opt_state = split_training_state(tree)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    return _restored(variables, model, train, name), opt_state
+
+
 def restore_params(checkpoint, model, *, train: bool = False, name: str = "--params", data=None):
     """A checkpoint as the ``params`` that `loss_from_model` takes for ``model``.
 
     Args:
       checkpoint: a path (``.npz`` or Orbax directory) or an already loaded
-        nested dict.
+        nested dict; of a training state (an ``"opt_state"`` entry), its model
+        variables (`split_training_state`).
       model: a Flax linen or nnx ``Module``, or a plain loss callable (the
         nested dict is returned as is).
       train: the mode the model will run in: in eval mode an nnx checkpoint
@@ -545,10 +612,11 @@ def restore_params(checkpoint, model, *, train: bool = False, name: str = "--par
         differing leaf named), or lacks an eval-mode nnx model's batch
         statistics.
     """
-    if isinstance(checkpoint, (str, os.PathLike)):
-        tree = load_params(checkpoint, expected=_model_variables(model, data), name=name)
-    else:
-        tree = checkpoint
+    return restore_training_state(checkpoint, model, train=train, name=name, data=data)[0]
+
+
+def _restored(tree, model, train, name):
+    """A loaded checkpoint's variables in `loss_from_model`'s form for ``model``."""
     try:
         from flax import linen, nnx
     except ImportError:  # pragma: no cover
