@@ -263,3 +263,19 @@ def test_restored_dicts_refused_like_the_states():
     raw = {"count": np.int32(3), "mu": params, "nu": params}
     with pytest.raises(ValueError, match="structure"):
         preconditioner_from_optax(raw, {"params": bigger})
+
+
+def test_rmsprop_state_takes_its_momentum_from_b1(project, capsys):
+    root = project[0]
+    params, state = _train(optax.rmsprop(1e-3, momentum=0.9), 20)
+    save_npz(root / "rms.npz", {"params": params, "opt_state": state})
+    argv = ["--params", "rms.npz", "--optimizer-state", "--tau", "1", "--lr", "1e-3"]
+    code, _, err = _check(capsys, *argv)
+    assert code == 2 and "--b1" in err and len(err.strip().splitlines()) == 1, err
+    want = preconditioner_from_optax(state, learning_rate=1e-3, momentum=0.9)
+    for extra in ([], ["--optimizer", "rmsprop"]):
+        code, out, err = _check(capsys, *argv, "--b1", "0.9", *extra, "--json")
+        assert code in (0, 3), err
+        adaptive = json.loads(out)["adaptive"]
+        assert adaptive["optimizer"] == "rmsprop" and adaptive["b1"] == 0.9
+        assert adaptive["bias_correction"] == pytest.approx(want.bias_correction, rel=1e-12)
