@@ -10,7 +10,8 @@ spectrum -> threshold -> verdict):
   `dominant_root` (certified spectral radius for fixed delays), `boundary_locus`
   (exact thresholds), `delay_locus` (thresholds and radii of delay distributions),
   `tuning` (lr for a new delay, momentum advice), `linearize` (optax optimizers as
-  recurrences), `mean_square` (mini-batch noise: mean-square thresholds);
+  recurrences), `mean_square` (mini-batch noise: mean-square thresholds),
+  `local_sgd` (local SGD / DiLoCo outer loops);
 - `curvature/`, the Hessian spectrum engine: `hvp`, `lanczos`, `hessian_spectrum`,
   `tracking` (sharpness along training, warm-started), `nonuniformity` (per-example
   Hessian statistics), `backend` (which code path runs on which device);
@@ -64,7 +65,21 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
         random_order,
         round_robin,
     )
+    from stability.theory.hyperparameters import (  # noqa: F401 (lazy, not in __all__)
+        Hyperparameters,
+        check_hyperparameters,
+    )
     from stability.theory.linearize import LinearizedOptimizer, linearize
+    from stability.theory.local_sgd import (
+        LocalSGD,
+        OuterStabilityRegion,
+        max_stable_outer_lr,
+        outer_delay,
+        outer_polynomial,
+        outer_stability_region,
+        pseudo_gradient_factor,
+        round_spectral_radius,
+    )
     from stability.theory.mean_square import (
         MeanSquareStability,
         MeanSquareThreshold,
@@ -76,8 +91,7 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
         second_moment_growth,
         variance_factor,
     )
-    from stability.theory.hyperparameters import Hyperparameters, check_hyperparameters
-    from stability.theory.rules import (
+    from stability.theory.rules import (  # noqa: F401 (the rule classes: lazy, not in __all__)
         GD,
         CharacteristicPolynomial,
         HeavyBall,
@@ -140,6 +154,14 @@ _EXPORTS = {
     "random_order": "stability.theory.delays",
     "round_robin": "stability.theory.delays",
     "LinearizedOptimizer": "stability.theory.linearize",
+    "LocalSGD": "stability.theory.local_sgd",
+    "OuterStabilityRegion": "stability.theory.local_sgd",
+    "max_stable_outer_lr": "stability.theory.local_sgd",
+    "outer_delay": "stability.theory.local_sgd",
+    "outer_polynomial": "stability.theory.local_sgd",
+    "outer_stability_region": "stability.theory.local_sgd",
+    "pseudo_gradient_factor": "stability.theory.local_sgd",
+    "round_spectral_radius": "stability.theory.local_sgd",
     "linearize": "stability.theory.linearize",
     "MeanSquareStability": "stability.theory.mean_square",
     "MeanSquareThreshold": "stability.theory.mean_square",
@@ -217,6 +239,15 @@ __all__ = [
     "MomentumCandidate",
     "linearize",
     "LinearizedOptimizer",
+    # local SGD / DiLoCo outer loops
+    "LocalSGD",
+    "pseudo_gradient_factor",
+    "outer_delay",
+    "outer_polynomial",
+    "round_spectral_radius",
+    "max_stable_outer_lr",
+    "outer_stability_region",
+    "OuterStabilityRegion",
     # Hessian spectrum engine
     "hessian_spectrum",
     "HessianSpectrum",
