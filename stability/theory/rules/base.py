@@ -101,8 +101,11 @@ class Rule:
     # ------------------------------------------ closed forms: fixed-delay locus
 
     def crossing(self, theta, tau, beta):
-        """``(F, dF/dtheta, s, s_psi)``: F = X cos(alpha) - Y sin(alpha) of the
-        boundary locus (``stability.theory.boundary_locus``), s = sin(theta / 2)."""
+        """``(X, Y, dX, dY, alpha, dalpha, s, s_psi)`` of the boundary locus
+        (``stability.theory.boundary_locus``: ``-A/B = 2 s (-i) G``, ``G = e^{i alpha}
+        (X + iY)`` up to a positive factor, derivatives in theta; s = sin(theta / 2)),
+        with every angle in [0, 3 pi / 4] on the bracket ``(0, locus_span pi / (2 tau
+        + 1)]`` (``stability.theory.sincos``)."""
         raise NotImplementedError
 
     def modulus(self, theta, tau, beta):
