@@ -444,6 +444,7 @@ class Accessibility:
             adaptive.pop("preconditioner")
             out["adaptive"] = adaptive
         out["tau"] = _describe_tau(self.tau)
+        out["momentum"] = str(self.momentum)  # a rule object by its name
         for key, value in out.items():
             if isinstance(value, float) and not math.isfinite(value):
                 out[key] = None  # JSON numbers are numbers or null (no "inf", no NaN)

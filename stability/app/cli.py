@@ -284,8 +284,8 @@ def _table_number(q: float) -> str:
 
 
 def _load_data(spec: str):
-    """The ``--data`` object and, for checking a checkpoint's shapes before it is
-    decompressed, one batch of it (None when none is at hand)."""
+    """The ``--data`` object: one batch, a list of batches, or a re-callable factory of
+    iterators."""
     obj = _resolve(spec, "--data")
     if _is_module(obj):
         raise UsageError(f"--data {spec} is a Flax module; --data names the batches: a list, "
@@ -298,18 +298,22 @@ def _load_data(spec: str):
                 "--data names the batches (a list, one batch or a callable returning an "
                 "iterator of batches); the model goes in --model"
             )
-        if isinstance(produced, (tuple, dict)) or hasattr(produced, "shape"):
-            return produced, produced  # a single batch (a tuple, a dict or one array)
-        if isinstance(produced, list):
-            return produced, produced
-        # Re-callable for a fresh iterator per pass; its first batch (one batch
-        # read) lets a linen checkpoint be checked before it is decompressed.
-        try:
-            first = next(iter(produced), None)
-        except Exception:  # noqa: BLE001 - the passes will report a broken loader
-            first = None
-        return obj, first
-    return obj, obj
+        if isinstance(produced, (tuple, dict, list)) or hasattr(produced, "shape"):
+            return produced  # a single batch (a tuple, a dict or one array), or a list
+        return obj  # re-callable for a fresh iterator per pass
+    return obj
+
+
+def _first_batch(data):
+    """One batch of ``--data`` (None when none can be read), for checking a checkpoint's
+    shapes against the model before it is decompressed; a factory is called once more
+    and one batch read."""
+    if not callable(data):
+        return data
+    try:
+        return next(iter(data()), None)
+    except Exception:  # noqa: BLE001 - the passes will report a broken loader
+        return None
 
 
 def _call_kwargs(text):
@@ -464,7 +468,8 @@ def _cmd_check(args) -> int:
     # checkpoint error is still the one line the run prints.
     with warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("always")
-        data, first_batch = _load_data(args.data)
+        data = _load_data(args.data)
+        first_batch = _first_batch(data)
     params, stored_opt_state = (
         restore_training_state(args.params, model, train=args.train, data=first_batch)
         if args.params
@@ -525,18 +530,10 @@ def _cmd_check(args) -> int:
         **extra,
     )
     if args.json:
-        print(json.dumps(report.to_dict(), indent=1, default=_rule_name))
+        print(json.dumps(report.to_dict(), indent=1))
     else:
         print(report)
     return 0 if report.verdict is not None else 3
-
-
-def _rule_name(obj):
-    """JSON for a rule object in the report (an Adam verdict's ``momentum``): its name."""
-    name = getattr(obj, "name", None)
-    if isinstance(name, str):
-        return name
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def _is_module(obj) -> bool:
