@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stability import simulate as _sim
+from stability.progress import progress_bar
 from stability.theory.hyperparameters import check_hyperparameters
 from stability.validation import check_int, check_option, leading_size
 
@@ -282,7 +283,10 @@ def train_async(
             _sim.track(tracker, w, t, steps)  # the last step is checked, whatever `every`
         return math.isfinite(train_rec[-1])
 
-    bar = _bar(-(-steps // chunk), progress)
+    # erased when the run ends (leave=False): an enclosing experiment bar keeps its line
+    bar = progress_bar(
+        progress, total=-(-steps // chunk), unit="chunk", desc="train_async", leave=False
+    )
     finite = record(state.w, 0)
     last_finite = state.w
     for lo in range(0, steps, chunk):
@@ -359,23 +363,3 @@ def _train_chunk(state, xs, data, lr, beta, *, loss, tau, num_workers, momentum,
         return state, (value, delay)
 
     return jax.lax.scan(step, state, xs)
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total, progress):
-    """A tqdm bar over chunks, or none. ``disable=None``: no bar when stderr is not
-    a terminal (a redirected log would get every carriage-return redraw, and the
-    redraws of bars nested in an experiment's bar interleave); ``leave=False``:
-    the bar is erased when the run ends, so an enclosing bar keeps its line."""
-    if not progress:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="chunk", desc="train_async", leave=False, disable=None)

@@ -367,7 +367,7 @@ def edge_of_stability(
                 plan.append((name, cfg["momentum_tau"], rule, EOS_BETA, lr, False))
             plan.append((name, 0, "none", 0.0, eta0 / CONTROL_FACTOR, True))
         runs = []
-        bar = progress_bar(progress, total=len(plan), desc="eos runs")
+        bar = _bar(len(plan), progress, "eos runs")
         for name, tau, rule, beta, lr, control in plan:
             bar.set_postfix_str(f"{name} tau={tau} {rule}{' control' if control else ''}")
             run = _eos_run(name, params0, (x, y), tau, rule, beta, lr, cfg, progress)
@@ -620,7 +620,7 @@ def paper_claims(size: str = "quick", *, progress: bool = True) -> PaperResult:
         n_val = int(VALIDATION * len(train_idx))
         fit, val = (train[0][n_val:], train[1][n_val:]), (train[0][:n_val], train[1][:n_val])
         tuning = {}
-        bar = progress_bar(progress, total=len(cfg["lrs"]), desc="tuning lr at tau=0")
+        bar = _bar(len(cfg["lrs"]), progress, "tuning lr at tau=0")
         for lr in cfg["lrs"] if len(cfg["lrs"]) > 1 else ():
             run = train_async(
                 cross_entropy,
@@ -651,7 +651,7 @@ def paper_claims(size: str = "quick", *, progress: bool = True) -> PaperResult:
                 for seed in cfg["seeds"]:
                     plan.append((n, policy, seed, *lrs[policy]))
         runs, done = [], {}
-        bar = progress_bar(progress, total=len(plan), desc="paper runs")
+        bar = _bar(len(plan), progress, "paper runs")
         for n, policy, seed, lr, beta, momentum in plan:
             # N = 1: lr_for_delay is the fixed lr, and one worker's own buffer is the
             # buffer (shifted is heavy ball): those runs are one run.
@@ -907,3 +907,8 @@ def json_ready(x) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def _bar(total, progress, desc):
+    """The experiments' bar over runs: drawn only when stderr is a terminal."""
+    return progress_bar(progress, total=total, desc=desc)
