@@ -285,7 +285,10 @@ def max_stable_outer_lr(config: LocalSGD, sharpness, outer_momentum=0.0):
     rule's exact threshold, `stability.stability_threshold`) where kappa > 0, and 0
     where kappa <= 0 (no positive outer lr is stable: see the module docstring).
     Kept: the first crossing of the unit circle of ``A + outer_lr B`` (`dense_threshold`)
-    where det(I - T^H) > 0 and |t11| < 1, else 0. NaN where a threshold is not
+    where det(I - T^H) > 0 and |t11| < 1, else 0 (small outer lrs are then unstable;
+    tests/test_local_sgd.py finds no stable one on a grid up to 10 either). The
+    stable set is taken to be ``(0, outer_lr_max)``, as the tests check on a grid
+    below each threshold. NaN where a threshold is not
     certified. Units: those of a learning rate of the outer rule (dimensionless
     scale on the pseudo-gradient; DiLoCo's outer lr 0.7).
     """
