@@ -28,7 +28,13 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc tools
-    from stability.accessibility import Accessibility, is_accessible, verdict_from_spectrum
+    from stability.accessibility import (
+        Accessibility,
+        AdaptiveAccessibility,
+        MinibatchAccessibility,
+        is_accessible,
+        verdict_from_spectrum,
+    )
     from stability.app.plotting import plot_stability_region, plot_thresholds, plot_trajectories
     from stability.compilation_cache import enable_compilation_cache
     from stability.curvature import nonuniformity as nonuniformity
@@ -47,6 +53,7 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
         weight_space_direction,
     )
     from stability.curvature.tracking import SharpnessRecord, SharpnessTracker
+    from stability.delayed_optax import OptaxTrajectory, frozen_adam, simulate_optax
     from stability.networks.examples import load_digits, train_to_minimum
     from stability.networks.models import loss_from_model, mean_squared_error
     from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
@@ -115,6 +122,8 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
 # a name is used.
 _EXPORTS = {
     "Accessibility": "stability.accessibility",
+    "AdaptiveAccessibility": "stability.accessibility",
+    "MinibatchAccessibility": "stability.accessibility",
     "is_accessible": "stability.accessibility",
     "verdict_from_spectrum": "stability.accessibility",
     "plot_stability_region": "stability.app.plotting",
@@ -138,6 +147,9 @@ _EXPORTS = {
     "train_to_minimum": "stability.networks.examples",
     "loss_from_model": "stability.networks.models",
     "mean_squared_error": "stability.networks.models",
+    "OptaxTrajectory": "stability.delayed_optax",
+    "frozen_adam": "stability.delayed_optax",
+    "simulate_optax": "stability.delayed_optax",
     "AsyncTrajectory": "stability.simulate",
     "growth_rate": "stability.simulate",
     "simulate_async": "stability.simulate",
@@ -277,12 +289,17 @@ __all__ = [
     "is_accessible",
     "verdict_from_spectrum",
     "Accessibility",
+    "AdaptiveAccessibility",
+    "MinibatchAccessibility",
     "loss_from_model",
     "mean_squared_error",
     "simulate_async",
     "AsyncTrajectory",
     "growth_rate",
     "stationary_tilt",
+    "simulate_optax",
+    "OptaxTrajectory",
+    "frozen_adam",
     "train_async",
     "TrainingRun",
     "batch_indices",
