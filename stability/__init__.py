@@ -108,6 +108,7 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
         as_rule,
         characteristic_polynomial,
     )
+    from stability.theory.rules.optax_rule import OptaxRule  # noqa: F401 (lazy, not in __all__)
     from stability.theory.tuning import (
         MomentumCandidate,
         MomentumRecommendation,
@@ -189,6 +190,7 @@ _EXPORTS = {
     "check_hyperparameters": "stability.theory.hyperparameters",
     "GD": "stability.theory.rules",
     "HeavyBall": "stability.theory.rules",
+    "OptaxRule": "stability.theory.rules.optax_rule",
     "Nesterov": "stability.theory.rules",
     "Rule": "stability.theory.rules",
     "Shifted": "stability.theory.rules",

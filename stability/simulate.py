@@ -116,7 +116,10 @@ def simulate_async(
       num_workers: number of workers N >= 1 (see ``schedule``).
       beta: momentum coefficient in [0, 1); 0 is plain delayed SGD.
       momentum: "heavy_ball", "nesterov", "shifted" or "gd" (see module docstring),
-        or a `stability.theory.rules.Rule` (its ``update`` is the step).
+        or a `stability.theory.rules.Rule` (its ``update`` is the step): any optax
+        optimizer as ``stability.OptaxRule(optimizer)`` (``lr=1``: its updates as
+        they are; its state starts at ``optimizer.init``; to start from a trained
+        state use `stability.simulate_optax`).
       schedule: "round_robin" (tau = N - 1) or "random" (a random permutation
         of the workers per round of N steps); needs ``num_workers``.
       batch_size: if given, each step's gradient is on a mini-batch of that

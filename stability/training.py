@@ -196,7 +196,9 @@ def train_async(
       num_workers: N >= 1 workers pushing by ``schedule``: "round_robin"
         (tau = N - 1) or "random" (a random permutation per round of N steps).
       beta: momentum in [0, 1) (traced). momentum: "heavy_ball", "nesterov",
-        "shifted", "gd" or a `stability.theory.rules.Rule`.
+        "shifted", "gd" or a `stability.theory.rules.Rule`; any optax optimizer
+        (AdamW included) as ``stability.OptaxRule(optimizer)``, with ``lr=1`` to
+        apply its updates as they are.
       eval_data: held-out data (one pytree of arrays), or None.
       eval_fn: ``eval_fn(params, eval_data) -> dict[str, scalar]`` (e.g. loss
         and accuracy), jit-compiled; default ``{"loss": loss(params,
