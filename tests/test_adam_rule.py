@@ -1,13 +1,13 @@
 """The Adam rule (frozen preconditioner, docs/theory.md section 16) against an
 independent derivation: the eigenvalues of its one-step transfer matrix, built from
 the update equations (first moment, weights, tau stale copies), not from the
-polynomial; its thresholds against the heavy ball's closed forms scaled by
-c (1 - b1) and the tau = 0 closed form 2 (1 + b1) / (c (1 - b1))."""
+polynomial, for tau 0..64; its thresholds against the heavy ball's closed forms
+scaled by 1 / (1 - b1)."""
 
 import numpy as np
 import pytest
 
-from stability import spectral_radius
+from stability import spectral_radius, stability_threshold
 from stability.theory.rules import characteristic_polynomial
 from stability.theory.rules.adam import Adam
 
@@ -33,7 +33,7 @@ def transfer_matrix(a, tau, b1, c=1.0, d=0.0, lr=1.0):
 @pytest.mark.parametrize("b1", [0.0, 0.9, 0.99])
 def test_polynomial_is_the_transfer_matrix_characteristic_polynomial(b1):
     rng = np.random.default_rng(0)
-    for tau in list(range(0, 9)) + [16, 33, 64]:
+    for tau in range(65):
         for c, d in [(1.0, 0.0), (1.7, 0.0), (1.0, 0.01), (1.2, 3e-4)]:
             rule = Adam(decay=d)
             lr, a = 0.01, float(rng.uniform(1.0, 200.0))
@@ -50,3 +50,18 @@ def test_polynomial_is_the_transfer_matrix_characteristic_polynomial(b1):
             radius = float(spectral_radius(a, lr * c, tau, b1, momentum=rule))
             truth = np.max(np.abs(np.linalg.eigvals(M)))
             assert abs(radius - truth) <= 1e-9 * max(truth, 1.0), (tau, b1, c, d)
+
+
+@pytest.mark.parametrize("b1", [0.0, 0.9, 0.99])
+def test_threshold_is_the_heavy_balls_scaled_by_one_minus_b1(b1):
+    """Without decay the Adam rule (generic boundary locus of its polynomial, no closed
+    forms) has the heavy ball's threshold (closed forms) over 1 - b1, tau 0..64, and the
+    transfer matrix's radius is 1 there."""
+    rule = Adam()
+    for tau in range(65):
+        q = stability_threshold(tau, b1, momentum=rule)
+        hb = stability_threshold(tau, b1, momentum="heavy_ball")
+        assert q.reliable
+        assert q.q_max == pytest.approx(hb.q_max / (1 - b1), rel=1e-9), tau
+        M = transfer_matrix(q.q_max, tau, b1)  # lr c = 1: a = q
+        assert np.max(np.abs(np.linalg.eigvals(M))) == pytest.approx(1.0, abs=1e-9), tau

@@ -257,10 +257,20 @@ def checked_threshold(tau, beta, rule: Rule) -> Threshold:
 
 def _generic_threshold(tau, beta, rule: Rule, dtype) -> Threshold:
     """A rule known only by its polynomial: `dense_threshold` of ``A + q B``, once per
-    distinct delay (tau must be concrete: it fixes the polynomial's degree)."""
-    beta = jnp.asarray(beta, dtype)
+    distinct delay (tau must be concrete: it fixes the polynomial's degree). Concrete
+    float64 arguments are solved in numpy on the host (no program compiled per degree)."""
+    host = is_concrete(beta) and np.dtype(dtype) == np.float64
+    xp = np if host else jnp
+
+    def find(a, b):
+        if not host:
+            return dense_threshold(a, b)
+        with np.errstate(divide="ignore", invalid="ignore"):  # inf / NaN as in JAX
+            return _dense_threshold(a, b, 16, np)
+
+    beta = xp.asarray(beta, dtype)
     if isinstance(tau, DelayDistribution):
-        return dense_threshold(*rule_polynomial(rule, tau, beta))
+        return Threshold(*map(jnp.asarray, find(*rule_polynomial(rule, tau, beta, xp))))
     if not is_concrete(tau):
         raise TypeError(
             f"tau must be a concrete integer for momentum={rule.name!r} (its threshold is "
@@ -268,13 +278,13 @@ def _generic_threshold(tau, beta, rule: Rule, dtype) -> Threshold:
         )
     taus = np.asarray(tau)
     shape = np.broadcast_shapes(taus.shape, beta.shape)
-    taus, beta = np.broadcast_to(taus, shape), jnp.broadcast_to(beta, shape)
-    out = Threshold(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros(shape, bool))
+    taus, beta = np.broadcast_to(taus, shape), xp.broadcast_to(beta, shape)
+    out = Threshold(xp.zeros(shape, dtype), xp.zeros(shape, dtype), xp.zeros(shape, bool))
     for t in np.unique(taus):
-        found = dense_threshold(*rule_polynomial(rule, int(t), beta))
+        found = find(*rule_polynomial(rule, int(t), beta, xp))
         here = taus == t
-        out = Threshold(*(jnp.where(here, new, old) for new, old in zip(found, out, strict=True)))
-    return out
+        out = Threshold(*(xp.where(here, new, old) for new, old in zip(found, out, strict=True)))
+    return Threshold(*map(jnp.asarray, out))
 
 
 def _distribution_threshold(dist: DelayDistribution, beta, rule: Rule) -> Threshold:
@@ -329,20 +339,20 @@ def checked_limit(scale, tau, beta, rule: Rule):
 # Dense polynomials: sampled locus + bisection
 
 
-def _on_circle(coeffs, theta):
+def _on_circle(coeffs, theta, xp=jnp):
     """Polynomials (descending coefficients, (..., n+1)) at e^{i theta} (theta (..., J))."""
     n = coeffs.shape[-1] - 1
-    powers = jnp.arange(n, -1, -1, dtype=theta.dtype)
+    powers = xp.arange(n, -1, -1, dtype=theta.dtype)
     phase = theta[..., None] * powers
-    re = jnp.sum(coeffs[..., None, :] * jnp.cos(phase), axis=-1)
-    im = jnp.sum(coeffs[..., None, :] * jnp.sin(phase), axis=-1)
+    re = xp.sum(coeffs[..., None, :] * xp.cos(phase), axis=-1)
+    im = xp.sum(coeffs[..., None, :] * xp.sin(phase), axis=-1)
     return re, im
 
 
-def _locus(a, b, theta):
+def _locus(a, b, theta, xp=jnp):
     """(H, R, |B|^2) with -A conj(B) = R + i H at e^{i theta}."""
-    ar, ai = _on_circle(a, theta)
-    br, bi = _on_circle(b, theta)
+    ar, ai = _on_circle(a, theta, xp)
+    br, bi = _on_circle(b, theta, xp)
     # -(ar + i ai)(br - i bi)
     r = -(ar * br + ai * bi)
     h = -(ai * br - ar * bi)
@@ -359,72 +369,84 @@ def dense_threshold(a, b, *, grid_factor: int = 16) -> Threshold:
     ``reliable`` flag is False when more than 8 sign changes are within 1% of the
     best candidate or when none was found on the grid but an endpoint matters.
     """
-    a = jnp.asarray(a)
-    b = jnp.asarray(b)
-    a, b = jnp.broadcast_arrays(a, b)
+    return _dense_threshold(a, b, grid_factor, jnp)
+
+
+def _dense_threshold(a, b, grid_factor: int, xp) -> Threshold:
+    """`dense_threshold` in numpy (host, float64: no compilation, for concrete
+    arguments) or JAX (``xp``)."""
+    a, b = xp.broadcast_arrays(xp.asarray(a), xp.asarray(b))
     batch = a.shape[:-1]
     dtype = a.dtype
     n = a.shape[-1] - 1
     m = max(64, grid_factor * n)
-    uniform = jnp.broadcast_to(jnp.linspace(0.0, jnp.pi, m + 1, dtype=dtype), batch + (m + 1,))
+    uniform = xp.broadcast_to(xp.linspace(0.0, xp.pi, m + 1, dtype=dtype), batch + (m + 1,))
     # A root r of A close to the unit circle makes the locus loop tightly around 0
     # within |theta - arg r| ~ 1 - |r|: sample there on that scale too.
-    roots = jnp.linalg.eigvals(companion_from_coefficients(a / a[..., :1]))
-    dist = jnp.abs(1 - jnp.abs(roots))
-    ang = jnp.abs(jnp.angle(roots)).astype(dtype)
-    offsets = jnp.asarray(_ROOT_OFFSETS, dtype)
+    roots = xp.linalg.eigvals(companion_from_coefficients(a / a[..., :1], xp))
+    dist = xp.abs(1 - xp.abs(roots))
+    ang = xp.abs(xp.angle(roots)).astype(dtype)
+    offsets = xp.asarray(_ROOT_OFFSETS, dtype)
     extra = ang[..., None] + dist[..., None].astype(dtype) * offsets
-    near = (dist < 0.1)[..., None] & (extra > 0) & (extra < jnp.pi)
-    extra = jnp.where(near, extra, 0.0).reshape(batch + (-1,))
-    grid = jnp.sort(jnp.concatenate([uniform, extra], axis=-1), axis=-1)
-    h, r, b2 = _locus(a, b, grid)
+    near = (dist < 0.1)[..., None] & (extra > 0) & (extra < xp.pi)
+    extra = xp.where(near, extra, 0.0).reshape(batch + (-1,))
+    grid = xp.sort(xp.concatenate([uniform, extra], axis=-1), axis=-1)
+    h, r, b2 = _locus(a, b, grid, xp)
     q_grid = r / b2
     # sign changes of H on [theta_j, theta_{j+1}] with theta_j > 0 (H(0) = 0: q = 0 there)
     h0, h1 = h[..., :-1], h[..., 1:]
     change = (((h0 > 0) & (h1 <= 0)) | ((h0 < 0) & (h1 >= 0))) & (grid[..., :-1] > 0)
-    w = h0 / jnp.where(change, h0 - h1, 1.0)
-    w = jnp.where(change, w, 0.0)
+    w = h0 / xp.where(change, h0 - h1, 1.0)
+    w = xp.where(change, w, 0.0)
     q_est = (1 - w) * q_grid[..., :-1] + w * q_grid[..., 1:]
-    q_est = jnp.where(change & (q_est > 0), q_est, jnp.inf)
+    q_est = xp.where(change & (q_est > 0), q_est, xp.inf)
     k = min(_DENSE_CANDIDATES, q_est.shape[-1])
-    neg_best, idx = jax.lax.top_k(-q_est, k)
-    cand_q = -neg_best
-    lo = jnp.take_along_axis(grid, idx, axis=-1)
-    hi = jnp.take_along_axis(grid, idx + 1, axis=-1)
-    h_lo = jnp.take_along_axis(h0, idx, axis=-1)
+    if xp is np:
+        idx = np.argsort(q_est, axis=-1, kind="stable")[..., :k]
+        cand_q = np.take_along_axis(q_est, idx, axis=-1)
+    else:
+        neg_best, idx = jax.lax.top_k(-q_est, k)
+        cand_q = -neg_best
+    lo = xp.take_along_axis(grid, idx, axis=-1)
+    hi = xp.take_along_axis(grid, idx + 1, axis=-1)
+    h_lo = xp.take_along_axis(h0, idx, axis=-1)
 
     def bisect(_, state):
         lo, hi = state
         mid = 0.5 * (lo + hi)
-        hm, _, _ = _locus(a, b, mid)
-        same = jnp.sign(hm) == jnp.sign(h_lo)
-        return jnp.where(same, mid, lo), jnp.where(same, hi, mid)
+        hm, _, _ = _locus(a, b, mid, xp)
+        same = xp.sign(hm) == xp.sign(h_lo)
+        return xp.where(same, mid, lo), xp.where(same, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (lo, hi))
+    if xp is np:
+        for i in range(_BISECTION_STEPS):
+            lo, hi = bisect(i, (lo, hi))
+    else:
+        lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (lo, hi))
     th = 0.5 * (lo + hi)
-    _, rr, bb = _locus(a, b, th)
+    _, rr, bb = _locus(a, b, th, xp)
     q_ref = rr / bb
-    q_ref = jnp.where(jnp.isfinite(cand_q) & (q_ref > 0), q_ref, jnp.inf)
+    q_ref = xp.where(xp.isfinite(cand_q) & (q_ref > 0), q_ref, xp.inf)
     # endpoints: real roots crossing at z = -1 (theta = pi) or z = 1 (theta = 0)
     q_pi = q_grid[..., -1]
-    scale = jnp.sum(jnp.abs(a), axis=-1)
-    a_at_1 = jnp.sum(a, axis=-1)
-    q_0 = jnp.where(jnp.abs(a_at_1) > 1e-12 * scale, q_grid[..., 0], jnp.inf)
-    q_all = jnp.concatenate(
+    scale = xp.sum(xp.abs(a), axis=-1)
+    a_at_1 = xp.sum(a, axis=-1)
+    q_0 = xp.where(xp.abs(a_at_1) > 1e-12 * scale, q_grid[..., 0], xp.inf)
+    q_all = xp.concatenate(
         [
             q_ref,
-            jnp.where(q_pi > 0, q_pi, jnp.inf)[..., None],
-            jnp.where(q_0 > 0, q_0, jnp.inf)[..., None],
+            xp.where(q_pi > 0, q_pi, xp.inf)[..., None],
+            xp.where(q_0 > 0, q_0, xp.inf)[..., None],
         ],
         axis=-1,
     )
-    th_all = jnp.concatenate(
-        [th, jnp.full(batch + (1,), jnp.pi, dtype), jnp.zeros(batch + (1,), dtype)], axis=-1
+    th_all = xp.concatenate(
+        [th, xp.full(batch + (1,), xp.pi, dtype), xp.zeros(batch + (1,), dtype)], axis=-1
     )
-    best = jnp.argmin(q_all, axis=-1)
-    q_max = jnp.take_along_axis(q_all, best[..., None], axis=-1)[..., 0]
-    theta = jnp.take_along_axis(th_all, best[..., None], axis=-1)[..., 0]
+    best = xp.argmin(q_all, axis=-1)
+    q_max = xp.take_along_axis(q_all, best[..., None], axis=-1)[..., 0]
+    theta = xp.take_along_axis(th_all, best[..., None], axis=-1)[..., 0]
     # unresolved: the k-th (unrefined) candidate could still beat the best refined one
-    n_changes = jnp.sum(jnp.isfinite(q_est), axis=-1)
+    n_changes = xp.sum(xp.isfinite(q_est), axis=-1)
     margin_ok = (n_changes <= k) | (cand_q[..., -1] > 1.01 * q_max)
     return Threshold(q_max, theta, margin_ok)

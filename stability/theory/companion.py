@@ -32,16 +32,17 @@ from stability.theory.rules.polynomial import CharacteristicPolynomial
 from stability.validation import check_finite, check_lr, check_tau, is_concrete
 
 
-def companion_from_coefficients(coefficients):
+def companion_from_coefficients(coefficients, xp=jnp):
     """Companion matrix of monic polynomials (descending coefficients, shape (..., m+1)).
 
-    Returns shape ``(..., m, m)``: first row ``-c[1:]``, ones on the subdiagonal.
+    Returns shape ``(..., m, m)``: first row ``-c[1:]``, ones on the subdiagonal
+    (``xp``: ``jax.numpy`` or ``numpy``).
     """
-    c = jnp.asarray(coefficients)
+    c = xp.asarray(coefficients)
     m = c.shape[-1] - 1
-    sub = jnp.eye(m - 1, m, dtype=c.dtype) if m > 1 else jnp.zeros((0, m), c.dtype)
-    sub = jnp.broadcast_to(sub, c.shape[:-1] + sub.shape)
-    return jnp.concatenate([-c[..., None, 1:], sub], axis=-2)
+    sub = xp.eye(m - 1, m, dtype=c.dtype) if m > 1 else xp.zeros((0, m), c.dtype)
+    sub = xp.broadcast_to(sub, c.shape[:-1] + sub.shape)
+    return xp.concatenate([-c[..., None, 1:], sub], axis=-2)
 
 
 def _polynomial(delay, beta, rule: Rule) -> CharacteristicPolynomial:
@@ -207,6 +208,12 @@ def checked_spectral_radius(sharpness, lr, tau, beta, rule: Rule):
             return _distribution_spectral_radius(sharpness, lr, delay, beta, rule)
         return spectral_radius_from_coefficients(_coefficients(sharpness, lr, delay, beta, rule))
     if not rule.provides("sparse_form") or delay < 2:
+        generic = not rule.provides("sparse_form")
+        if generic and all(_python_number(x) for x in (sharpness, lr, beta)):
+            # numpy in float64 on the host: no program compiled per degree
+            a, b = rule_polynomial(rule, delay, np.float64(beta), np)
+            companion = companion_from_coefficients(a + lr * sharpness * b, np)
+            return float(np.max(np.abs(np.linalg.eigvals(companion))))
         return spectral_radius_from_coefficients(_coefficients(sharpness, lr, delay, beta, rule))
     if all(_python_number(x) for x in (sharpness, lr, beta)) and delay <= HOST_DELAY:
         return _host_spectral_radius(float(lr) * float(sharpness), float(beta), delay, rule)
