@@ -88,6 +88,12 @@ BENCHMARKS = {
         [],
         "RESULTS-adam-verdicts.md",
     ),
+    "diloco": (
+        "diloco_boundary.py",
+        [],
+        ["--hs", "5", "--outers", "nesterov 0.9", "--iters", "10"],
+        "RESULTS-diloco.md",
+    ),
 }
 DESCRIPTIONS = {
     "thresholds": "threshold evaluations per second, speed-up over eigenvalue bisection, "
@@ -101,6 +107,8 @@ DESCRIPTIONS = {
     "spectrum against the plain engine",
     "adam-verdicts": "Adam(W) verdicts at 0.9x and 1.1x max_stable_lr against the frozen "
     "model and live delayed AdamW from a trained minimum",
+    "diloco": "DiLoCo / local SGD: predicted largest stable outer lr against the "
+    "divergence boundary of simulate_diloco from a digits minimum",
     "float32": "float32 certificates on Flax-example networks against float64 truths",
 }
 # Benchmarks whose script may not exist in every checkout: registered only when the

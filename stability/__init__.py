@@ -18,7 +18,8 @@ spectrum -> threshold -> verdict):
 - `networks/`, trained networks: `models` (Flax adapters), `checkpoints` (Orbax),
   `examples` (digits);
 - on top: `accessibility` (the verdict), `simulate` (asynchronous SGD around a
-  minimum), `training` (training from initialization under simulated asynchrony);
+  minimum), `training` (training from initialization under simulated asynchrony),
+  `local_sgd_training` (local SGD / DiLoCo simulated on a network);
   `validation` (argument checks) and `compilation_cache` (opt-in: compiled programs
   kept on disk across processes) serve all of them;
 - `app/`: `cli`, `demo`, `plotting`, `experiments`.
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
     )
     from stability.curvature.tracking import SharpnessRecord, SharpnessTracker
     from stability.delayed_optax import OptaxTrajectory, frozen_adam, simulate_optax
+    from stability.local_sgd_training import DiLoCoTrajectory, shard_data, simulate_diloco
     from stability.networks.examples import load_digits, train_to_minimum
     from stability.networks.models import loss_from_model, mean_squared_error
     from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
@@ -151,6 +153,9 @@ _EXPORTS = {
     "OptaxTrajectory": "stability.delayed_optax",
     "frozen_adam": "stability.delayed_optax",
     "simulate_optax": "stability.delayed_optax",
+    "DiLoCoTrajectory": "stability.local_sgd_training",
+    "shard_data": "stability.local_sgd_training",
+    "simulate_diloco": "stability.local_sgd_training",
     "AsyncTrajectory": "stability.simulate",
     "growth_rate": "stability.simulate",
     "simulate_async": "stability.simulate",
@@ -302,6 +307,9 @@ __all__ = [
     "simulate_optax",
     "OptaxTrajectory",
     "frozen_adam",
+    "simulate_diloco",
+    "DiLoCoTrajectory",
+    "shard_data",
     "train_async",
     "TrainingRun",
     "batch_indices",
