@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import signal
 import sys
@@ -58,18 +59,25 @@ def _build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="fewer delays and shorter simulations (for tests)"
     )
 
-    table = add("table", "max stable lr*sharpness for delays and momenta")
-    table.add_argument("--tau", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32, 64],
-                       help="delays (integers >= 0)")  # fmt: skip
-    table.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.9],
-                       help="momentum coefficients in [0, 1)")  # fmt: skip
+    table = add(
+        "table",
+        "max stable lr*sharpness for delays and momenta; with --diloco, the largest "
+        "stable outer lr of a local SGD / DiLoCo outer loop at one sharpness",
+    )
+    # The delayed-SGD options default to None so that giving one with --diloco is an
+    # error (_TABLE_DEFAULTS fills them in); their defaults are written in the help.
+    table.add_argument("--tau", type=int, nargs="+",
+                       help="delays (integers >= 0) (default: 0 1 2 4 8 16 32 64)")  # fmt: skip
+    table.add_argument("--beta", type=float, nargs="+",
+                       help="momentum coefficients in [0, 1) (default: 0.0 0.9)")  # fmt: skip
     table.add_argument(
         "--momentum",
         nargs="+",
-        default=["heavy_ball", "nesterov", "shifted"],
-        help="momentum rules, any of heavy_ball, nesterov, shifted",
+        help="momentum rules, any of heavy_ball, nesterov, shifted "
+        "(default: heavy_ball nesterov shifted)",
     )
     table.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_local_sgd_options(table)
 
     experiment = add(
         "experiment",
@@ -157,6 +165,65 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_local_sgd_options(table) -> None:
+    """``stability table --diloco``: the outer loop of local SGD / DiLoCo along one
+    Hessian eigenvalue (stability.theory.local_sgd, docs/theory.md section 17). The
+    options default to None so that one given without --diloco is an error;
+    _LOCAL_SGD_DEFAULTS fills them in and their help says the default."""
+    group = table.add_argument_group(
+        "local SGD / DiLoCo outer loop (with --diloco; docs/theory.md section 17)"
+    )
+    group.add_argument(
+        "--diloco", action="store_true",
+        help="tabulate the outer loop of local SGD / DiLoCo instead: per inner-steps H and "
+        "outer momentum, the pseudo-gradient factor kappa, the largest stable outer lr and "
+        "(with --outer-lr) the spectral radius of one round",
+    )  # fmt: skip
+    group.add_argument("--sharpness", type=float, metavar="A",
+                       help="the Hessian eigenvalue a (required with --diloco)")  # fmt: skip
+    group.add_argument("--inner-lr", type=float, metavar="LR",
+                       help="the inner learning rate (> 0; required with --diloco)")  # fmt: skip
+    group.add_argument("--inner-steps", type=int, nargs="+", metavar="H",
+                       help="inner steps per round, one row each (integers >= 1) "
+                       "(default: 1 10 100 500)")  # fmt: skip
+    group.add_argument("--inner-rule", choices=LOCAL_SGD_RULES,
+                       help="the inner optimizer (choices: gd, heavy_ball, nesterov; "
+                       "default: gd, or heavy_ball when --inner-momentum > 0)")  # fmt: skip
+    group.add_argument("--inner-momentum", type=float, metavar="BETA",
+                       help="the inner rule's momentum in [0, 1) (default: 0)")  # fmt: skip
+    group.add_argument("--keep-inner-state", action="store_true",
+                       help="each worker keeps its inner momentum buffer across rounds (as "
+                       "DiLoCo keeps its AdamW state; default: zeroed every round)")  # fmt: skip
+    group.add_argument("--outer-rule", choices=LOCAL_SGD_RULES,
+                       help="the outer optimizer, gd being plain outer SGD (choices: gd, "
+                       "heavy_ball, nesterov; default: nesterov, DiLoCo's)")  # fmt: skip
+    group.add_argument("--outer-momentum", type=float, nargs="+", metavar="MU",
+                       help="outer momenta in [0, 1), one row each (default: 0.9; "
+                       "0 with --outer-rule gd)")  # fmt: skip
+    group.add_argument("--outer-lr", type=float, metavar="LR",
+                       help="also print the spectral radius of one round (H inner steps) "
+                       "at this outer lr (> 0; default: not printed)")  # fmt: skip
+    group.add_argument("--schedule", choices=LOCAL_SGD_SCHEDULES,
+                       help="the outer delay: diloco (none), eager (Kale et al. 2025: own "
+                       "fresh, others one round stale), streaming (--overlap rounds) "
+                       "(choices: diloco, eager, streaming; default: diloco)")  # fmt: skip
+    group.add_argument("--workers", type=int, metavar="M",
+                       help="workers M (integer >= 1; only with --schedule eager) "
+                       "(default: 1)")  # fmt: skip
+    group.add_argument("--overlap", type=int, metavar="TAU",
+                       help="rounds by which the averaged pseudo-gradient arrives late "
+                       "(integer >= 1; only with --schedule streaming, where it is "
+                       "required) (default: 0)")  # fmt: skip
+
+
+# Without importing JAX (the parser must not): checked against the library in
+# tests/test_cli_diloco.py.
+LOCAL_SGD_RULES = ("gd", "heavy_ball", "nesterov")
+LOCAL_SGD_SCHEDULES = ("diloco", "eager", "streaming")
+# The largest --overlap where a row needs a dense polynomial (see _check_local_sgd_options).
+MAX_DENSE_OVERLAP = 1000
+
+
 def _add_optimizer_options(check) -> None:
     """``check``'s options for Adam, AdamW and RMSprop verdicts (docs/how-to.md, "Is my
     Adam-trained minimum stable under delay?")."""
@@ -231,7 +298,44 @@ def _resolve(spec: str, what: str):
     return obj
 
 
+# table's delayed-SGD options and their defaults (None in the parser: see _build_parser).
+_TABLE_DEFAULTS = (
+    ("--tau", "tau", [0, 1, 2, 4, 8, 16, 32, 64]),
+    ("--beta", "beta", [0.0, 0.9]),
+    ("--momentum", "momentum", ["heavy_ball", "nesterov", "shifted"]),
+)
+# table --diloco's options and their defaults (None: required or depends on another).
+_LOCAL_SGD_DEFAULTS = (
+    ("--sharpness", "sharpness", None),
+    ("--inner-lr", "inner_lr", None),
+    ("--inner-steps", "inner_steps", [1, 10, 100, 500]),
+    ("--inner-rule", "inner_rule", None),
+    ("--inner-momentum", "inner_momentum", 0.0),
+    ("--keep-inner-state", "keep_inner_state", None),
+    ("--outer-rule", "outer_rule", "nesterov"),
+    ("--outer-momentum", "outer_momentum", None),
+    ("--outer-lr", "outer_lr", None),
+    ("--schedule", "schedule", "diloco"),
+    ("--workers", "workers", 1),
+    ("--overlap", "overlap", 0),
+)
+
+
+def _given(args, options) -> list[str]:
+    """The flags among ``options`` that the user typed (their value not None/False)."""
+    return [flag for flag, dest, _ in options if getattr(args, dest) not in (None, False)]
+
+
 def _cmd_table(args) -> int:
+    if args.diloco:
+        return _cmd_table_local_sgd(args)
+    stray = _given(args, _LOCAL_SGD_DEFAULTS)
+    if stray:
+        raise UsageError(f"{stray[0]} belongs to the local SGD / DiLoCo table: add --diloco")
+    for _, dest, default in _TABLE_DEFAULTS:
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+
     import numpy as np
 
     from stability.theory.boundary_locus import max_stable_sharpness
@@ -281,6 +385,170 @@ def _cmd_table(args) -> int:
 def _table_number(q: float) -> str:
     """8 decimals; below 1e-3 (long delays) 7 significant digits, never 0.00000000."""
     return f"{q:>12.6e}" if 0 < abs(q) < 1e-3 else f"{q:>12.8f}"
+
+
+def _check_local_sgd_options(args):
+    """The --diloco options checked, each error naming its flag; returns the
+    `LocalSGD` configuration without H (one per row) and the outer momenta."""
+    from stability.theory.local_sgd import MAX_INNER_STEPS, MAX_WORKERS, LocalSGD
+    from stability.theory.rules import as_rule
+    from stability.validation import MAX_DELAY, check_finite, check_int, check_lr
+
+    mixed = _given(args, _TABLE_DEFAULTS)
+    if mixed:
+        hint = {
+            "--tau": "the outer delay is --schedule and --overlap",
+            "--beta": "the outer momentum is --outer-momentum",
+            "--momentum": "the outer rule is --outer-rule",
+        }[mixed[0]]
+        raise UsageError(f"{mixed[0]} belongs to the delayed-SGD table, not to --diloco ({hint})")
+    for flag, dest in (("--sharpness", "sharpness"), ("--inner-lr", "inner_lr")):
+        if getattr(args, dest) is None:
+            raise UsageError(f"{flag} is required with --diloco")
+    for _, dest, default in _LOCAL_SGD_DEFAULTS:
+        if getattr(args, dest) is None and default is not None:
+            setattr(args, dest, default)
+    check_finite("--sharpness", args.sharpness)
+    check_lr(args.inner_lr, "--inner-lr")
+    for h in args.inner_steps:
+        check_int("--inner-steps", h, 1, MAX_INNER_STEPS)
+    # A momentum typed without a rule means heavy ball (torch/optax SGD momentum).
+    inner_rule = args.inner_rule or ("heavy_ball" if args.inner_momentum != 0 else "gd")
+    if inner_rule == "gd" and args.inner_momentum != 0:
+        raise UsageError(
+            f"--inner-momentum must be 0 with --inner-rule gd (choose heavy_ball or "
+            f"nesterov); got {args.inner_momentum!r}"
+        )
+    as_rule(inner_rule).check_beta(args.inner_momentum, "--inner-momentum")
+    outer = as_rule(args.outer_rule)
+    if args.outer_momentum is None:
+        args.outer_momentum = [0.0] if args.outer_rule == "gd" else [0.9]
+    for mu in args.outer_momentum:
+        if args.outer_rule == "gd" and mu != 0:
+            raise UsageError(
+                f"--outer-momentum must be 0 with --outer-rule gd (choose heavy_ball or "
+                f"nesterov); got {mu!r}"
+            )
+        outer.check_beta(mu, "--outer-momentum")
+    if args.outer_lr is not None:
+        check_lr(args.outer_lr, "--outer-lr")
+    workers = check_int("--workers", args.workers, 1, MAX_WORKERS)
+    if args.schedule != "eager" and workers != 1:
+        raise UsageError(
+            f"--workers matters only with --schedule eager (identical full-batch workers "
+            f"send equal pseudo-gradients); got {workers} with --schedule {args.schedule}"
+        )
+    overlap = check_int("--overlap", args.overlap, 0, MAX_DELAY)
+    if args.schedule == "streaming" and overlap < 1:
+        raise UsageError(f"--overlap must be >= 1 with --schedule streaming; got {overlap}")
+    dense = args.keep_inner_state or args.outer_lr is not None
+    if overlap > MAX_DENSE_OVERLAP and dense:
+        # Kept state and the radius factor a polynomial of degree ~overlap per row
+        # (overlap 2000: 10-30 s and 4 GB); the reset threshold has a closed path.
+        raise UsageError(
+            f"--overlap must be <= {MAX_DENSE_OVERLAP:,} with --keep-inner-state or "
+            f"--outer-lr (each row factors a polynomial of degree overlap + 3); got {overlap}"
+        )
+    if args.schedule != "streaming" and overlap != 0:
+        raise UsageError(
+            f"--overlap is only for --schedule streaming; got {overlap} with "
+            f"--schedule {args.schedule}"
+        )
+    config = LocalSGD(
+        inner_lr=float(args.inner_lr),
+        inner=inner_rule,
+        inner_beta=float(args.inner_momentum),
+        reset=not args.keep_inner_state,
+        outer=args.outer_rule,
+        schedule=args.schedule,
+        workers=workers,
+        overlap=overlap,
+    )
+    return config, [float(mu) for mu in args.outer_momentum]
+
+
+def _cmd_table_local_sgd(args) -> int:
+    """``stability table --diloco``: one row per (H, outer momentum)."""
+    config, momenta = _check_local_sgd_options(args)
+
+    import numpy as np
+
+    from stability.theory.local_sgd import (
+        max_stable_outer_lr,
+        pseudo_gradient_factor,
+        round_spectral_radius,
+    )
+    from stability.theory.rules import host_float64
+
+    a = np.float64(args.sharpness)
+    rows = []
+    # Typed numbers: float64 on the host whatever jax_enable_x64 says.
+    with host_float64():
+        for h in args.inner_steps:
+            at_h = config._replace(inner_steps=int(h))
+            kappa = pseudo_gradient_factor(at_h, a)
+            for mu in momenta:
+                radius = None
+                if args.outer_lr is not None:
+                    radius = round_spectral_radius(at_h, a, np.float64(args.outer_lr), mu)
+                rows.append(
+                    {
+                        "inner_steps": int(h),
+                        "outer_momentum": mu,
+                        "kappa": _json_number(kappa),
+                        "max_stable_outer_lr": _json_number(max_stable_outer_lr(at_h, a, mu)),
+                        "outer_lr": args.outer_lr,
+                        "round_spectral_radius": _json_number(radius),
+                    }
+                )
+    if args.json:
+        print(json.dumps(rows, indent=1, allow_nan=False))
+        return 0
+    state = "kept across rounds" if args.keep_inner_state else "zeroed every round"
+    inner_beta = f", momentum {config.inner_beta!r}" if config.inner != "gd" else ""
+    schedule = {
+        "diloco": "diloco (no outer delay)",
+        "eager": f"eager, M = {config.workers} workers",
+        "streaming": f"streaming, overlap {config.overlap} round(s)",
+    }[config.schedule]
+    print(f"local SGD / DiLoCo outer loop at sharpness {args.sharpness!r}")
+    print(
+        f"inner {config.inner}, lr {config.inner_lr!r}{inner_beta}, state {state}; "
+        f"outer {config.outer}; schedule {schedule}"
+    )
+    print("kappa: the pseudo-gradient per unit of parameter (one round from a zero buffer);")
+    print("max outer lr: the largest stable outer lr (0: none is stable, n/a: not certified)")
+    wh = max(5, *(len(str(row["inner_steps"])) for row in rows))
+    wm = max(6, *(len(repr(row["outer_momentum"])) for row in rows))
+    columns = [f"{'H':>{wh}}", f"{'mu':>{wm}}", f"{'kappa':>12}", f"{'max outer lr':>12}"]
+    if args.outer_lr is not None:
+        columns.append(f"{'radius@' + repr(args.outer_lr):>12}")
+    header = " ".join(columns)
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        cells = [f"{row['inner_steps']:>{wh}d}", f"{row['outer_momentum']!r:>{wm}}"]
+        for key in ("kappa", "max_stable_outer_lr", "round_spectral_radius"):
+            if key == "round_spectral_radius" and args.outer_lr is None:
+                continue
+            value = row[key]
+            cells.append(f"{'n/a':>12}" if value is None else _row_number(value))
+        print(" ".join(cells))
+    return 0
+
+
+def _row_number(x: float) -> str:
+    """`_table_number`, and 7 significant digits from 1e3 up (an overshooting inner
+    loop makes kappa and the radius huge)."""
+    return f"{x:>12.6e}" if abs(x) >= 1e3 else _table_number(x)
+
+
+def _json_number(x):
+    """A float, or None for a missing, NaN or infinite value (JSON has no NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def _load_data(spec: str):
