@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
     from stability.accessibility import (
         Accessibility,
         AdaptiveAccessibility,
+        LocalSGDAccessibility,
         MinibatchAccessibility,
         is_accessible,
         verdict_from_spectrum,
@@ -126,6 +127,7 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
 _EXPORTS = {
     "Accessibility": "stability.accessibility",
     "AdaptiveAccessibility": "stability.accessibility",
+    "LocalSGDAccessibility": "stability.accessibility",
     "MinibatchAccessibility": "stability.accessibility",
     "is_accessible": "stability.accessibility",
     "verdict_from_spectrum": "stability.accessibility",
@@ -297,6 +299,7 @@ __all__ = [
     "verdict_from_spectrum",
     "Accessibility",
     "AdaptiveAccessibility",
+    "LocalSGDAccessibility",
     "MinibatchAccessibility",
     "loss_from_model",
     "mean_squared_error",
