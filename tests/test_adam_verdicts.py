@@ -166,7 +166,13 @@ def test_verdicts_against_frozen_and_live_adamw(trained, top, tau):
         squared_error, params, tau, data=data, optimizer_state=state, spectrum=top.spectrum,
         progress=False,
     ).max_stable_lr  # fmt: skip
-    u_tree = jax.tree_util.tree_map(lambda v: v[0], top.spectrum.eigenvectors)
+    # The spectrum's vectors are replicated over the mesh of all devices (8 simulated
+    # CPU devices in the suite): on one device, as the fixture's params, the runs below
+    # compute once instead of 8 times and compile once per run length, not once per
+    # placement of their inputs (the same numbers).
+    u_tree = jax.tree_util.tree_map(
+        lambda v: jnp.asarray(np.asarray(v[0])), top.spectrum.eigenvectors
+    )
     norm = float(jnp.linalg.norm(flat(u_tree)))
     u = flat(u_tree) / norm
     direction = jax.tree_util.tree_map(lambda x: x / norm, weight_space_direction(u_tree, pre))
