@@ -106,7 +106,7 @@ def test_fresh_estimate_stops_once_decided(minimum):
     stable = _verdict(minimum, config, 0.95 * boundary)
     unstable = _verdict(minimum, config, 1.05 * boundary)
     assert stable.verdict is True and unstable.verdict is False
-    assert stable.num_hvps <= 16 and unstable.num_hvps <= 16
+    assert 0 < stable.num_hvps <= 16 and 0 < unstable.num_hvps <= 16
     text = repr(stable)
     assert "local SGD" in text and "round radius" in text
     out = stable.to_dict()
@@ -190,3 +190,27 @@ def test_bad_inputs_name_the_argument(minimum):
         )
     with pytest.raises(ValueError, match="outer_lr and outer_momentum need local_sgd"):
         stability.is_accessible(_loss, p, 0, 0.1, outer_lr=0.7, **kwargs)
+
+
+def test_negative_curvature_is_reported_and_fails_require_minimum(minimum):
+    """A saddle (the minimum's loss less 0.05 |w - w*|^2): kappa < 0 along the negative
+    eigenvalues, so those directions grow; the verdict folds that in only with
+    require_minimum=True, as for the other rules."""
+    centre = minimum["params"]
+
+    def saddle(p, batch):
+        leaves = zip(jax.tree.leaves(p), jax.tree.leaves(centre), strict=True)
+        pull = sum(jnp.sum((a - b) ** 2) for a, b in leaves)
+        return _loss(p, batch) - 0.05 * pull
+
+    lam = float(minimum["eigenvalues"][-1])
+    config = LocalSGD(inner_lr=0.5 / lam, inner_steps=5)
+    outer_lr = 0.5 * max_stable_outer_lr(config, lam - 0.1, MU)
+    report = stability.is_accessible(
+        saddle, centre, 0, data=minimum["data"], local_sgd=config, outer_lr=outer_lr,
+        outer_momentum=MU, require_minimum=True, progress=False,
+    )  # fmt: skip
+    assert report.is_minimum is False
+    assert report.verdict is False and report.certified_by == "ritz_value"
+    assert "not a minimum" in report.reason
+    assert report.smallest_eigenvalue < 0 and report.smallest_growth > 1
