@@ -80,11 +80,11 @@ DILOCO_SIZES = {
     ),
     "quick": dict(
         n=256, hidden=32, momenta=(0.0, 0.5, 0.8, 0.9, 0.95), rounds=300, iters=8,
-        grid=(160, 80), schedules=tuple(SCHEDULES), extra_momenta=(0.0, 0.5, 0.8, 0.9, 0.95),
+        grid=(100, 50), schedules=tuple(SCHEDULES), extra_momenta=(0.0, 0.5, 0.8, 0.9, 0.95),
     ),
     "full": dict(
         n=256, hidden=32, momenta=(0.0, 0.5, 0.8, 0.9, 0.95, 0.99), rounds=400, iters=12,
-        grid=(240, 120), schedules=tuple(SCHEDULES),
+        grid=(150, 75), schedules=tuple(SCHEDULES),
         extra_momenta=(0.0, 0.5, 0.8, 0.9, 0.95, 0.99),
     ),
 }  # fmt: skip
@@ -207,9 +207,11 @@ class DiLoCoResult(NamedTuple):
                 )
                 parts.append(
                     f"The {sched} schedule's measured boundary is {span} times DiLoCo's "
-                    f"(momentum {', '.join(f'{mu:g}' for mu in mus)}; predicted "
-                    f"{min(b.predicted for b, _ in pairs):.3f} to "
-                    f"{max(b.predicted for b, _ in pairs):.3f})."
+                    f"(momentum {', '.join(f'{mu:g}' for mu in mus)}; the predicted ratios "
+                    f"{min(b.predicted / d.predicted for b, d in pairs):.3f} to "
+                    f"{max(b.predicted / d.predicted for b, d in pairs):.3f}), its largest "
+                    f"stable outer lr {max(b.measured for b, _ in pairs):.3f} to "
+                    f"{min(b.measured for b, _ in pairs):.3f}."
                 )
         if missing:
             parts.append(
@@ -229,7 +231,16 @@ class DiLoCoResult(NamedTuple):
             "boundaries": [
                 {k: json_ready(v) for k, v in b._asdict().items()} for b in self.boundaries
             ],
-            "maps": [{k: json_ready(v) for k, v in m._asdict().items()} for m in self.maps],
+            # The map's radius to 4 significant digits: it is a closed function of the
+            # config and the sharpness (`outer_stability_region`), and full digits
+            # would make the file megabytes.
+            "maps": [
+                {
+                    k: json_ready(_significant(v) if k == "radius" else v)
+                    for k, v in m._asdict().items()
+                }
+                for m in self.maps
+            ],
         }
 
     def figures(self, out_dir: str) -> list[str]:
@@ -260,17 +271,24 @@ class DiLoCoResult(NamedTuple):
                 mid = np.array([b.measured for b in pts])
                 err = np.array([[b.measured - b.lo for b in pts], [b.hi - b.measured for b in pts]])
                 ax.errorbar(mid, mu, xerr=err, fmt="o", color="gold", mec="k", ms=6, capsize=3,
-                            label="measured (bisection bracket)")  # fmt: skip
+                            label="measured: final bisection bracket")  # fmt: skip
             ax.set_xlabel("outer lr")
             ax.set_ylabel("outer momentum (Nesterov)")
             ax.set_title(f"{m.schedule}, H = {INNER_STEPS}: one-round spectral radius", fontsize=9)
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="lower left")
             fig.colorbar(mesh, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
         path = os.path.join(out_dir, "diloco_map.png")
         fig.savefig(path, dpi=90)
         plt.close(fig)
         return [path]
+
+
+def _significant(x, digits: int = 4) -> np.ndarray:
+    """``x`` rounded to ``digits`` significant digits (finite entries)."""
+    x = np.asarray(x, dtype=np.float64)
+    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.where(x > 0, np.abs(x), 1.0))))
+    return np.where(np.isfinite(x) & (x != 0), np.round(x * scale) / scale, x)
 
 
 def fitted_rate(distance) -> float:
