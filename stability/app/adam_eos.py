@@ -222,9 +222,7 @@ def adaptive_edge_of_stability(size: str = "quick", *, progress: bool = True) ->
     size = check_option("size", size, SIZES)
     cfg = ADAM_EOS_SIZES[size]
     start = time.perf_counter()
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
+    with jax.enable_x64(True):  # the experiment's numbers in float64, restored after
         x, y = load_digits(cfg["n"], dtype=jnp.float64)
         sizes = [64] + [cfg["width"]] * cfg["depth"] + [10]
         params0 = mlp_init(0, sizes, out_scale=OUT_SCALE, dtype=jnp.float64)
@@ -235,8 +233,6 @@ def adaptive_edge_of_stability(size: str = "quick", *, progress: bool = True) ->
             runs.append(_run(squared_error, params0, (x, y), optimizer, tau, cfg))
             bar.update(1)
         bar.close()
-    finally:
-        jax.config.update("jax_enable_x64", old)
     config = dict(
         size=size,
         **cfg,
