@@ -29,23 +29,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks.run_info import library_commit, timed  # noqa: E402
+
 TOL = 1e-4
 TIME_TARGET = 1.1
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def _adam_trained(loss, p, batch, steps, lr=1e-3):
@@ -127,7 +121,7 @@ def measure(name, repeat):
     per = dict.fromkeys(products, np.inf)
     for _ in range(repeat):  # interleaved: a change in the machine's load hits both
         for which in products:
-            per[which] = min(per[which], _timed(lambda w=which: product(w))[1])
+            per[which] = min(per[which], timed(lambda w=which: product(w))[1])
 
     # 2. Whole spectra on the same spectrum: preconditioned, and written by hand.
     s = jax.tree_util.tree_map(lambda d: 1 / jnp.sqrt(d), pre.diagonal)
@@ -149,7 +143,7 @@ def measure(name, repeat):
     warm = dict.fromkeys(calls, np.inf)
     for _ in range(max(1, repeat // 2)):
         for k, f in calls.items():
-            warm[k] = min(warm[k], _timed(f)[1])
+            warm[k] = min(warm[k], timed(f)[1])
     return {"n": n, "per": per, "spectra": spectra, "warm": warm, "count": pre.count}
 
 
@@ -167,7 +161,7 @@ def main(argv=None) -> int:
         "# Cost of the preconditioned spectrum (issue 22)",
         "",
         f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on "
-        f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores), library {_commit()}, "
+        f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores), library {library_commit()}, "
         f"load {os.getloadavg()[0]:.1f}. float32; `P` from `optax.adam(1e-3)` after "
         f"training (mlp: 300 steps, cnn: 30), `tol={TOL:g}`, seed 0; times are minima "
         f"of interleaved warm repeats ({args.repeat} per product, "
@@ -215,14 +209,6 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
         f.write(text)
     return 0
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                                       text=True).strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
 
 
 if __name__ == "__main__":

@@ -18,20 +18,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
+from benchmarks.run_info import library_commit, timed  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,12 +49,12 @@ def main(argv=None) -> int:
         return hessian_spectrum(mlp_loss, p, batch, k=1, tol=1e-4, progress=False,
                                 verify=verify)  # fmt: skip
 
-    firsts = {name: _timed(lambda v=verify: run(v)) for name, verify in calls.items()}
+    firsts = {name: timed(lambda v=verify: run(v)) for name, verify in calls.items()}
     # Interleaved, so that a change in the machine's load hits both alike.
     warm = {name: np.inf for name in calls}
     for _ in range(args.repeat):
         for name, verify in calls.items():
-            warm[name] = min(warm[name], _timed(lambda v=verify: run(v))[1])
+            warm[name] = min(warm[name], timed(lambda v=verify: run(v))[1])
     results = {name: (*firsts[name], warm[name]) for name in calls}
 
     mask = _hvp.trainable_mask(p)
@@ -72,12 +66,12 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
 
     product(p, batch, v32)
-    t32 = min(_timed(lambda: product(p, batch, v32))[1] for _ in range(args.repeat))
+    t32 = min(timed(lambda: product(p, batch, v32))[1] for _ in range(args.repeat))
     with jax.enable_x64(True):
         p64, b64 = to_float64(p), to_float64(batch)
         v64 = jnp.ones((n,), jnp.float64)  # the check: the top vector
         product(p64, b64, v64)
-        t64 = min(_timed(lambda: product(p64, b64, v64))[1] for _ in range(args.repeat))
+        t64 = min(timed(lambda: product(p64, b64, v64))[1] for _ in range(args.repeat))
 
     before, after = results["verify=False (before)"], results["default (after)"]
     extra = after[2] - before[2]
@@ -86,7 +80,7 @@ def main(argv=None) -> int:
         "",
         f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on "
         f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores), library "
-        f"{_commit()}, load {os.getloadavg()[0]:.1f}. The 85,002-parameter digits MLP of "
+        f"{library_commit()}, load {os.getloadavg()[0]:.1f}. The 85,002-parameter digits MLP of "
         "`benchmarks/hessian.py`, float32, `hessian_spectrum(loss, p, batch, k=1, tol=1e-4)`.",
         "",
         "| call | products | sharpness | bar | product error | first call (s) | warm (s) |",
@@ -115,14 +109,6 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
         f.write(text)
     return 0
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                                       text=True).strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
 
 
 if __name__ == "__main__":
