@@ -129,25 +129,28 @@ def block_delays(params, spec, *, name: str = "delays") -> BlockDelays:
         return spec
     if isinstance(spec, Stages):
         per_leaf, stages = _stage_delays(paths, sizes, spec, name)
-    elif isinstance(spec, Mapping):
-        per_leaf = _prefix_delays(paths, spec, name)
-    elif callable(spec):
+    elif callable(spec) and not isinstance(spec, Mapping):
         per_leaf = [spec(p) for p in paths]
     else:
         try:
             spec_leaves, spec_def = jax.tree_util.tree_flatten(spec)
         except Exception:  # noqa: BLE001 - reported below
             spec_def = None
-        if spec_def != treedef:
+        # A dict shaped like params is the pytree form (for a flat dict of the
+        # leaves' names both readings agree); any other dict holds path prefixes.
+        if spec_def is not None and spec_def == treedef:
+            per_leaf = spec_leaves
+        elif isinstance(spec, Mapping):
+            per_leaf = _prefix_delays(paths, spec, name)
+        else:
             raise TypeError(
                 f"{name} must be stability.Stages(...), a dict of path prefixes, a callable of "
                 f"the leaf path, or a pytree of ints shaped like params; got {spec!r}"
             )
-        per_leaf = spec_leaves
     checked = []
     for path, d in zip(paths, per_leaf, strict=True):
-        if isinstance(d, np.ndarray) and d.ndim == 0:
-            d = d.item()
+        if isinstance(d, (np.ndarray, np.generic, jax.Array)) and np.ndim(d) == 0:
+            d = np.asarray(d).item()  # a numpy or JAX scalar
         try:
             checked.append(check_int(f"{name}[{path!r}]", d, 0))
         except (TypeError, ValueError) as err:
