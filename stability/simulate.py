@@ -30,6 +30,15 @@ Delay models:
   triangular law P(tau) = (N - |N - 1 - tau|) / N^2 (after the first round).
   Memory: N snapshots of the parameters (plus N momentum buffers for
   ``shifted``).
+- ``block_delays``: a delay per block of parameters (a pipeline, docs/theory.md
+  section 18; any spec `stability.curvature.blocks.block_delays` accepts, e.g.
+  ``Stages(P, "1f1b")``): the gradient applied to block b at step t is block
+  b's part of the gradient at w_{t - tau_b} (w_0 for t < tau_b). A step
+  evaluates the gradient once per DISTINCT delay d, at w_{t - d}, on the same
+  batch, and takes each leaf from its own delay's gradient (`pick_by_delay`);
+  then the rule's update. Memory: ``max_b tau_b`` copies of the parameters (the
+  ring of the constant delay ``tau = max_b tau_b``). Rules with a buffer per
+  worker (``shifted``) are refused: there are no workers.
 
 Everything runs in one jit-compiled ``jax.lax.scan``; parameters, data, lr,
 beta and the random key are arguments of the compiled function (not
@@ -53,6 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stability.curvature.blocks import BlockDelays, pick_by_delay
+from stability.curvature.blocks import block_delays as resolve_blocks
 from stability.theory.hyperparameters import check_hyperparameters
 from stability.theory.rules import Rule
 from stability.validation import check_int, check_option, leading_size
@@ -71,7 +82,9 @@ class AsyncTrajectory(NamedTuple):
       distance: ``||w_t - w_0||`` (Euclidean norm over all leaves) at the
         recorded steps, same shape as ``loss``.
       params: the final parameters w_steps (same pytree as the input).
-      delays: the delay tau_t applied at each step t, int32, shape ``(steps,)``.
+      delays: the delay tau_t applied at each step t, int32, shape ``(steps,)``;
+        with ``block_delays``, the largest delay applied at step t,
+        ``min(t, max_b tau_b)`` (the block delays themselves do not change).
       step: the step index t of each record, shape ``(records,)``.
       diverged: True when the loss or the distance became non-finite.
     """
@@ -92,6 +105,7 @@ def simulate_async(
     lr,
     tau: int | None = None,
     num_workers: int | None = None,
+    block_delays=None,
     beta=0.0,
     momentum: str = "heavy_ball",
     schedule: str = "round_robin",
@@ -111,9 +125,14 @@ def simulate_async(
         sharing the leading (example) axis; or None.
       lr: learning rate (> 0). A traced argument: sweeping it does not
         recompile.
-      tau: constant delay (integer >= 0). Give exactly one of ``tau`` and
-        ``num_workers``.
+      tau: constant delay (integer >= 0). Give exactly one of ``tau``,
+        ``num_workers`` and ``block_delays``.
       num_workers: number of workers N >= 1 (see ``schedule``).
+      block_delays: a delay per block of parameters (module docstring): a
+        `stability.curvature.blocks.Stages`, a dict of path prefixes, a callable
+        of the leaf path, a pytree of ints shaped like ``params`` or a resolved
+        `stability.curvature.blocks.BlockDelays`. Not with ``shifted`` (a buffer
+        per worker) nor with ``schedule="random"``.
       beta: momentum coefficient in [0, 1); 0 is plain delayed SGD.
       momentum: "heavy_ball", "nesterov", "shifted" or "gd" (see module docstring),
         or a `stability.theory.rules.Rule` (its ``update`` is the step): any optax
@@ -158,8 +177,12 @@ def simulate_async(
     steps = check_int("steps", steps, 1)
     record_every = check_int("record_every", record_every, 1)
     seed = check_int("seed", seed, 0)
-    tau, num_workers = check_delays(tau, num_workers, schedule)
+    if block_delays is None:
+        tau, num_workers = check_delays(tau, num_workers, schedule)
     dtype = check_params(params)
+    blocks = check_block_delays(params, block_delays, tau, num_workers, schedule, momentum)
+    if blocks is not None:
+        tau = max(blocks)  # the ring of the largest delay holds every stale iterate
     if data is None:
         if batch_size is not None:
             raise ValueError(f"batch_size={batch_size!r} needs data; got data=None")
@@ -174,7 +197,7 @@ def simulate_async(
     track_every = _check_tracker(tracker, record_every)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     key = jax.random.key(seed)
-    options = dict(loss=loss, tau=tau, num_workers=num_workers, momentum=momentum)
+    options = dict(loss=loss, tau=tau, num_workers=num_workers, momentum=momentum, blocks=blocks)
     lr = jnp.asarray(lr, dtype=dtype)
     beta = jnp.asarray(beta, dtype=dtype)
     if tracker is None:
@@ -229,6 +252,34 @@ def check_delays(tau, num_workers, schedule: str) -> tuple[int | None, int | Non
     return None, check_int("num_workers", num_workers, 1)
 
 
+def check_block_delays(
+    params, spec, tau, num_workers, schedule: str, momentum: Rule
+) -> tuple[int, ...] | None:
+    """``block_delays`` resolved against ``params``: the delay of every leaf
+    (``tree_leaves`` order, a static tuple), or None without ``spec``. Exclusive
+    with ``tau`` and ``num_workers``; refuses a random schedule and a rule with a
+    buffer per worker. Shared with `stability.training.train_async`."""
+    if spec is None:
+        return None
+    if tau is not None or num_workers is not None:
+        raise ValueError(
+            "give exactly one of tau, num_workers and block_delays (each block has its own "
+            f"delay); got tau={tau!r}, num_workers={num_workers!r} with block_delays={spec!r}"
+        )
+    if schedule != "round_robin":
+        raise ValueError(
+            f"schedule={schedule!r} needs num_workers (block_delays are fixed delays, with no "
+            "schedule)"
+        )
+    if momentum.per_worker_buffer:
+        raise ValueError(
+            f"momentum={momentum.name!r} keeps a buffer per worker, and block_delays have no "
+            "workers; use heavy_ball, nesterov, gd or an OptaxRule"
+        )
+    blocks = resolve_blocks(params, spec, name="block_delays")
+    return tuple(jax.tree_util.tree_leaves(blocks.leaf_delays))
+
+
 def check_params(params):
     """Non-empty pytree of floating-point arrays; returns their common dtype."""
     leaves = jax.tree_util.tree_leaves(params)
@@ -276,6 +327,7 @@ def _simulate_tracked(
     batch_size,
     steps,
     record_every,
+    blocks=None,
 ):
     """`_simulate` in chunks of ``every`` steps, calling ``tracker(w_t, t)`` between them."""
     options = dict(loss=loss, tau=tau, num_workers=num_workers, momentum=momentum)
@@ -297,6 +349,7 @@ def _simulate_tracked(
             beta,
             batch_size=batch_size,
             record_every=record_every,
+            blocks=blocks,
             **options,
         )
         losses.append(lc)
@@ -412,15 +465,20 @@ def worker_order(key, steps: int, *, tau, num_workers, schedule):
     return perms.reshape(-1)[:steps].astype(jnp.int32)
 
 
-def async_step(state: ServerState, worker, gradient, lr, beta, *, tau, num_workers, momentum):
+def async_step(
+    state: ServerState, worker, gradient, lr, beta, *, tau, num_workers, momentum, blocks=None
+):
     """One server update: ``(state+, delay, aux)``.
 
     ``gradient(w_stale) -> (g, aux)`` evaluates the gradient that arrives at
     step t at the stale weights it was computed at (``aux``: anything the
     caller wants back per step, e.g. the mini-batch loss). The update rule is
     the module docstring's; ``worker`` is this step's pushing worker (ignored
-    for a constant delay).
+    for a constant delay). ``blocks``: the delay of every leaf (a static tuple,
+    `check_block_delays`) with ``tau`` their maximum: then `block_step`.
     """
+    if blocks is not None:
+        return block_step(state, gradient, lr, beta, blocks=blocks, momentum=momentum)
     w, slots, pulled, v, t = state
     constant = tau is not None
     n_vbuf = _buffers(tau, num_workers, momentum)
@@ -448,6 +506,35 @@ def async_step(state: ServerState, worker, gradient, lr, beta, *, tau, num_worke
     return ServerState(w_new, slots, pulled, v, t + 1), delay, aux
 
 
+def block_step(state: ServerState, gradient, lr, beta, *, blocks, momentum):
+    """One server update with a delay per leaf: ``(state+, largest delay, aux)``.
+
+    ``blocks``: the delay tau_b of every leaf (``tree_leaves`` order), T = max.
+    The state's ring (``T`` slots, laid out as for the constant delay T: slot
+    ``s mod T`` holds w_s until step s + T overwrites it) holds every w_{t - d},
+    d <= T, at slot ``(t - d) mod T`` (w_0 while t < d: not yet overwritten).
+    The gradient is evaluated once per distinct delay d at w_{t - d} and each
+    leaf is taken from its own delay's gradient (`pick_by_delay`):
+    ``g = sum_b P_b grad(w_{t - tau_b})``; then the rule's update. ``aux`` is
+    that of the largest delay's evaluation.
+    """
+    w, slots, pulled, v, t = state
+    top = max(blocks)
+    distinct = tuple(sorted(set(blocks)))
+    grads, aux = [], None
+    for d in distinct:
+        w_d = w if d == 0 else _tree_read(slots, (t - d) % top)
+        g, aux = gradient(w_d)  # ascending delays: aux ends as the largest delay's
+        grads.append(g)
+    leaf_delays = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(w), list(blocks))
+    g = pick_by_delay(BlockDelays(leaf_delays, (), distinct, ()), grads)
+    w_new, v = momentum.update(w, v, g, lr, beta)
+    if top > 0:  # w_t goes where w_{t-T} was
+        slots = _tree_write(slots, t % top, w)
+    delay = jnp.minimum(t, top).astype(jnp.int32)
+    return ServerState(w_new, slots, pulled, v, t + 1), delay, aux
+
+
 _STATIC = ("loss", "tau", "num_workers", "momentum", "schedule", "batch_size", "record_every")
 
 
@@ -465,7 +552,20 @@ def _record(loss, data, w, w0):
 
 
 def _segment(
-    carry, w0, xs, data, lr, beta, *, loss, tau, num_workers, momentum, batch_size, record_every
+    carry,
+    w0,
+    xs,
+    data,
+    lr,
+    beta,
+    *,
+    loss,
+    tau,
+    num_workers,
+    momentum,
+    batch_size,
+    record_every,
+    blocks=None,
 ):
     """Run ``len(xs)`` steps from ``carry``; record every ``record_every`` and at the end.
 
@@ -495,6 +595,7 @@ def _segment(
             tau=tau,
             num_workers=num_workers,
             momentum=momentum,
+            blocks=blocks,
         )
         return carry, delay
 
@@ -522,7 +623,7 @@ def _segment(
     return carry, (jnp.concatenate(losses), jnp.concatenate(dists)), jnp.concatenate(delays)
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "steps"))
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "steps", "blocks"))
 def _simulate(
     params,
     data,
@@ -538,6 +639,7 @@ def _simulate(
     batch_size,
     steps,
     record_every,
+    blocks=None,
 ):
     """The whole run in one compiled program (the default path)."""
     xs, (l0, d0) = _start(
@@ -564,6 +666,7 @@ def _simulate(
         momentum=momentum,
         batch_size=batch_size,
         record_every=record_every,
+        blocks=blocks,
     )
     return (
         jnp.concatenate([l0[None], losses]),
@@ -593,7 +696,15 @@ def _simulate_start(params, data, key, *, loss, tau, num_workers, momentum, sche
 
 _simulate_segment = jax.jit(
     _segment,
-    static_argnames=("loss", "tau", "num_workers", "momentum", "batch_size", "record_every"),
+    static_argnames=(
+        "loss",
+        "tau",
+        "num_workers",
+        "momentum",
+        "batch_size",
+        "record_every",
+        "blocks",
+    ),
 )
 
 

@@ -9,9 +9,11 @@ sharpness along the way.
 Update rules and delay models are exactly those of `stability.simulate` (the
 same code: `simulate.async_step`): at step t the server applies a gradient
 computed at stale weights w_{t - tau_t} with the heavy-ball, Nesterov or
-shifted (per-worker buffer) momentum rule; a constant ``tau``, or
+shifted (per-worker buffer) momentum rule; a constant ``tau``,
 ``num_workers`` pushing round robin (tau = N - 1) or in a random order per
-round.
+round, or ``block_delays``: a delay per block of parameters (a pipeline), the
+block-b gradient at w_{t - tau_b}, one evaluation per distinct delay on step
+t's batch (`stability.simulate.block_step`).
 
 Mini-batches: each epoch is a fresh uniformly random permutation of the
 training examples (seeded), cut into ``n // batch_size`` consecutive batches
@@ -66,8 +68,10 @@ class TrainingRun(NamedTuple):
         ``eval_data``).
       batch_loss: the loss of each step's mini-batch at the stale weights its
         gradient was computed at (free: it comes with the gradient),
-        ``(steps run,)``.
-      delays: the delay tau_t applied at each step, int32 ``(steps run,)``.
+        ``(steps run,)``; with ``block_delays``, at the weights of the largest
+        delay.
+      delays: the delay tau_t applied at each step, int32 ``(steps run,)``;
+        with ``block_delays``, the largest delay applied, ``min(t, max_b tau_b)``.
       sharpness: the tracker's ``history`` (dict of lists: step, sharpness,
         error, threshold, fraction_of_limit, num_hvps) or None without one.
       diverged: True when the training loss became non-finite (the run stopped
@@ -161,6 +165,7 @@ def train_async(
     epochs: int,
     tau: int | None = None,
     num_workers: int | None = None,
+    block_delays=None,
     beta=0.0,
     momentum: str = "heavy_ball",
     schedule: str = "round_robin",
@@ -191,10 +196,15 @@ def train_async(
       batch_size: examples per step (1..n), or None for full-batch steps.
       epochs: passes over the training data (>= 1); steps = epochs * (n //
         batch_size), or ``epochs`` with full batches.
-      tau: constant delay (>= 0); give exactly one of ``tau`` and
-        ``num_workers``.
+      tau: constant delay (>= 0); give exactly one of ``tau``,
+        ``num_workers`` and ``block_delays``.
       num_workers: N >= 1 workers pushing by ``schedule``: "round_robin"
         (tau = N - 1) or "random" (a random permutation per round of N steps).
+      block_delays: a delay per block of parameters, any spec
+        `stability.curvature.blocks.block_delays` accepts (e.g.
+        ``Stages(P, "1f1b")``, a dict of path prefixes): the gradient applied to
+        block b at step t is block b's gradient of step t's batch at w_{t -
+        tau_b} (w_0 for t < tau_b). Not with ``shifted``.
       beta: momentum in [0, 1) (traced). momentum: "heavy_ball", "nesterov",
         "shifted", "gd" or a `stability.theory.rules.Rule`; any optax optimizer
         (AdamW included) as ``stability.OptaxRule(optimizer)``, with ``lr=1`` to
@@ -223,10 +233,14 @@ def train_async(
     schedule = check_option("schedule", schedule, _sim.SCHEDULES)
     epochs = check_int("epochs", epochs, 1)
     seed = check_int("seed", seed, 0)
-    tau, num_workers = _sim.check_delays(tau, num_workers, schedule)
+    if block_delays is None:
+        tau, num_workers = _sim.check_delays(tau, num_workers, schedule)
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(params, batch); got {type(loss).__name__}")
     dtype = _sim.check_params(params)
+    blocks = _sim.check_block_delays(params, block_delays, tau, num_workers, schedule, momentum)
+    if blocks is not None:
+        tau = max(blocks)  # the ring of the largest delay holds every stale iterate
     n = leading_size("train_data", train_data)
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)
@@ -271,6 +285,7 @@ def train_async(
         num_workers=num_workers,
         momentum=momentum,
         full_batch=batch_size is None,
+        blocks=blocks,
     )
 
     steps_rec, train_rec, eval_rec = [], [], []
@@ -342,9 +357,11 @@ def _evaluator(loss, eval_fn):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("loss", "tau", "num_workers", "momentum", "full_batch")
+    jax.jit, static_argnames=("loss", "tau", "num_workers", "momentum", "full_batch", "blocks")
 )
-def _train_chunk(state, xs, data, lr, beta, *, loss, tau, num_workers, momentum, full_batch):
+def _train_chunk(
+    state, xs, data, lr, beta, *, loss, tau, num_workers, momentum, full_batch, blocks=None
+):
     """``len(xs)`` server steps in one scan: ``(state, (batch losses, delays))``."""
     value_and_grad = jax.value_and_grad(loss)
 
@@ -360,7 +377,15 @@ def _train_chunk(state, xs, data, lr, beta, *, loss, tau, num_workers, momentum,
             return g, value
 
         state, delay, value = _sim.async_step(
-            state, worker, gradient, lr, beta, tau=tau, num_workers=num_workers, momentum=momentum
+            state,
+            worker,
+            gradient,
+            lr,
+            beta,
+            tau=tau,
+            num_workers=num_workers,
+            momentum=momentum,
+            blocks=blocks,
         )
         return state, (value, delay)
 
