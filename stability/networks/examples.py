@@ -70,15 +70,22 @@ def load_digits(n: int | None = None, *, dtype=None) -> tuple[jax.Array, jax.Arr
 
 
 class DigitsMLP(nn.Module):
-    """Linen tanh MLP 64 -> hidden -> classes (2410 parameters by default)."""
+    """Linen tanh MLP 64 -> hidden (x depth) -> classes (2410 parameters by default).
+
+    ``depth``: the number of hidden layers, each ``Dense`` + tanh (``Dense_0`` ..
+    ``Dense_{depth-1}``), then the output ``Dense_{depth}``; the default 1 is
+    64 -> hidden -> classes. Deeper nets give a pipeline whole layers per stage.
+    """
 
     hidden: int = 32
     classes: int = 10
     param_dtype: Any = jnp.float32
+    depth: int = 1
 
     @nn.compact
     def __call__(self, x):
-        x = jnp.tanh(nn.Dense(self.hidden, dtype=x.dtype, param_dtype=self.param_dtype)(x))
+        for _ in range(self.depth):
+            x = jnp.tanh(nn.Dense(self.hidden, dtype=x.dtype, param_dtype=self.param_dtype)(x))
         return nn.Dense(self.classes, dtype=x.dtype, param_dtype=self.param_dtype)(x)
 
 
@@ -134,6 +141,7 @@ def train_to_minimum(
     n: int = 256,
     *,
     hidden: int = 32,
+    depth: int = 1,
     loss: str = "squared_error",
     weight_decay: float = 0.0,
     seed: int = 0,
@@ -147,6 +155,7 @@ def train_to_minimum(
     Args:
       n: number of training examples (first n digits).
       hidden: hidden width (n=256, hidden=32: 2410 parameters).
+      depth: hidden layers (`DigitsMLP`; 1: 64 -> hidden -> 10).
       loss: "squared_error" (`mean_squared_error` on one-hot targets; the
         network interpolates, loss -> ~0) or "cross_entropy" (needs
         ``weight_decay > 0`` to have a minimum).
@@ -166,6 +175,7 @@ def train_to_minimum(
     """
     n = check_int("n", n, 1)
     hidden = check_int("hidden", hidden, 1)
+    depth = check_int("depth", depth, 1)
     max_steps = check_int("max_steps", max_steps, 1)
     memory_size = check_int("memory_size", memory_size, 1)
     loss = check_option("loss", loss, ("squared_error", "cross_entropy"))
@@ -182,9 +192,9 @@ def train_to_minimum(
     if not gtol > 0:
         raise ValueError(f"gtol must be > 0; got {gtol!r}")
     x, y = load_digits(n, dtype=dtype)
-    model = DigitsMLP(hidden=hidden, param_dtype=dtype)
+    model = DigitsMLP(hidden=hidden, param_dtype=dtype, depth=depth)
     params = model.init(jax.random.key(seed), x[:1])
-    data_loss = _data_loss(hidden, loss, jnp.dtype(dtype).name)
+    data_loss = _data_loss(hidden, loss, jnp.dtype(dtype).name, depth)
     wd = jnp.asarray(weight_decay, dtype)
     # optax.lbfgs mixes int32 and int64 counters under x64: allow standard promotion.
     with jax.numpy_dtype_promotion("standard"):
@@ -205,10 +215,10 @@ def train_to_minimum(
 
 
 @functools.cache
-def _data_loss(hidden: int, loss: str, dtype: str) -> Callable:
+def _data_loss(hidden: int, loss: str, dtype: str, depth: int = 1) -> Callable:
     """One loss function object per configuration, so compilations are reused."""
     out_loss = mean_squared_error if loss == "squared_error" else cross_entropy
-    model = DigitsMLP(hidden=hidden, param_dtype=jnp.dtype(dtype))
+    model = DigitsMLP(hidden=hidden, param_dtype=jnp.dtype(dtype), depth=depth)
     return loss_from_model(model, {"params": {}}, loss=out_loss)[0]
 
 
