@@ -76,8 +76,9 @@ is (``upper`` the random-start bound or the converged Ritz value plus its residu
 "unstable" when all of ``[theta_1, inf)`` (``certified_by="ritz_value"``), all of
 ``theta_1 +- r_1`` (``"ritz_interval"``: some eigenvalue lies there) or all of
 ``[theta_1, upper]`` is not. For inner GD the range of kappa over an interval is
-exact; other inner rules and a kept buffer are left undecided, with the reason. The
-code is in `stability.local_sgd_verdict`.
+exact; for inner heavy ball and Nesterov (kappa a polynomial of degree H) it comes from
+a checked Chebyshev interpolant; a kept buffer and the inner Adam are left undecided,
+with the reason. The code is in `stability.local_sgd_verdict`.
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ class LocalSGDAccessibility(NamedTuple):
       round_radius: the growth per round (H inner steps) along the sharpest direction
         (`stability.theory.local_sgd.round_spectral_radius`; < 1 contracts).
       max_stable_sharpness: the largest ``a`` such that every eigenvalue in ``(0, a)``
-        is stable (inner GD with the buffer reset: a closed form; None otherwise).
+        is stable (inner GD with the buffer reset: a closed form; heavy ball, Nesterov:
+        the first root of a Chebyshev interpolant; NaN otherwise).
     """
 
     config: object
@@ -1138,12 +1140,12 @@ def is_accessible(
         ``tau`` 0 or None (the outer delay comes from the schedule), ``lr``, ``beta``
         and ``momentum`` out. Every eigenvalue ``a`` in ``(0, lambda_max]`` must have
         ``outer_lr kappa(a)`` in the outer rule's stable interval; kappa is not
-        monotone in ``a`` (``inner_lr a > 1``), so the verdict uses the exact range of
-        kappa over the certified interval (inner GD with the buffer reset; otherwise
-        undecided, with the reason). The report's ``lr``, ``beta``, ``momentum`` and
-        ``tau`` are the outer rule's and its delay, ``spectral_radius`` is per inner
-        step; ``report.local_sgd`` (`LocalSGDAccessibility`) holds kappa, the round
-        radius and the largest stable outer lr. Full batch only.
+        monotone in ``a`` (``inner_lr a > 1``), so the verdict uses the range of kappa
+        over the certified interval (inner GD, heavy ball or Nesterov with the buffer
+        reset; otherwise undecided, with the reason). The report's ``lr``, ``beta``,
+        ``momentum`` and ``tau`` are the outer rule's and its delay, ``spectral_radius``
+        is per inner step; ``report.local_sgd`` (`LocalSGDAccessibility`) holds kappa,
+        the round radius and the largest stable outer lr. Full batch only.
 
     Returns:
       An `Accessibility` report; ``bool(report)`` is True only for a certified

@@ -11,6 +11,13 @@ all of ``theta_1 +- r_1`` (``"ritz_interval"``: some eigenvalue lies there) or a
 ``[theta_1, upper]`` is not. The minimum (``is_minimum``, ``require_minimum``) and the
 random-start bound are those of `stability.accessibility`'s rule for the other rules.
 
+The range of kappa over an interval: inner GD, exact (a closed form); inner heavy ball
+and Nesterov, kappa is a polynomial of degree H in ``a`` and its range comes from a
+Chebyshev interpolant checked against direct evaluation (the comment above
+`_polynomial_range`; H <= 256, finite intervals only). A kept inner buffer (the
+pseudo-gradient is not ``kappa(a) x_k``) and the frozen-preconditioner Adam (its
+eigenvalues are those of ``P^-1/2 H P^-1/2``) are undecided, with the reason.
+
 `stability.accessibility.is_accessible` imports this module inside the function (this
 module builds that module's `Accessibility` report).
 """
@@ -39,15 +46,56 @@ from stability.validation import check_lr
 __all__ = ["local_sgd_accessible"]
 
 
-# Along an eigenvalue a
-# with the inner buffer reset, a round's polynomial is A_out + outer_lr kappa(a) B_out:
-# a is stable iff outer_lr kappa(a) lies in the outer rule's stable interval
-# (0, q_max), whatever a is otherwise. For inner GD, kappa(a) = 1 - (1 - inner_lr a)^H
-# and the range of u^H over an interval of u = 1 - inner_lr a is exact (monotone for
-# odd H; even H: its minimum 0 where the interval holds 0), so "every a in [lo, hi] is
-# stable" and "every a in [lo, hi] is unstable" are both decided exactly, kappa being
-# non-monotone in a (inner_lr a > 1) or not. Rounding: a relative margin.
+# Along an eigenvalue a with the inner buffer reset, a round's polynomial is A_out +
+# outer_lr kappa(a) B_out: a is stable iff outer_lr kappa(a) lies in the outer rule's
+# stable interval (0, q_max), whatever a is otherwise. So "every a in [lo, hi] is
+# stable" and "every a in [lo, hi] is unstable" are questions about the range of kappa
+# over [lo, hi], kappa being non-monotone in a (inner_lr a > 1) or not.
+#
+# Inner GD: kappa(a) = 1 - (1 - inner_lr a)^H and the range of u^H over an interval of
+# u = 1 - inner_lr a is exact (monotone for odd H; even H: its minimum 0 where the
+# interval holds 0). Rounding: a relative margin.
 _LOCAL_MARGIN = 1e-12
+
+# Inner heavy ball, Nesterov (any linear rule but the preconditioned Adam, whose
+# eigenvalues are those of P^-1/2 H P^-1/2, not of the Hessian measured here): T(a) is
+# affine in a, so kappa(a) = 1 - e_1^T T(a)^H e_1 is a polynomial of degree <= H. Its
+# range over a finite [lo, hi] is taken at the endpoints and the real parts of the roots
+# of the derivative of its Chebyshev interpolant at H + 1 points (numpy, float64), plus
+# the interpolant at the check points below (extra points inside the interval can only
+# narrow the gap to the true range). The interpolant must agree with kappa evaluated
+# directly (`stability.theory.local_sgd.pseudo_gradient_factor`) at 4 H + 16 other
+# points of the interval to POLYNOMIAL_CHECK x max(1, max |kappa|), else nothing is
+# certified; the range found is widened by POLYNOMIAL_MARGIN x that scale. This is
+# floating point, not interval arithmetic: the margin covers the rounding of the
+# interpolant and of the roots (an extremum is a critical point, so a root error delta
+# moves the value by O(delta^2)) by orders of magnitude, without proof. The degree is
+# capped (MAX_POLYNOMIAL_STEPS) and an infinite interval is not judged (the Ritz
+# interval and the random-start bound still are).
+POLYNOMIAL_CHECK = 1e-11
+POLYNOMIAL_MARGIN = 1e-9
+MAX_POLYNOMIAL_STEPS = 256
+_ADAPTIVE = "preconditioned_adam"
+
+
+def _polynomial_range(f, degree: int, lo: float, hi: float) -> tuple[float, float]:
+    """``(min, max)`` of the polynomial ``f`` (degree <= ``degree``; evaluates an array)
+    over ``[lo, hi]``, widened by the margin; ``(nan, nan)`` when its interpolant fails
+    the check (see the comment above)."""
+    cheb = np.polynomial.Chebyshev.interpolate(f, max(degree, 1), domain=[lo, hi])
+    n = 4 * degree + 16  # Chebyshev points of the first kind: interior, off the nodes
+    x = 0.5 * (lo + hi) + 0.5 * (hi - lo) * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    direct, fitted = np.asarray(f(x), np.float64), cheb(x)
+    scale = max(1.0, float(np.max(np.abs(direct))))
+    if not (
+        np.all(np.isfinite(direct)) and np.max(np.abs(fitted - direct)) <= POLYNOMIAL_CHECK * scale
+    ):
+        return math.nan, math.nan
+    critical = cheb.deriv().roots() if degree >= 2 else np.zeros(0)
+    points = np.clip(np.concatenate([[lo, hi], np.real(critical)]), lo, hi)
+    values = np.concatenate([cheb(points), fitted])
+    margin = POLYNOMIAL_MARGIN * scale
+    return float(np.min(values)) - margin, float(np.max(values)) + margin
 
 
 class _LocalSetting(NamedTuple):
@@ -60,11 +108,54 @@ class _LocalSetting(NamedTuple):
     outer_momentum: float
     q_limit: float
 
-    def exact(self) -> bool:  # the closed-form certificate's scope
+    def closed_form(self) -> bool:  # inner GD, reset: the exact range of u^H
         return self.config.inner.name == "gd" and bool(self.config.reset)
 
+    def polynomial(self) -> bool:  # another linear inner rule, reset: kappa's interpolant
+        c = self.config
+        return (
+            bool(c.reset)
+            and c.inner.name not in ("gd", _ADAPTIVE)
+            and c.inner_steps <= MAX_POLYNOMIAL_STEPS
+        )
+
+    def exact(self) -> bool:  # the certificate's scope
+        return self.closed_form() or self.polynomial()
+
+    def scope(self) -> str:
+        """Why a configuration is outside the certificate's scope ("" inside it)."""
+        c = self.config
+        if self.exact():
+            return ""
+        if not c.reset:
+            return (
+                "the inner buffer is kept across rounds, so the pseudo-gradient is not "
+                "kappa(a) x_k for a number kappa(a) (docs/theory.md (48)) and the certificate "
+                "(inner state reset every round) does not apply"
+            )
+        if c.inner.name == _ADAPTIVE:
+            return (
+                "the inner rule is the frozen-preconditioner Adam, whose kappa is a function of "
+                "the eigenvalues of P^-1/2 H P^-1/2, not of the Hessian measured here"
+            )
+        return (
+            f"H = {c.inner_steps} inner steps is above {MAX_POLYNOMIAL_STEPS}, the largest "
+            "degree of kappa's interpolant"
+        )
+
+    def kappa(self, a):
+        """kappa at the numbers ``a`` (float64 numpy)."""
+        with host_float64():
+            return np.asarray(theory.pseudo_gradient_factor(self.config, np.asarray(a, np.float64)))
+
     def kappa_range(self, lo: float, hi: float) -> tuple[float, float]:
-        """``(min, max)`` of kappa over ``a`` in ``[lo, hi]`` (hi may be inf), inner GD."""
+        """``(min, max)`` of kappa over ``a`` in ``[lo, hi]`` (hi may be inf); inner GD:
+        exact; other rules: the checked interpolant, ``(-inf, inf)`` for an infinite
+        ``hi`` and ``(nan, nan)`` when the check fails (nothing certified either way)."""
+        if not self.closed_form():
+            if not math.isfinite(hi):
+                return -math.inf, math.inf
+            return _polynomial_range(self.kappa, self.config.inner_steps, lo, hi)
         h, lr = self.config.inner_steps, float(self.config.inner_lr)
         u_lo, u_hi = 1.0 - lr * hi, 1.0 - lr * lo
         with np.errstate(over="ignore"):
@@ -81,23 +172,58 @@ class _LocalSetting(NamedTuple):
         k_min, k_max = self.kappa_range(lo, hi)
         return k_max < -_LOCAL_MARGIN or k_min > self.q_limit * (1 + _LOCAL_MARGIN)
 
+    def positive(self, upper: float) -> bool:
+        """kappa > 0 on all of (0, upper]. kappa(0) = 0, so for the polynomial rules this
+        is kappa(a) / a > 0 on [0, upper] (a polynomial of degree H - 1; its
+        interpolation points are interior, never a = 0)."""
+        lr = float(self.config.inner_lr)
+        if self.closed_form():
+            return self.config.inner_steps % 2 == 1 or lr * upper < 2 * (1 - _LOCAL_MARGIN)
+        low, _ = _polynomial_range(
+            lambda a: self.kappa(a) / a, self.config.inner_steps - 1, 0.0, upper
+        )
+        return low > 0
+
     def sharp_side_stable(self, upper: float) -> bool:
         """Every eigenvalue in (0, upper] stable: kappa in (0, q_limit) there."""
-        lr = float(self.config.inner_lr)
-        positive = self.config.inner_steps % 2 == 1 or lr * upper < 2 * (1 - _LOCAL_MARGIN)
-        return positive and self.kappa_range(0.0, upper)[1] < self.q_limit * (1 - _LOCAL_MARGIN)
+        if not (upper > 0 and self.positive(upper)):
+            return False
+        return self.kappa_range(0.0, upper)[1] < self.q_limit * (1 - _LOCAL_MARGIN)
 
     def max_stable_sharpness(self) -> float:
         """The first a > 0 where outer_lr kappa(a) leaves (0, q_max): every eigenvalue
-        in (0, a) is stable (inner GD, reset; NaN otherwise)."""
+        in (0, a) is stable (NaN outside the certificate's scope)."""
         if not self.exact() or not math.isfinite(self.q_limit):
             return math.nan
         h, lr, q = self.config.inner_steps, float(self.config.inner_lr), self.q_limit
+        if not self.closed_form():
+            return self._first_exit()
         if q <= 1:  # kappa rises through q before inner_lr a = 1
             return (1.0 - (1.0 - q) ** (1.0 / h)) / lr
         if h % 2 == 1:  # kappa = 1 + (inner_lr a - 1)^H beyond 1 / inner_lr
             return (1.0 + (q - 1.0) ** (1.0 / h)) / lr
         return 2.0 / lr  # even H: kappa falls back to 0 at inner_lr a = 2
+
+    def _first_exit(self) -> float:
+        """The smallest root in (0, b] of kappa(a) / a or of kappa(a) - q_limit (roots of
+        their Chebyshev interpolants; a double root counts), b doubling from 1 / inner_lr
+        until there is one (|kappa| grows like a^H, so there is). A reported number, not
+        a certificate: the verdict uses `sharp_side_stable`."""
+        h, lr, q = self.config.inner_steps, float(self.config.inner_lr), self.q_limit
+        for k in range(24):
+            b = 2.0**k / lr
+            found = []
+            for f, degree in ((lambda a: self.kappa(a) / a, h - 1),
+                              (lambda a: self.kappa(a) - q, h)):  # fmt: skip
+                if degree < 1:
+                    continue
+                cheb = np.polynomial.Chebyshev.interpolate(f, degree, domain=[0.0, b])
+                roots = cheb.roots()
+                real = roots[(np.abs(np.imag(roots)) <= 1e-6 * b) & (np.real(roots) > 0)]
+                found += [float(r) for r in np.real(real) if r <= b]
+            if found:
+                return min(found)
+        return math.nan
 
 
 def _local_setting(local_sgd, tau, lr, beta, momentum, outer_lr, outer_momentum, batch_size,
@@ -167,9 +293,10 @@ def _judge_local(spectrum: HessianSpectrum, setting: _LocalSetting, require_mini
     sharp, by = None, None
     if not setting.exact():
         why = (
-            "undecided: the local SGD certificate covers inner GD with the inner buffer reset "
-            f"(got inner={setting.config.inner.name!r}, reset={setting.config.reset}); kappa "
-            "is not monotone in the sharpness in general, so the sharpness alone cannot decide"
+            "undecided: the local SGD certificate covers inner rules with the inner state reset "
+            f"every round (inner GD; heavy ball, Nesterov up to H = {MAX_POLYNOMIAL_STEPS}); "
+            f"got inner={setting.config.inner.name!r}, reset={setting.config.reset}: "
+            f"{setting.scope()}"
         )
     elif not math.isfinite(setting.q_limit):
         why = "undecided: the outer rule's threshold is not certified at this outer delay"
@@ -207,12 +334,24 @@ def _judge_local(spectrum: HessianSpectrum, setting: _LocalSetting, require_mini
             f"{setting.max_stable_sharpness():.4g}) neither proven stable nor unstable"
         )
         reach = float(setting.config.inner_lr) * (top + top_err)
-        if reach > 1:
+        if setting.closed_form() and reach > 1:
             why += (
                 f" (inner_lr x sharpness = {reach:.3g} > 1: kappa is not monotone, so an "
                 "eigenvalue below the sharpness may be unstable while the top one is not; "
                 "only the top is estimated)"
             )
+        elif not setting.closed_form() and top + top_err > 0:
+            if math.isnan(setting.kappa_range(0.0, top + top_err)[0]):
+                why += (
+                    " (kappa's Chebyshev interpolant failed its check against direct "
+                    "evaluation: nothing certified)"
+                )
+            elif 0 < float(setting.kappa(top)) < setting.q_limit:
+                why += (
+                    " (kappa of a momentum inner rule is not monotone in general, so an "
+                    "eigenvalue below the sharpness may be unstable while the top one is not; "
+                    "only the top is estimated)"
+                )
     if sharp is None:
         why += f" after {spectrum.num_hvps} Hessian-vector products"
     verdict, minimum = sharp, base.is_minimum

@@ -155,12 +155,103 @@ def test_non_monotone_cases_decided_and_undecided(minimum):
     assert np.max(np.asarray(radii)) > 1
 
 
-def test_rules_outside_the_closed_form_are_undecided(minimum):
-    config = LocalSGD(inner_lr=0.1, inner_steps=5, inner="heavy_ball", inner_beta=0.5)
-    report = _verdict(minimum, config, 0.5, spectrum=minimum["spectrum"])
-    assert report.verdict is None
-    assert "inner GD" in report.reason
-    json.dumps(report.to_dict(), allow_nan=False)
+# Inner heavy ball and Nesterov with the buffer reset: kappa is a polynomial of degree H
+# in the eigenvalue (its range over an interval from a checked Chebyshev interpolant).
+# inner_lr x lambda_max = REACH[H] keeps the top eigenvalue below kappa's first peak
+# (at inner_lr a ~ 0.22 for H = 5 and ~ 0.015 for H = 30 with beta 0.9), so the largest
+# stable outer lr is set by lambda_max and the verdict flips across it.
+REACH = {5: 0.2, 30: 0.01}
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.9])
+@pytest.mark.parametrize("inner", ["heavy_ball", "nesterov"])
+def test_momentum_inner_rules_at_the_predicted_boundary(minimum, inner, beta):
+    """True at 0.95x and False at 1.05x the largest stable outer lr, H in {5, 30}, every
+    schedule, right against every dense eigenvalue's round radius."""
+    eigenvalues = minimum["eigenvalues"]
+    lam = float(eigenvalues[-1])
+    for steps in (5, 30):
+        for schedule in SCHEDULES:
+            config = LocalSGD(REACH[steps] / lam, steps, inner, beta, **schedule)
+            boundary = max_stable_outer_lr(config, lam, MU)
+            for factor, stable in ((0.95, True), (1.05, False)):
+                outer_lr = factor * boundary
+                report = _verdict(minimum, config, outer_lr, spectrum=minimum["spectrum"])
+                case = (steps, schedule, factor, report.reason)
+                assert report.verdict is stable, case
+                radii = np.asarray(round_spectral_radius(config, eigenvalues, outer_lr, MU))
+                assert bool(np.all(radii < 1)) is stable, case
+                assert report.local_sgd.max_stable_outer_lr == pytest.approx(boundary, rel=1e-6)
+                # the first exit from the stable interval lies just above lambda_max (0.95x:
+                # kappa(lambda_max) is 95 % of the limit) or below it (1.05x)
+                assert (report.max_stable_sharpness > lam) is stable, case
+
+
+@pytest.mark.parametrize("inner, beta", [("heavy_ball", 0.9), ("nesterov", 0.5)])
+def test_momentum_inner_rules_agree_with_simulate_diloco(minimum, inner, beta):
+    """The certified verdicts of H = 5 DiLoCo rounds against the simulated rounds."""
+    lam = float(minimum["eigenvalues"][-1])
+    config = LocalSGD(REACH[5] / lam, 5, inner, beta)
+    boundary = max_stable_outer_lr(config, lam, MU)
+    push = minimum["unravel"](minimum["flat"] + 1e-5 * minimum["top_vector"])
+    for factor, stable in ((0.95, True), (1.05, False)):
+        outer_lr = factor * boundary
+        report = _verdict(minimum, config, outer_lr, spectrum=minimum["spectrum"])
+        assert report.verdict is stable, report.reason
+        rho = report.local_sgd.round_radius
+        rounds = min(800, math.ceil(math.log(20.0) / abs(math.log(rho))))
+        run = stability.simulate_diloco(
+            _loss, push, minimum["data"], config, rounds=rounds, outer_lr=outer_lr,
+            outer_momentum=MU, reference=minimum["params"],
+        )  # fmt: skip
+        ratio = float(run.distance[-1] / run.distance[0])
+        assert (ratio < 0.5) if stable else (ratio > 2.0), (factor, rounds, rho, ratio)
+
+
+def test_momentum_inner_rule_with_another_eigenvalue_unstable_is_undecided(minimum):
+    """Inner heavy ball 0.9, H = 5, inner_lr x lambda_max = 0.5: past kappa's peak (at
+    ~0.33), so at 0.95x the outer lr set by lambda_max the top eigenvalue is stable but
+    eigenvalues in the peak are not (the dense spectrum has one there); only the top is
+    estimated, so the verdict is undecided, and the fresh estimate says the same."""
+    eigenvalues = minimum["eigenvalues"]
+    lam = float(eigenvalues[-1])
+    config = LocalSGD(0.5 / lam, 5, "heavy_ball", 0.9)
+    outer_lr = 0.95 * max_stable_outer_lr(config, lam, MU)
+    radii = np.asarray(round_spectral_radius(config, eigenvalues, outer_lr, MU))
+    assert radii[-1] < 1 and np.max(radii) > 1
+    for spectrum in (minimum["spectrum"], None):
+        report = _verdict(minimum, config, outer_lr, spectrum=spectrum, max_hvps=16)
+        assert report.verdict is None, report.reason
+        assert "not monotone" in report.reason
+        assert report.max_stable_sharpness < lam
+
+
+def test_fresh_estimate_with_a_momentum_inner_rule(minimum):
+    lam = float(minimum["eigenvalues"][-1])
+    config = LocalSGD(REACH[5] / lam, 5, "nesterov", 0.9, schedule="eager", workers=4)
+    boundary = max_stable_outer_lr(config, lam, MU)
+    stable = _verdict(minimum, config, 0.95 * boundary)
+    unstable = _verdict(minimum, config, 1.05 * boundary)
+    assert stable.verdict is True and unstable.verdict is False
+    assert 0 < stable.num_hvps <= 16 and 0 < unstable.num_hvps <= 16
+    json.dumps(stable.to_dict(), allow_nan=False)
+
+
+def test_rules_outside_the_certificate_are_undecided(minimum):
+    """A kept inner buffer (the pseudo-gradient is not kappa x), the frozen-preconditioner
+    Adam (its kappa is of P^-1/2 H P^-1/2) and H above the interpolant's degree cap."""
+    from stability.local_sgd_verdict import MAX_POLYNOMIAL_STEPS
+
+    cases = [
+        (LocalSGD(0.1, 5, "heavy_ball", 0.5, reset=False), "kept across rounds"),
+        (LocalSGD(0.1, 5, "preconditioned_adam", 0.9), "P^-1/2 H P^-1/2"),
+        (LocalSGD(0.01, MAX_POLYNOMIAL_STEPS + 1, "nesterov", 0.5), "largest degree"),
+    ]
+    for config, why in cases:
+        report = _verdict(minimum, config, 0.5, spectrum=minimum["spectrum"])
+        assert report.verdict is None
+        assert report.reason.startswith("undecided") and why in report.reason, report.reason
+        json.dumps(report.to_dict(), allow_nan=False)
 
 
 def test_bad_inputs_name_the_argument(minimum):
