@@ -24,6 +24,7 @@ from stability.theory.local_sgd import (
     pseudo_gradient_factor,
     round_spectral_radius,
 )
+from stability.theory.rules.adam import Adam
 
 INNER_LR = 0.1
 SHARPNESS = (0.5, 3.0, 15.0, 45.0)  # inner_lr a = 0.05, 0.3, 1.5, 4.5 (inner loop unstable)
@@ -52,6 +53,9 @@ def _inner_steps(x, v, a, lr, beta, rule, steps):
         elif rule == "heavy_ball":
             v = beta * v + g
             x = x - lr * v
+        elif isinstance(rule, Adam):  # frozen P = I, lr bias-corrected; AdamW: decay lr wd
+            v = beta * v + (1 - beta) * g
+            x = (1 - rule.decay) * x - lr * v
         else:  # nesterov
             v = beta * v + g
             x = x - lr * (g + beta * v)
@@ -126,6 +130,38 @@ def test_polynomial_and_threshold_against_the_round_matrix(schedule, inner):
                 assert _dense_radius(cfg, a, lr_max * (1 + 1e-6), mu) > 1.0
                 for f in (1 - 1e-6, 0.9, 0.5, 0.1, 0.01):
                     assert _dense_radius(cfg, a, lr_max * f, mu) < 1.0, (h, outer, a, f)
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "kept"])
+@pytest.mark.parametrize("decay", [0.0, 0.05], ids=["adam", "adamw"])
+def test_inner_adam_against_the_round_matrix(decay, reset):
+    """Inner Adam(W) with a frozen preconditioner (the rule of docs/theory.md section 16,
+    along an eigenvalue of P^-1/2 H P^-1/2; its moment buffer reset or kept across
+    rounds), outer Nesterov: the round matrix's radius is the library's (1e-9) and 1 at
+    the library's largest stable outer lr, for H in {1, 5, 30} and three schedules."""
+    schedules = ("diloco", "eager8", "streaming1")
+    for h in (1, 5, 30):
+        for schedule in schedules:
+            cfg = LocalSGD(INNER_LR, h, Adam(decay=decay), 0.9, reset, "nesterov",
+                           **SCHEDULES[schedule])  # fmt: skip
+            for a in SHARPNESS:
+                for lr in (0.1, 0.7, 1.3):
+                    ours = round_spectral_radius(cfg, a, lr, 0.9)
+                    dense = _dense_radius(cfg, a, lr, 0.9)
+                    assert abs(ours - dense) <= 1e-9 * max(1.0, dense), (h, schedule, a, lr)
+                lr_max = max_stable_outer_lr(cfg, a, 0.9)
+                assert np.isfinite(lr_max), (h, schedule, a)
+                if lr_max == 0.0:
+                    for lr in np.geomspace(1e-6, 10.0, 12):
+                        assert _dense_radius(cfg, a, lr, 0.9) >= 1 - 1e-12, (h, schedule, a, lr)
+                    continue
+                assert abs(_dense_radius(cfg, a, lr_max, 0.9) - 1.0) <= 1e-9, (h, schedule, a)
+                assert _dense_radius(cfg, a, lr_max * (1 + 1e-6), 0.9) > 1.0
+                assert _dense_radius(cfg, a, lr_max * (1 - 1e-6), 0.9) < 1.0
+            if reset:  # kappa: 1 - the iterate after H Adam steps from (1, 0)
+                for a in SHARPNESS:
+                    x, _ = _inner_steps(1.0, 0.0, a, INNER_LR, 0.9, cfg.inner, h)
+                    assert pseudo_gradient_factor(cfg, a) == pytest.approx(1 - x, abs=1e-12)
 
 
 @pytest.mark.parametrize("h", HS)

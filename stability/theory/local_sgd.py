@@ -106,8 +106,11 @@ MAX_WORKERS = 10**7
 class LocalSGD(NamedTuple):
     """A local SGD / DiLoCo configuration (module docstring: the model).
 
-    inner: the inner rule (a name such as ``"gd"``, ``"heavy_ball"``, ``"nesterov"``
-      or a `stability.theory.rules.Rule`); inner_lr: its learning rate (> 0; array
+    inner: the inner rule (a name such as ``"gd"``, ``"heavy_ball"``, ``"nesterov"``,
+      ``"preconditioned_adam"`` or a `stability.theory.rules.Rule`, e.g.
+      ``stability.theory.rules.adam.Adam(decay=lr * weight_decay)`` for AdamW; with
+      the Adam rule the sharpness is an eigenvalue of ``P^-1/2 H P^-1/2``, the inner lr
+      the bias-corrected one and inner_beta its b1); inner_lr: its learning rate (> 0; array
       allowed, broadcasts with the functions' arguments); inner_beta: its momentum
       (0 for ``"gd"``; array allowed); inner_steps: H >= 1; reset: whether the inner
       buffer is zeroed every round (True) or kept across rounds (False); outer: the
