@@ -633,14 +633,14 @@ def _restored(tree, model, train, name):
 def _nnx_state(tree, model, train, name):
     from flax import nnx
 
-    from stability.networks.models import _flat, _pure, shape_problems
+    from stability.networks.models import flat_by_path, pure_dict, shape_problems
 
     _, rng_state, own = nnx.split(model, nnx.RngState, ...)
-    rng_paths = set(_flat(nnx.to_pure_dict(rng_state)))
-    given = {k: v for k, v in _flat(_pure(tree)).items() if k not in rng_paths}
-    own_flat = _flat(nnx.to_pure_dict(own))
+    rng_paths = set(flat_by_path(nnx.to_pure_dict(rng_state)))
+    given = {k: v for k, v in flat_by_path(pure_dict(tree)).items() if k not in rng_paths}
+    own_flat = flat_by_path(nnx.to_pure_dict(own))
     problems = shape_problems(given, own_flat)
-    trained = set(_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    trained = set(flat_by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
     if train:  # running statistics are unused in train mode
         problems = [p for p in problems if not p.startswith("missing") or p.split()[1] in trained]
     if problems:
@@ -662,6 +662,6 @@ def _nnx_state(tree, model, train, name):
                 "judge the linen model it came from"
             )
         raise ValueError(f"{name}: the checkpoint does not match the nnx model: {shown}{hint}")
-    from stability.networks.models import _nnx_params
+    from stability.networks.models import nnx_params_from
 
-    return _nnx_params(tree, own, rng_state)
+    return nnx_params_from(tree, own, rng_state)

@@ -878,7 +878,7 @@ def _nnx_loss(model, params, out_loss, train, probe, call_kwargs, batch_keys):
     copy = nnx.merge(graphdef, state)  # a copy that shares arrays: mode set on it only
     copy.train() if train else copy.eval()
     graphdef, rng_state, own = nnx.split(copy, nnx.RngState, ...)
-    params = own if params is None else _nnx_params(params, own, rng_state)
+    params = own if params is None else nnx_params_from(params, own, rng_state)
     kwargs, plan = _plan_call(
         type(model).__call__, train, call_kwargs, nnx_rngs=True, probe=probe,
         batch_keys=batch_keys,
@@ -955,13 +955,16 @@ def _strip_value(tree):
     return tree
 
 
-def _pure(tree) -> dict:
+def pure_dict(tree) -> dict:
+    """A plain nested dict of the values of ``tree`` (an nnx.State or a tree of
+    nnx Variables or arrays)."""
     if nnx is not None and isinstance(tree, nnx.State):
         return nnx.to_pure_dict(tree)
     return _strip_value(tree)
 
 
-def _flat(tree) -> dict:
+def flat_by_path(tree) -> dict:
+    """``{"a/b/c": leaf}``: the leaves of ``tree`` keyed by their "/"-joined path."""
     return {
         "/".join(_key_name(k) for k in path): leaf
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -975,17 +978,17 @@ def _key_name(entry) -> str:
     return str(entry)
 
 
-def _nnx_params(given, own, rng_state):
+def nnx_params_from(given, own, rng_state):
     """The module's non-rng state with the values of ``given`` (see loss_from_model)."""
     if not isinstance(given, Mapping):
         raise InputTypeError(
             f"params for an nnx Module must be None, an nnx.State (nnx.state(model)) or its "
             f"nested dict (nnx.to_pure_dict); got {type(given).__name__}"
         )
-    rng_paths = set(_flat(nnx.to_pure_dict(rng_state)))
-    given_flat = {k: v for k, v in _flat(_pure(given)).items() if k not in rng_paths}
-    own_flat = _flat(nnx.to_pure_dict(own))
-    trained = set(_flat(nnx.to_pure_dict(nnx.split_state(own, nnx.Param, ...)[0])))
+    rng_paths = set(flat_by_path(nnx.to_pure_dict(rng_state)))
+    given_flat = {k: v for k, v in flat_by_path(pure_dict(given)).items() if k not in rng_paths}
+    own_flat = flat_by_path(nnx.to_pure_dict(own))
+    trained = set(flat_by_path(nnx.to_pure_dict(nnx.split_state(own, nnx.Param, ...)[0])))
     _compare_flat(
         "params",
         given_flat,
