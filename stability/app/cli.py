@@ -124,7 +124,9 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="training mode: batch statistics of the batch, dropout with a fixed key",
     )
-    check.add_argument("--tau", type=int, required=True, help="the delay (integer >= 0)")
+    check.add_argument(
+        "--tau", type=int, help="the delay (integer >= 0; required, except with --diloco)"
+    )
     check.add_argument(
         "--lr",
         type=float,
@@ -165,7 +167,56 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_check_local_sgd_options(check)
     return parser
+
+
+def _add_check_local_sgd_options(check) -> None:
+    """``stability check --diloco``: judge the minimum under local SGD / DiLoCo rounds
+    (``is_accessible(..., local_sgd=)``, docs/theory.md section 17). The flags are
+    those of ``table --diloco`` with one value each; they default to None so that one
+    given without --diloco is an error (_CHECK_LOCAL_SGD_DEFAULTS fills them in)."""
+    group = check.add_argument_group(
+        "local SGD / DiLoCo rounds (with --diloco; docs/theory.md section 17)"
+    )
+    group.add_argument(
+        "--diloco", action="store_true",
+        help="judge rounds of H inner steps and an outer rule instead of delayed SGD "
+        "(leave --tau, --lr, --beta and --momentum out): every Hessian eigenvalue must "
+        "have outer lr x kappa in the outer rule's stable interval",
+    )  # fmt: skip
+    group.add_argument("--inner-lr", type=float, metavar="LR",
+                       help="the inner learning rate (> 0; required with --diloco)")  # fmt: skip
+    group.add_argument("--inner-steps", type=int, metavar="H",
+                       help="inner steps per round (integer >= 1; required with "
+                       "--diloco)")  # fmt: skip
+    group.add_argument("--inner-rule", choices=LOCAL_SGD_RULES,
+                       help="the inner optimizer (choices: gd, heavy_ball, nesterov; "
+                       "default: gd, or heavy_ball when --inner-momentum > 0)")  # fmt: skip
+    group.add_argument("--inner-momentum", type=float, metavar="BETA",
+                       help="the inner rule's momentum in [0, 1) (default: 0)")  # fmt: skip
+    group.add_argument("--keep-inner-state", action="store_true",
+                       help="each worker keeps its inner momentum buffer across rounds "
+                       "(judged undecided: the certificate needs it zeroed every "
+                       "round)")  # fmt: skip
+    group.add_argument("--outer-rule", choices=LOCAL_SGD_RULES,
+                       help="the outer optimizer (choices: gd, heavy_ball, nesterov; "
+                       "default: nesterov, DiLoCo's)")  # fmt: skip
+    group.add_argument("--outer-momentum", type=float, metavar="MU",
+                       help="the outer momentum in [0, 1) (default: 0.9; 0 with "
+                       "--outer-rule gd)")  # fmt: skip
+    group.add_argument("--outer-lr", type=float, metavar="LR",
+                       help="the outer learning rate (> 0; required with --diloco; "
+                       "DiLoCo's is 0.7)")  # fmt: skip
+    group.add_argument("--schedule", choices=LOCAL_SGD_SCHEDULES,
+                       help="the outer delay: diloco (none), eager, streaming (--overlap "
+                       "rounds) (default: diloco)")  # fmt: skip
+    group.add_argument("--workers", type=int, metavar="M",
+                       help="workers M (only with --schedule eager) (default: 1)")  # fmt: skip
+    group.add_argument("--overlap", type=int, metavar="TAU",
+                       help="rounds by which the averaged pseudo-gradient arrives late "
+                       "(only with --schedule streaming, where it is required) "
+                       "(default: 0)")  # fmt: skip
 
 
 def _add_local_sgd_options(table) -> None:
@@ -324,6 +375,22 @@ _LOCAL_SGD_DEFAULTS = (
 )
 
 
+# check --diloco's options and their defaults (None: required or depends on another).
+_CHECK_LOCAL_SGD_DEFAULTS = (
+    ("--inner-lr", "inner_lr", None),
+    ("--inner-steps", "inner_steps", None),
+    ("--inner-rule", "inner_rule", None),
+    ("--inner-momentum", "inner_momentum", 0.0),
+    ("--keep-inner-state", "keep_inner_state", None),
+    ("--outer-rule", "outer_rule", "nesterov"),
+    ("--outer-momentum", "outer_momentum", None),
+    ("--outer-lr", "outer_lr", None),
+    ("--schedule", "schedule", "diloco"),
+    ("--workers", "workers", 1),
+    ("--overlap", "overlap", 0),
+)
+
+
 def _given(args, options) -> list[str]:
     """The flags among ``options`` that the user typed (their value not None/False)."""
     return [flag for flag, dest, _ in options if getattr(args, dest) not in (None, False)]
@@ -468,6 +535,76 @@ def _check_local_sgd_options(args):
         overlap=overlap,
     )
     return config, [float(mu) for mu in args.outer_momentum]
+
+
+def _check_check_local_sgd_options(args):
+    """``check --diloco``'s options checked before any model is loaded, each error
+    naming its flag; returns the `LocalSGD` configuration, the outer lr and momentum."""
+    from stability.theory.local_sgd import MAX_INNER_STEPS, MAX_WORKERS, LocalSGD
+    from stability.theory.rules import as_rule
+    from stability.validation import MAX_DELAY, check_int, check_lr
+
+    for flag, dest in (("--tau", "tau"), ("--lr", "lr"), ("--beta", "beta"),
+                       ("--momentum", "momentum"), ("--batch-size", "batch_size"),
+                       ("--optimizer-state", "optimizer_state")):  # fmt: skip
+        if getattr(args, dest) is not None:
+            raise UsageError(
+                f"{flag} cannot go with --diloco (the inner rule is --inner-rule with "
+                "--inner-lr, the outer one --outer-rule with --outer-lr and --outer-momentum, "
+                "the outer delay --schedule; the rounds are judged full batch)"
+            )
+    for flag, dest in (("--inner-lr", "inner_lr"), ("--inner-steps", "inner_steps"),
+                       ("--outer-lr", "outer_lr")):  # fmt: skip
+        if getattr(args, dest) is None:
+            raise UsageError(f"{flag} is required with --diloco")
+    for _, dest, default in _CHECK_LOCAL_SGD_DEFAULTS:
+        if getattr(args, dest) is None and default is not None:
+            setattr(args, dest, default)
+    check_lr(args.inner_lr, "--inner-lr")
+    steps = check_int("--inner-steps", args.inner_steps, 1, MAX_INNER_STEPS)
+    # A momentum typed without a rule means heavy ball (torch/optax SGD momentum).
+    inner_rule = args.inner_rule or ("heavy_ball" if args.inner_momentum != 0 else "gd")
+    if inner_rule == "gd" and args.inner_momentum != 0:
+        raise UsageError(
+            f"--inner-momentum must be 0 with --inner-rule gd (choose heavy_ball or "
+            f"nesterov); got {args.inner_momentum!r}"
+        )
+    as_rule(inner_rule).check_beta(args.inner_momentum, "--inner-momentum")
+    if args.outer_momentum is None:
+        args.outer_momentum = 0.0 if args.outer_rule == "gd" else 0.9
+    if args.outer_rule == "gd" and args.outer_momentum != 0:
+        raise UsageError(
+            f"--outer-momentum must be 0 with --outer-rule gd (choose heavy_ball or "
+            f"nesterov); got {args.outer_momentum!r}"
+        )
+    as_rule(args.outer_rule).check_beta(args.outer_momentum, "--outer-momentum")
+    check_lr(args.outer_lr, "--outer-lr")
+    workers = check_int("--workers", args.workers, 1, MAX_WORKERS)
+    if args.schedule != "eager" and workers != 1:
+        raise UsageError(
+            f"--workers matters only with --schedule eager (identical full-batch workers "
+            f"send equal pseudo-gradients); got {workers} with --schedule {args.schedule}"
+        )
+    overlap = check_int("--overlap", args.overlap, 0, MAX_DELAY)
+    if args.schedule == "streaming" and overlap < 1:
+        raise UsageError(f"--overlap must be >= 1 with --schedule streaming; got {overlap}")
+    if args.schedule != "streaming" and overlap != 0:
+        raise UsageError(
+            f"--overlap is only for --schedule streaming; got {overlap} with "
+            f"--schedule {args.schedule}"
+        )
+    config = LocalSGD(
+        inner_lr=float(args.inner_lr),
+        inner_steps=steps,
+        inner=inner_rule,
+        inner_beta=float(args.inner_momentum),
+        reset=not args.keep_inner_state,
+        outer=args.outer_rule,
+        schedule=args.schedule,
+        workers=workers,
+        overlap=overlap,
+    )
+    return config, float(args.outer_lr), float(args.outer_momentum)
 
 
 def _cmd_table_local_sgd(args) -> int:
@@ -620,7 +757,7 @@ def _check_optimizer_options(args) -> None:
         given = [flag for flag, dest, _ in _OPTIMIZER_FLAGS if getattr(args, dest) is not None]
         if given:
             raise UsageError(f"{given[0]} needs --optimizer-state (an Adam/RMSprop state)")
-        if args.lr is None:
+        if args.lr is None and not args.diloco:
             raise UsageError("--lr is required (without --optimizer-state)")
         return
     if args.optimizer_state is True and not args.params:
@@ -716,7 +853,16 @@ def _cmd_check(args) -> int:
     from stability.validation import check_beta, check_int, check_lr, check_momentum, check_tau
 
     # The options first, named as typed, before any model or data is loaded.
-    check_tau(args.tau, "--tau")
+    local = None
+    if args.diloco:
+        local = _check_check_local_sgd_options(args)
+    else:
+        stray = _given(args, _CHECK_LOCAL_SGD_DEFAULTS)
+        if stray:
+            raise UsageError(f"{stray[0]} belongs to local SGD / DiLoCo rounds: add --diloco")
+        if args.tau is None:
+            raise UsageError("--tau is required (the delay), unless --diloco")
+        check_tau(args.tau, "--tau")
     if args.lr is not None:
         check_lr(args.lr, "--lr")
     if args.beta is not None:
@@ -779,6 +925,9 @@ def _cmd_check(args) -> int:
                 "(an optax.inject_hyperparams state does)"
             )
         extra["optimizer_state"] = pre
+    elif local is not None:
+        config, outer_lr, outer_momentum = local
+        extra.update(local_sgd=config, outer_lr=outer_lr, outer_momentum=outer_momentum)
     else:
         extra.update(beta=args.beta or 0.0, momentum=args.momentum or "heavy_ball")
     if args.batch_size is not None:
@@ -793,7 +942,7 @@ def _cmd_check(args) -> int:
     report = is_accessible(
         loss_fn,
         params,
-        args.tau,
+        None if local is not None else args.tau,
         args.lr,
         data=data,
         max_hvps=args.max_hvps,
