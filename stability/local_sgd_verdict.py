@@ -185,8 +185,11 @@ class _LocalSetting(NamedTuple):
         return low > 0
 
     def sharp_side_stable(self, upper: float) -> bool:
-        """Every eigenvalue in (0, upper] stable: kappa in (0, q_limit) there."""
-        if not (upper > 0 and self.positive(upper)):
+        """Every eigenvalue in (0, upper] stable: kappa in (0, q_limit) there (vacuous
+        for upper <= 0: no curvature above 0, as a maximum has)."""
+        if not upper > 0:
+            return upper <= 0
+        if not self.positive(upper):
             return False
         return self.kappa_range(0.0, upper)[1] < self.q_limit * (1 - _LOCAL_MARGIN)
 

@@ -305,3 +305,19 @@ def test_negative_curvature_is_reported_and_fails_require_minimum(minimum):
     assert report.verdict is False and report.certified_by == "ritz_value"
     assert "not a minimum" in report.reason
     assert report.smallest_eigenvalue < 0 and report.smallest_growth > 1
+
+
+def test_a_maximum_has_a_vacuous_sharp_side_for_every_inner_rule():
+    """Hessian -2 I: no eigenvalue in (0, upper], so the sharp side is stable for inner
+    GD and heavy ball alike (as for the other rules); require_minimum makes it False."""
+
+    def concave(p, batch):
+        return -jnp.sum(p["w"] ** 2) * jnp.mean(batch)
+
+    for config in (LocalSGD(0.1, 3), LocalSGD(0.1, 3, "heavy_ball", 0.9)):
+        for require, verdict in ((False, True), (True, False)):
+            report = stability.is_accessible(
+                concave, {"w": jnp.zeros(3)}, 0, data=jnp.ones(4), local_sgd=config,
+                outer_lr=0.5, outer_momentum=MU, require_minimum=require, progress=False,
+            )  # fmt: skip
+            assert report.verdict is verdict and report.is_minimum is False, report.reason
