@@ -321,3 +321,27 @@ def test_a_maximum_has_a_vacuous_sharp_side_for_every_inner_rule():
                 outer_lr=0.5, outer_momentum=MU, require_minimum=require, progress=False,
             )  # fmt: skip
             assert report.verdict is verdict and report.is_minimum is False, report.reason
+
+
+def test_non_monotone_kappa_of_momentum_rules_is_never_certified_wrongly(minimum):
+    """Inner heavy ball and Nesterov 0.9 with inner_lr x lambda_max up to 4 (past the
+    inner loop's own stability for heavy ball at H = 3: |kappa| grows like a^H): the
+    certified verdicts agree with the dense spectrum, and most are certified."""
+    eigenvalues = minimum["eigenvalues"]
+    lam = float(eigenvalues[-1])
+    q_max = float(stability.stability_threshold(0, MU, momentum="nesterov").q_max)
+    decided = 0
+    for inner in ("heavy_ball", "nesterov"):
+        for steps in (2, 3):
+            for reach in (0.1, 1.0, 4.0):
+                config = LocalSGD(reach / lam, steps, inner, 0.9)
+                for q_limit in (0.5, 1.2):
+                    outer_lr = q_max / q_limit
+                    report = _verdict(minimum, config, outer_lr, spectrum=minimum["spectrum"])
+                    radii = np.asarray(round_spectral_radius(config, eigenvalues, outer_lr, MU))
+                    if report.verdict is not None:
+                        decided += 1
+                        assert report.verdict is bool(np.all(radii < 1)), report.reason
+                    else:
+                        assert report.reason.startswith("undecided")
+    assert decided >= 20, decided  # 22 of 24 when written
