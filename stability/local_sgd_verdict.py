@@ -82,6 +82,10 @@ def _polynomial_range(f, degree: int, lo: float, hi: float) -> tuple[float, floa
     """``(min, max)`` of the polynomial ``f`` (degree <= ``degree``; evaluates an array)
     over ``[lo, hi]``, widened by the margin; ``(nan, nan)`` when its interpolant fails
     the check (see the comment above)."""
+    if not hi > lo:  # one point (a zero residual bound): its value
+        value = float(np.asarray(f(np.asarray([lo], np.float64)))[0])
+        margin = POLYNOMIAL_MARGIN * max(1.0, abs(value))
+        return value - margin, value + margin
     cheb = np.polynomial.Chebyshev.interpolate(f, max(degree, 1), domain=[lo, hi])
     n = 4 * degree + 16  # Chebyshev points of the first kind: interior, off the nodes
     x = 0.5 * (lo + hi) + 0.5 * (hi - lo) * np.cos(np.pi * (np.arange(n) + 0.5) / n)
