@@ -35,7 +35,7 @@ radius by the growth of the state (the baseline of ``benchmarks/block_radius.py`
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -76,23 +76,16 @@ class HessianProduct(NamedTuple):
 
     n: the differentiated parameters. mask: which leaves are differentiated (a
     hashable tuple, `stability.curvature.hvp.trainable_mask`). dtype: the flat
-    vector's (the widest differentiated leaf's). loss_value: the mean loss at
-    params. flatten: ``pytree like params -> flat (n,)`` of the differentiated leaves.
+    vector's (the widest differentiated leaf's). flatten: ``pytree like params ->
+    flat (n,)`` of the differentiated leaves. The loss value at params (a by-product
+    of the first product) is checked finite then.
     """
 
     matvec: Callable
     n: int
     mask: tuple
     dtype: np.dtype
-    loss_value: float
     flatten: Callable
-
-
-@lru_cache(maxsize=32)
-def _as_batch_loss(loss):
-    """``loss(params)`` as ``loss(params, batch)`` (one object per loss: compiled code is
-    reused across calls)."""
-    return lambda params, batch: loss(params)
 
 
 def hessian_product(loss, params, data=None, *, trainable=None, devices=None) -> HessianProduct:
@@ -101,7 +94,8 @@ def hessian_product(loss, params, data=None, *, trainable=None, devices=None) ->
     ``loss``, ``params``, ``data``, ``trainable`` and ``devices`` as in
     `stability.hessian_spectrum` (``data``: None, one batch, a list or re-iterable of
     batches, or a callable returning a fresh iterator). Checks them (TypeError /
-    ValueError naming the argument) and the loss once (finite at params).
+    ValueError naming the argument); the first product checks the loss (finite at
+    params). Building it computes nothing.
     """
     if not callable(loss):
         raise TypeError(f"loss must be callable; got {type(loss).__name__}")
@@ -147,23 +141,24 @@ def hessian_product(loss, params, data=None, *, trainable=None, devices=None) ->
             raise ValueError("data must not be empty; a pass over it yielded no examples")
         return acc, total, value
 
-    zero = jnp.zeros(n, dtype)
-    _, total, value = hv_sum(_hvp.replicate(zero, mesh))
-    loss_value = value / total
-    check_loss_value(loss_value)
+    seen = {}  # the example count and loss of the first pass (checked once)
 
     def matvec(v):
-        acc, count, _ = hv_sum(_hvp.replicate(jnp.asarray(v, dtype), mesh))
-        if count != total:
+        acc, count, value = hv_sum(_hvp.replicate(jnp.asarray(v, dtype), mesh))
+        if not seen:
+            check_loss_value(value / count)
+            seen["count"] = count
+        elif count != seen["count"]:
             raise ValueError(
-                f"data must yield the same examples on every pass; got {count} after {total}"
+                f"data must yield the same examples on every pass; got {count} after "
+                f"{seen['count']}"
             )
         return acc / count
 
     def flatten(tree):
         return _hvp.flatten_params(tree, mask).flat
 
-    return HessianProduct(matvec, n, mask, dtype, loss_value, flatten)
+    return HessianProduct(matvec, n, mask, dtype, flatten)
 
 
 # ------------------------------------------------------------------- the layout
