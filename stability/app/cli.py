@@ -83,10 +83,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "experiment",
         "on the bundled digits: the delayed edge of stability (eos), the paper's claims "
         "(paper), delayed Adam at the adaptive edge of stability (adam-eos), DiLoCo's "
-        "stability map over (outer lr, outer momentum) with its measured boundary (diloco)",
+        "stability map over (outer lr, outer momentum) with its measured boundary (diloco), "
+        "a pipeline's largest stable lr per block against simulation (pipeline)",
     )
     experiment.add_argument(
-        "name", choices=["eos", "paper", "adam-eos", "diloco"], help="which experiment"
+        "name", choices=["eos", "paper", "adam-eos", "diloco", "pipeline"], help="which experiment"
     )
     experiment.add_argument(
         "--full", action="store_true", help="the larger sizes (default: the quick ones)"
@@ -984,6 +985,8 @@ def _cmd_experiment(args) -> int:
         from stability.app.adam_eos import adaptive_edge_of_stability as run
     elif args.name == "diloco":
         from stability.app.diloco_experiment import diloco_stability_map as run
+    elif args.name == "pipeline":
+        from stability.app.pipeline_experiment import pipeline_stability as run
     else:
         run = experiments.edge_of_stability if args.name == "eos" else experiments.paper_claims
     result = run(size, progress=not args.quiet)
