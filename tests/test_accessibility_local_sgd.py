@@ -187,11 +187,11 @@ def test_momentum_inner_rules_at_the_predicted_boundary(minimum, inner, beta):
                 assert (report.max_stable_sharpness > lam) is stable, case
 
 
-@pytest.mark.parametrize("inner, beta", [("heavy_ball", 0.9), ("nesterov", 0.5)])
-def test_momentum_inner_rules_agree_with_simulate_diloco(minimum, inner, beta):
-    """The certified verdicts of H = 5 DiLoCo rounds against the simulated rounds."""
+def test_momentum_inner_rule_agrees_with_simulate_diloco(minimum):
+    """The certified verdicts of H = 5 DiLoCo rounds of inner heavy ball 0.9 against the
+    simulated rounds."""
     lam = float(minimum["eigenvalues"][-1])
-    config = LocalSGD(REACH[5] / lam, 5, inner, beta)
+    config = LocalSGD(REACH[5] / lam, 5, "heavy_ball", 0.9)
     boundary = max_stable_outer_lr(config, lam, MU)
     push = minimum["unravel"](minimum["flat"] + 1e-5 * minimum["top_vector"])
     for factor, stable in ((0.95, True), (1.05, False)):
@@ -237,15 +237,17 @@ def test_fresh_estimate_with_a_momentum_inner_rule(minimum):
     json.dumps(stable.to_dict(), allow_nan=False)
 
 
-def test_rules_outside_the_certificate_are_undecided(minimum):
+def test_rules_outside_the_certificate_are_undecided(minimum, monkeypatch):
     """A kept inner buffer (the pseudo-gradient is not kappa x), the frozen-preconditioner
-    Adam (its kappa is of P^-1/2 H P^-1/2) and H above the interpolant's degree cap."""
-    from stability.local_sgd_verdict import MAX_POLYNOMIAL_STEPS
+    Adam (its kappa is of P^-1/2 H P^-1/2) and H above the interpolant's degree cap
+    (lowered to 4 here: the same path as H = 257 at a fraction of the cost)."""
+    from stability import local_sgd_verdict
 
+    monkeypatch.setattr(local_sgd_verdict, "MAX_POLYNOMIAL_STEPS", 4)
     cases = [
         (LocalSGD(0.1, 5, "heavy_ball", 0.5, reset=False), "kept across rounds"),
         (LocalSGD(0.1, 5, "preconditioned_adam", 0.9), "P^-1/2 H P^-1/2"),
-        (LocalSGD(0.01, MAX_POLYNOMIAL_STEPS + 1, "nesterov", 0.5), "largest degree"),
+        (LocalSGD(0.01, 5, "nesterov", 0.5), "H = 5 inner steps is above 4"),
     ]
     for config, why in cases:
         report = _verdict(minimum, config, 0.5, spectrum=minimum["spectrum"])
