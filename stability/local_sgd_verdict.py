@@ -29,15 +29,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stability.accessibility import (
-    FLAT_TOLERANCE,
-    Accessibility,
-    Judgement,
-    LocalSGDAccessibility,
-    judge,
-)
 from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
+from stability.judgement import FLAT_TOLERANCE, Judgement, judge
 from stability.networks.models import loss_from_model
+from stability.report import Accessibility, LocalSGDAccessibility
 from stability.theory import boundary_locus
 from stability.theory import local_sgd as theory
 from stability.theory.precision import host_float64

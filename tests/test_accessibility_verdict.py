@@ -472,7 +472,7 @@ def test_reports_near_the_limit_show_the_order_and_never_nan():
 
 
 def test_a_factor_within_rounding_of_one_shows_its_side():
-    from stability.accessibility import _factor
+    from stability.report import _factor
 
     assert _factor(1 - 1e-11) == "0.99999999999" and _factor(1.0000009) == "1.00000090"
     assert _factor(0.5) == "0.50000000" and _factor(math.nan) == "n/a"
