@@ -124,6 +124,13 @@ def test_prediction_within_a_few_percent_of_the_measured_boundary(tiny):
         assert b["runs"] >= 2 + record["config"]["iters"]
 
 
+def test_dense_linear_recurrence_confirms_the_measurement(tiny):
+    _, record = tiny
+    for b in record["boundaries"]:
+        assert b["dense_below"] < 1.0 < b["dense_above"], b
+        assert b["dense_confirms"] is True
+
+
 # ---------------------------------------------------------------- the pieces
 
 

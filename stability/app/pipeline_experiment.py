@@ -32,6 +32,12 @@ the bundled digits, at a true minimum of a tanh MLP with 4 Dense layers
   Bisection on lr inside ``[0.8, 1.25] x predicted`` (widened when it does not
   straddle) finds where stability is lost. The final bracket ``[lo, hi]`` is
   reported: its width is the measurement's resolution.
+- CHECKED: the exact linear recurrence ``e_{t+1} = e_t - lr v_{t+1}``, ``v_{t+1} =
+  beta v_t + sum_b P_b H e_{t - tau_b}`` on the dense Hessian (``jax.hessian`` of
+  the flattened parameters, independent of the simulator and of the prediction),
+  run from a random start at 0.98 and 1.02 times the measured boundary; the growth
+  per step of ``||H e_t||`` (blind to the flat directions) must be below 1 at the
+  first and above 1 at the second.
 
 Every gap is ``(model - measured) / measured``. Sizes: ``"tiny"`` (the tests: 980
 parameters, P = 2 and 4, plain SGD, short runs), ``"quick"`` (the command's default:
@@ -42,6 +48,7 @@ parameters, longer runs and more halvings).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -50,6 +57,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from stability.app.experiments import json_ready
 from stability.curvature.block_spectrum import block_delay_max_lr
@@ -73,6 +81,8 @@ ENVELOPE = 32  # steps in the RMS envelope of the fitted growth
 DECAYED = 1e-3  # the measure fell below this fraction of its start: stable
 ESCAPED = 1e3  # the measure grew past this multiple of its start: unstable (nonlinear)
 AGREE = 0.03  # a prediction within this relative gap of the measurement agrees with it
+DENSE_MARGIN = 0.02  # the dense check runs at (1 -/+ this) x the measured boundary
+DENSE_STEPS = 4  # the dense check's steps, times the simulations' steps
 BRACKET = (0.8, 1.25)  # times the prediction; asymmetric so that no bisection point is 1
 WIDEN = 4  # at most this many widenings (x 1.25) of a bracket that does not straddle
 PIPELINE_SIZES = {
@@ -100,6 +110,8 @@ class PipelineBoundary(NamedTuple):
     ``(model - measured) / measured`` of each model. inside: the prediction lies in
     ``[lo, hi]``. rate_lo, rate_hi: the fitted growth per step at the final bracket's
     ends. runs: simulations. predict_seconds, measure_seconds: wall clock.
+    dense_below, dense_above: the growth per step of the dense linear recurrence
+    at ``(1 -/+ DENSE_MARGIN) x measured``; dense_confirms: below 1, then above 1.
     """
 
     stages: int
@@ -130,6 +142,9 @@ class PipelineBoundary(NamedTuple):
     runs: int
     predict_seconds: float
     measure_seconds: float
+    dense_below: float = math.nan
+    dense_above: float = math.nan
+    dense_confirms: bool = False
 
 
 MODELS = (
@@ -163,8 +178,8 @@ class PipelineResult(NamedTuple):
             "| P | beta | delays: parameters | mean delay | block prediction (gap) "
             "| uniform tau = P - 1 (gap) | uniform floor(mean) (gap) | uniform ceil(mean) "
             "(gap) | distribution model (gap) | measured bracket [lo, hi] | measured "
-            "| half-width | prediction in bracket | runs |\n"
-            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|"
+            "| half-width | prediction in bracket | runs | dense recurrence at 0.98x / 1.02x "
+            "|\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|"
         )
         rows = []
         for b in self.boundaries:
@@ -176,7 +191,8 @@ class PipelineResult(NamedTuple):
                 f"| {b.stages} | {b.momentum:g} | {layout} | {b.mean_delay:.3f} | "
                 + " | ".join(cells)
                 + f" | [{b.lo:.5f}, {b.hi:.5f}] | {b.measured:.5f} | {b.half_width:.2%} | "
-                f"{'yes' if b.inside else 'no'} | {b.runs} |"
+                f"{'yes' if b.inside else 'no'} | {b.runs} | {b.dense_below:.6f} / "
+                f"{b.dense_above:.6f} ({'confirms' if b.dense_confirms else 'does not confirm'}) |"
             )
         return "\n".join([head, *rows])
 
@@ -223,7 +239,12 @@ class PipelineResult(NamedTuple):
                     + ")."
                 )
             parts.append(text)
-        parts.append(f"The bisection's resolution is +-{res:.2%}.")
+        confirmed = sum(b.dense_confirms for b in found)
+        parts.append(
+            f"The bisection's resolution is +-{res:.2%}; the exact linear recurrence on the "
+            f"dense Hessian decays at {1 - DENSE_MARGIN:g}x and grows at {1 + DENSE_MARGIN:g}x "
+            f"the measured boundary at {confirmed} of {len(found)} points."
+        )
         for key, label in MODELS[1:]:
             gaps = [getattr(b, "gap_" + key) for b in found]
             if all(g < 0 for g in gaps):
@@ -304,10 +325,11 @@ class PipelineResult(NamedTuple):
                 )
             ax.set_xticks(p)
             ax.set_xlabel("pipeline stages P (asynchronous 1F1B)")
-            ax.set_ylabel("largest stable lr")
+            ax.set_yscale("log")  # the models span two decades with momentum
+            ax.set_ylabel("largest stable lr (log scale)")
             rule = "plain delayed SGD" if mu == 0 else f"heavy ball beta = {mu:g}"
             ax.set_title(f"digits MLP, {rule}", fontsize=9)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = os.path.join(out_dir, "pipeline_lr.png")
         fig.savefig(path, dpi=90)
@@ -361,11 +383,15 @@ def pipeline_stability(size: str = "quick", *, progress: bool = True) -> Pipelin
         direction = _random_direction(m.params, 0)
         start = jax.tree_util.tree_map(lambda w, v: w + PERTURBATION * v, m.params, direction)
         loss_star = float(loss(m.params, m.data))
+        flat, unravel = ravel_pytree(m.params)
+        hessian = jax.hessian(lambda f: m.loss_fn(unravel(f), m.data))(flat)
+        hessian = 0.5 * (hessian + hessian.T)
         points = [(p, mu) for mu in cfg["momenta"] for p in cfg["stages"]]
         bar = progress_bar(progress, total=len(points), desc="pipeline boundaries")
         boundaries, sharpness = [], math.nan
         for p, mu in points:
             b, sharpness = _point(m, loss, start, loss_star, p, mu, cfg)
+            b = _dense_check(b, hessian, m.params, cfg)
             boundaries.append(b)
             bar.update(1)
         bar.close()
@@ -389,6 +415,8 @@ def pipeline_stability(size: str = "quick", *, progress: bool = True) -> Pipelin
         envelope=ENVELOPE,
         decayed=DECAYED,
         escaped=ESCAPED,
+        dense_margin=DENSE_MARGIN,
+        dense_steps=DENSE_STEPS * cfg["steps"],
         bracket=BRACKET,
         model=(
             f"train_to_minimum({cfg['n']}, hidden={cfg['hidden']}, depth={cfg['depth']}), "
@@ -487,3 +515,56 @@ def _point(m, loss, start, loss_star, p, mu, cfg):
         **gaps,
     )
     return boundary, float(pred.sharpness)
+
+
+@functools.partial(jax.jit, static_argnames=("max_delay", "steps"))
+def _linear_run(hessian, tau, e0, lr, beta, *, max_delay: int, steps: int):
+    """``||H e_t||`` along the linear block-delay recurrence (heavy ball): ``hist[d]`` is
+    ``g_{t-d} = H e_{t-d}`` (``g_0`` while ``t < d``, as the simulator's ``w_0``)."""
+    g0 = hessian @ e0
+    hist0 = jnp.broadcast_to(g0, (max_delay + 1, g0.shape[0]))
+
+    def step(carry, _):
+        e, v, hist = carry
+        g_now = hessian @ e
+        hist = jnp.concatenate([g_now[None], hist[:-1]])
+        g = jnp.take_along_axis(hist, tau[None], axis=0)[0]
+        v = beta * v + g
+        return (e - lr * v, v, hist), jnp.linalg.norm(g_now)
+
+    _, norms = jax.lax.scan(step, (e0, jnp.zeros_like(e0), hist0), None, length=steps)
+    return norms
+
+
+def _dense_check(b: PipelineBoundary, hessian, params, cfg) -> PipelineBoundary:
+    """The measured boundary checked on the dense linear recurrence (module docstring)."""
+    if not math.isfinite(b.measured):
+        return b
+    blocks = block_delays(params, Stages(b.stages, SCHEDULE))
+    tau = np.concatenate(
+        [
+            np.full(int(np.size(x)), d, np.int32)
+            for x, d in zip(
+                jax.tree_util.tree_leaves(params),
+                jax.tree_util.tree_leaves(blocks.leaf_delays),
+                strict=True,
+            )
+        ]
+    )  # ravel_pytree's order is tree_leaves'
+    e0 = jax.random.normal(jax.random.key(1), (tau.size,), hessian.dtype)
+    rates = []
+    for factor in (1 - DENSE_MARGIN, 1 + DENSE_MARGIN):
+        norms = _linear_run(
+            hessian,
+            jnp.asarray(tau),
+            e0,
+            jnp.asarray(factor * b.measured, hessian.dtype),
+            jnp.asarray(b.momentum, hessian.dtype),
+            max_delay=int(tau.max()),
+            steps=DENSE_STEPS * cfg["steps"],
+        )
+        rates.append(growth_per_step(np.asarray(norms)))
+    below, above = rates
+    return b._replace(
+        dense_below=below, dense_above=above, dense_confirms=bool(below < 1.0 < above)
+    )
