@@ -978,6 +978,131 @@ def test_outer_learning_rate_threshold():
             assert round(max_stable_outer_lr(cfg, 3.0, 0.9), digits) == value
 
 
+# ------------------------------------------------------ a delay per block (18)
+
+
+def _block_problem(seed=0, n=8, delays=(2, 0, 1)):
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    h = (q * rng.uniform(0.1, 1.0, n)) @ q.T
+    labels = rng.permutation(np.arange(n) % len(delays))
+    proj = [np.diag((labels == b) * 1.0) for b in range(len(delays))]
+    return h, labels, proj
+
+
+def _page_block_matrix(z, lr, beta, h, proj, delays):
+    """(51) for the heavy ball as the page writes it: A(z) I + lr sum_b z^(T - tau_b + 1)
+    P_b H, A = z^T (z - 1)(z - beta)."""
+    t = max(delays)
+    a = z**t * (z - 1) * (z - beta)
+    return a * np.eye(h.shape[0]) + lr * sum(
+        z ** (t - d + 1) * p @ h for p, d in zip(proj, delays, strict=True)
+    )
+
+
+def test_block_delay_matrix_polynomial():
+    """Theory (50, 51, 52): the page's M(z) is the library's; the block companion's
+    eigenvalues are roots of det M (M(z) singular there); plain delayed SGD (50),
+    simulated, grows at the companion's radius."""
+    from stability.theory.block_delays import block_companion_matrix, block_polynomial
+
+    delays, beta, lr = (2, 0, 1), 0.6, 0.9
+    h, labels, proj = _block_problem()
+    k = np.stack([p @ h for p in proj])
+    poly = block_polynomial(delays, beta)
+    for z in (0.4 + 0.7j, -1.2, 2.0 - 0.5j):
+        lib = np.tensordot(z ** np.arange(poly.degree, -1, -1), poly.coefficients(k, lr), 1)
+        np.testing.assert_allclose(lib, _page_block_matrix(z, lr, beta, h, proj, delays))
+    roots = np.linalg.eigvals(block_companion_matrix(k, delays, lr, beta))
+    for z in roots[np.abs(roots) > 0.3]:
+        m = _page_block_matrix(z, lr, beta, h, proj, delays)
+        assert np.linalg.svd(m, compute_uv=False)[-1] < 1e-9 * np.linalg.norm(m)
+    # (50): e_{t+1} = e_t - lr sum_b P_b H e_{t - tau_b} at an unstable lr
+    lr_gd = 1.2
+    rho = np.max(np.abs(np.linalg.eigvals(block_companion_matrix(k, delays, lr_gd, 0.0))))
+    assert rho > 1
+    hist = [np.random.default_rng(1).standard_normal(h.shape[0])] * 3
+    logs, scale = [], 0.0
+    for _ in range(3000):
+        step = sum(p @ h @ hist[-1 - d] for p, d in zip(proj, delays, strict=True))
+        hist = [*hist[1:], hist[-1] - lr_gd * step]
+        norm = np.linalg.norm(hist[-1])
+        scale += np.log(norm)
+        hist = [x / norm for x in hist]  # renormalised: log growth accumulated in scale
+        logs.append(scale)
+    slope = np.polyfit(np.arange(1500), logs[1500:], 1)[0]
+    assert np.exp(slope) == pytest.approx(rho, rel=1e-4)
+
+
+def test_block_delay_threshold_locus_and_decoupling():
+    """Theory (53, 54): at the threshold -A(e^{i theta}) / lr is an eigenvalue of
+    K(e^{i theta}) and the dense radius crosses 1 there; H block diagonal in the
+    blocks gives min_b q_max(tau_b) / lambda_max(H_bb), one delay q_max / lambda_max."""
+    from stability.theory.block_delays import block_spectral_radius, block_threshold
+
+    delays, beta = (2, 0, 1), 0.6
+    h, labels, proj = _block_problem()
+    k = np.stack([p @ h for p in proj])
+    thr = block_threshold(k, delays, beta)
+    z, t = thr.z, max(delays)
+    kz = sum(z ** (t - d + 1) * kb for kb, d in zip(k, delays, strict=True))
+    kappa = -(z**t) * (z - 1) * (z - beta) / thr.lr
+    assert np.min(np.abs(np.linalg.eigvals(kz) - kappa)) < 1e-9 * abs(kappa)
+    assert block_spectral_radius(k, delays, thr.lr * (1 - 1e-7), beta) < 1
+    assert block_spectral_radius(k, delays, thr.lr * (1 + 1e-7), beta) > 1
+    mask = labels[:, None] == labels[None, :]
+    hd = h * mask  # P_b H = H P_b
+    kd = np.stack([p @ hd for p in proj])
+    want = min(
+        st.stability_threshold(d, beta).q_max / np.linalg.eigvalsh(hd[np.ix_(sel, sel)])[-1]
+        for d, sel in ((d, labels == b) for b, d in enumerate(delays))
+    )
+    got = block_threshold(kd, delays, beta, method="locus").lr
+    assert got == pytest.approx(want, rel=1e-9)
+    uniform = st.stability_threshold(1, beta).q_max / np.linalg.eigvalsh(h)[-1]
+    assert block_threshold(k, (1, 1, 1), beta, method="locus").lr == pytest.approx(
+        uniform, rel=1e-9
+    )
+
+
+def test_one_f_one_b_delay_profile():
+    """Theory (55): asynchronous 1F1B, counted on the steady-state timeline (forward of
+    micro-batch m at stage s at slot 2m + s, its backward there at 2m + 2P - 1 - s):
+    tau_s = P - 1 - s; GPipe 0, PipeDream-2BW 1."""
+    from stability.theory.pipeline import pipeline_delays
+
+    for p in (1, 2, 4, 7):
+        m = 5 * p
+        counted = tuple(
+            sum(1 for j in range(m) if 2 * m + s < 2 * j + 2 * p - 1 - s) for s in range(p)
+        )
+        assert pipeline_delays(p, "1f1b") == counted == tuple(p - 1 - s for s in range(p))
+        assert pipeline_delays(p, "gpipe") == (0,) * p
+        assert pipeline_delays(p, "pipedream_2bw") == (1,) * p
+
+
+def test_ritz_reduction_of_the_block_polynomial():
+    """Theory (56): for a rank-k H = V Lambda V^T, det M(z) = A^(n-k) det(A I_k + lr
+    sum_b B_b Lambda^1/2 V^T P_b V Lambda^1/2), at random z."""
+    rng = np.random.default_rng(4)
+    n, rank, delays, beta, lr = 9, 3, (1, 3, 0), 0.5, 0.7
+    v = np.linalg.qr(rng.standard_normal((n, rank)))[0]
+    lam = rng.uniform(0.5, 2.0, rank)
+    h = (v * lam) @ v.T
+    proj = [np.diag((np.arange(n) % 3 == b) * 1.0) for b in range(3)]
+    half = v * np.sqrt(lam)
+    t = max(delays)
+    for z in (0.3 + 0.9j, -0.8 - 0.1j, 1.3 + 0.2j):
+        a = z**t * (z - 1) * (z - beta)
+        full = _page_block_matrix(z, lr, beta, h, proj, delays)
+        small = a * np.eye(rank) + lr * sum(
+            z ** (t - d + 1) * half.T @ p @ half for p, d in zip(proj, delays, strict=True)
+        )
+        assert np.linalg.det(full) == pytest.approx(
+            a ** (n - rank) * np.linalg.det(small), rel=1e-10
+        )
+
+
 # -------------------------------------------------------------- the page itself
 
 

@@ -60,7 +60,8 @@ METHODS = ("auto", "locus")
 # at z = 1 for every lr) and below which two blocks count as decoupled.
 _ZERO = 1e-11
 
-# Angles per unit of delay in the locus grid (the locus turns about T + 1 times).
+# Angles per unit of delay in the locus grid, 32 (T + 4) in all (the locus turns
+# about T + 1 times; 8 per unit passed the randomised checks too).
 _GRID_PER_DELAY = 32
 
 
@@ -334,7 +335,7 @@ def _track(values: np.ndarray, theta: np.ndarray) -> np.ndarray:
 
 
 def _grid(t: int, conservative: bool) -> np.ndarray:
-    m = _GRID_PER_DELAY * (t + 1) + 3 * _GRID_PER_DELAY
+    m = _GRID_PER_DELAY * (t + 4)
     uniform = np.linspace(0.0, np.pi, m + 1)
     if not conservative:
         return uniform
@@ -488,14 +489,14 @@ def block_threshold(
     Boundary locus (docs/theory.md (53)): a root lies at ``z = e^{i theta}`` exactly when
     ``lr`` is a real positive value of ``l_j(theta) = -A(z) / kappa_j(z)``, ``kappa_j``
     the eigenvalues of ``K(z) = sum_b B_b(z) K_b``. Those eigenvalues are computed on a
-    grid of about ``64 T + 240`` angles in [0, pi] (geometric near 0, where the locus
+    grid of ``32 (T + 4)`` angles in [0, pi] (geometric near 0, where the locus
     starts at 0), followed along continuous branches, and every sign change of ``Im
     l_j`` whose estimate could be the smallest is refined by Brent's method on the
     angle; the real eigenvalues at ``z = -1`` (and ``z = 1`` for a rule with ``A(1) !=
     0``, Adam with decay) are crossings too. Returns the smallest crossing: below it
     every root is inside the circle. The stable set in lr need not be an interval
     (a root may come back in at a larger lr); the first crossing is what is returned.
-    A branch that crosses the real axis twice within one grid cell (about pi / (64 T)
+    A branch that crosses the real axis twice within one grid cell (pi / (32 (T + 4))
     wide) is missed: the tests check the result against the dense radius.
 
     With ``method="auto"`` the blocks are first tested for decoupling: one delay for
