@@ -8,6 +8,7 @@ thresholds (an independent algorithm: bracketed Newton on the scalar locus).
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
@@ -230,6 +231,8 @@ def test_block_polynomial_coefficients():
     np.testing.assert_array_equal(poly.a, [1.0, -1.5, 0.5, 0.0, 0.0])
     np.testing.assert_array_equal(poly.b, [[0, 1, 0, 0, 0], [0, 0, 0, 1, 0]])
     assert poly.degree == 4 and poly.num_blocks == 2
+    for same in (np.array([0, 2]), jnp.array([0, 2]), [np.int32(0), 2]):
+        np.testing.assert_array_equal(block_polynomial(same, 0.5).b, poly.b)
     for rule in ("heavy_ball", "nesterov", "gd", Adam(decay=0.1)):
         beta = 0.0 if rule == "gd" else 0.6
         poly = block_polynomial((3, 3), beta, momentum=rule)

@@ -114,6 +114,10 @@ class BlockThreshold(NamedTuple):
 
 
 def _check_delays(delays) -> tuple[int, ...]:
+    if not isinstance(delays, (list, tuple, str, bytes)) and hasattr(delays, "dtype"):
+        arr = np.asarray(delays)  # a numpy or JAX array of integers
+        if arr.ndim == 1 and arr.dtype.kind in "iu":
+            delays = arr.tolist()
     if isinstance(delays, (str, bytes)) or np.ndim(delays) != 1:
         raise ValueError(
             f"delays must be a 1-D sequence of integers >= 0 (one per block); got {delays!r}"
