@@ -156,6 +156,11 @@ MODELS = (
 )
 
 
+def _pct(x: float) -> str:
+    """A signed percentage, with more digits below 0.1 %."""
+    return f"{x:+.2%}" if abs(x) >= 1e-3 else f"{x:+.4%}"
+
+
 def _span(values) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:+.1%}" if math.isclose(lo, hi, abs_tol=5e-4) else f"{lo:+.1%} to {hi:+.1%}"
@@ -220,13 +225,13 @@ class PipelineResult(NamedTuple):
             rule = "plain delayed SGD" if mu == 0 else f"heavy ball {mu:g}"
             worst = max(abs(b.gap_predicted) for b in pts)
             inside = sum(b.inside for b in pts)
-            gaps = ", ".join(f"P = {b.stages}: {b.gap_predicted:+.2%}" for b in pts)
+            gaps = ", ".join(f"P = {b.stages}: {_pct(b.gap_predicted)}" for b in pts)
             text = (
                 f"For {rule} the block prediction's gap to the measured boundary is {gaps} "
                 f"(inside the final bracket at {inside} of {len(pts)})"
             )
             if worst <= AGREE:
-                text += f": within {worst:.2%} at every P."
+                text += f": within {_pct(worst)[1:]} at every P."
             else:
                 off = [b for b in pts if abs(b.gap_predicted) > AGREE]
                 text += (
@@ -241,7 +246,7 @@ class PipelineResult(NamedTuple):
             parts.append(text)
         confirmed = sum(b.dense_confirms for b in found)
         parts.append(
-            f"The bisection's resolution is +-{res:.2%}; the exact linear recurrence on the "
+            f"The bisection's resolution is +-{_pct(res)[1:]}; the exact linear recurrence on the "
             f"dense Hessian decays at {1 - DENSE_MARGIN:g}x and grows at {1 + DENSE_MARGIN:g}x "
             f"the measured boundary at {confirmed} of {len(found)} points."
         )
@@ -563,7 +568,11 @@ def _dense_check(b: PipelineBoundary, hessian, params, cfg) -> PipelineBoundary:
             max_delay=int(tau.max()),
             steps=DENSE_STEPS * cfg["steps"],
         )
-        rates.append(growth_per_step(np.asarray(norms)))
+        x = np.asarray(norms, np.float64)
+        ok = np.isfinite(x) & (x < 1e250)
+        if not ok.all():  # it overflowed: the growth over the steps before
+            x = x[: int(np.argmin(ok))]
+        rates.append(growth_per_step(x) if x.size >= 8 else math.inf)
     below, above = rates
     return b._replace(
         dense_below=below, dense_above=above, dense_confirms=bool(below < 1.0 < above)
