@@ -13,6 +13,8 @@ the bundled digits, at a true minimum of a tanh MLP with 4 Dense layers
 
 - PREDICTED per block: `stability.curvature.block_spectrum.block_delay_max_lr`
   (the Ritz reduction of ``det(A(z) I + lr sum_b B_b(z) P_b H)``);
+  with its default choice of k (doubled from 8 until the lr stops changing), and in
+  the full size also at a fixed ``k = 128`` Ritz pairs (``predicted_fixed_k``);
 - the UNIFORM models of the same result: every block at the largest delay
   ``tau = P - 1`` (`lr_uniform_max_delay`), at the parameter-weighted mean delay
   rounded down and up (`lr_uniform_mean_delay`), and the first-moment model of the
@@ -91,7 +93,14 @@ PIPELINE_SIZES = {
         n=64, hidden=10, depth=3, stages=(2, 3, 4), momenta=(0.0, 0.9), steps=1500, iters=9
     ),
     "full": dict(
-        n=256, hidden=16, depth=3, stages=(2, 3, 4), momenta=(0.0, 0.9), steps=3000, iters=12
+        n=256,
+        hidden=16,
+        depth=3,
+        stages=(2, 3, 4),
+        momenta=(0.0, 0.9),
+        steps=3000,
+        iters=12,
+        k_fixed=128,
     ),
 }
 
@@ -112,6 +121,8 @@ class PipelineBoundary(NamedTuple):
     ends. runs: simulations. predict_seconds, measure_seconds: wall clock.
     dense_below, dense_above: the growth per step of the dense linear recurrence
     at ``(1 -/+ DENSE_MARGIN) x measured``; dense_confirms: below 1, then above 1.
+    k_fixed, predicted_fixed_k, gap_predicted_fixed_k: `block_delay_max_lr` at that
+    fixed number of Ritz pairs and its gap (0, NaN, NaN when not asked for).
     """
 
     stages: int
@@ -145,6 +156,9 @@ class PipelineBoundary(NamedTuple):
     dense_below: float = math.nan
     dense_above: float = math.nan
     dense_confirms: bool = False
+    k_fixed: int = 0
+    predicted_fixed_k: float = math.nan
+    gap_predicted_fixed_k: float = math.nan
 
 
 MODELS = (
@@ -186,12 +200,20 @@ class PipelineResult(NamedTuple):
             "| half-width | prediction in bracket | runs | dense recurrence at 0.98x / 1.02x "
             "|\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|"
         )
+        fixed = [b for b in self.boundaries if math.isfinite(b.predicted_fixed_k)]
+        if fixed:
+            head = head.replace(
+                "| block prediction (gap) ",
+                f"| block prediction (gap) | at k = {fixed[0].k_fixed} (gap) ",
+            ).replace("|---:|---:|---|---:|---:|", "|---:|---:|---|---:|---:|---:|", 1)
         rows = []
         for b in self.boundaries:
             layout = ", ".join(f"{d}: {n}" for d, n in zip(b.delays, b.sizes, strict=True))
             cells = [
                 f"{getattr(b, key):.5f} ({getattr(b, 'gap_' + key):+.2%})" for key, _ in MODELS
             ]
+            if fixed:
+                cells.insert(1, f"{b.predicted_fixed_k:.5f} ({b.gap_predicted_fixed_k:+.2%})")
             rows.append(
                 f"| {b.stages} | {b.momentum:g} | {layout} | {b.mean_delay:.3f} | "
                 + " | ".join(cells)
@@ -244,6 +266,18 @@ class PipelineResult(NamedTuple):
                     + ")."
                 )
             parts.append(text)
+            pk = [b for b in pts if math.isfinite(b.predicted_fixed_k)]
+            if pk:
+                worst_k = max(abs(b.gap_predicted_fixed_k) for b in pk)
+                parts.append(
+                    f"At a fixed k = {pk[0].k_fixed} Ritz pairs the gap is "
+                    + ", ".join(f"P = {b.stages}: {_pct(b.gap_predicted_fixed_k)}" for b in pk)
+                    + (
+                        f": within {_pct(worst_k)[1:]} at every P."
+                        if worst_k <= AGREE
+                        else f": it misses by up to {_pct(worst_k)[1:]}."
+                    )
+                )
         confirmed = sum(b.dense_confirms for b in found)
         parts.append(
             f"The bisection's resolution is +-{_pct(res)[1:]}; the exact linear recurrence on the "
@@ -299,7 +333,8 @@ class PipelineResult(NamedTuple):
         momenta = list(dict.fromkeys(b.momentum for b in self.boundaries))
         fig, axes = plt.subplots(1, len(momenta), figsize=(5.6 * len(momenta), 4.2), squeeze=False)
         styles = {
-            "predicted": ("k", "s-", "block prediction"),
+            "predicted": ("k", "s-", "block prediction (default k)"),
+            "predicted_fixed_k": ("tab:purple", "x--", "block prediction, fixed k"),
             "uniform_max": ("tab:red", "v--", "uniform tau = P - 1"),
             "uniform_mean_floor": ("tab:blue", "^:", "uniform tau = floor(mean)"),
             "uniform_mean_ceil": ("tab:cyan", "v:", "uniform tau = ceil(mean)"),
@@ -309,6 +344,10 @@ class PipelineResult(NamedTuple):
             pts = [b for b in self.boundaries if b.momentum == mu]
             p = np.array([b.stages for b in pts])
             for key, (color, fmt, label) in styles.items():
+                if not any(math.isfinite(getattr(b, key)) for b in pts):
+                    continue
+                if key == "predicted_fixed_k":
+                    label = f"block prediction, k = {pts[0].k_fixed}"
                 ax.plot(
                     p, [getattr(b, key) for b in pts], fmt, color=color, lw=1.2, ms=5, label=label
                 )
@@ -439,6 +478,18 @@ def _point(m, loss, start, loss_star, p, mu, cfg):
     pred = block_delay_max_lr(
         m.loss_fn, m.params, m.data, delays=spec, beta=mu, momentum="heavy_ball"
     )
+    fixed = {}
+    if cfg.get("k_fixed"):
+        pred_k = block_delay_max_lr(
+            m.loss_fn,
+            m.params,
+            m.data,
+            delays=spec,
+            beta=mu,
+            momentum="heavy_ball",
+            k=cfg["k_fixed"],
+        )
+        fixed = dict(k_fixed=int(cfg["k_fixed"]), predicted_fixed_k=float(pred_k.lr))
     predict_s = time.perf_counter() - t0
     predicted = float(pred.lr)
     t0 = time.perf_counter()
@@ -518,7 +569,12 @@ def _point(m, loss, start, loss_star, p, mu, cfg):
         measure_seconds=time.perf_counter() - t0,
         **models,
         **gaps,
+        **fixed,
     )
+    if fixed:
+        boundary = boundary._replace(
+            gap_predicted_fixed_k=(boundary.predicted_fixed_k - measured) / measured
+        )
     return boundary, float(pred.sharpness)
 
 
