@@ -102,6 +102,7 @@ from stability.report import (
     AdaptiveAccessibility,
     LocalSGDAccessibility,
     MinibatchAccessibility,
+    PipelineAccessibility,
     percent,
 )
 from stability.theory import boundary_locus, companion, delays, mean_square
@@ -112,6 +113,7 @@ __all__ = [
     "Accessibility",
     "LocalSGDAccessibility",
     "MinibatchAccessibility",
+    "PipelineAccessibility",
     "is_accessible",
     "verdict_from_spectrum",
 ]
@@ -505,7 +507,7 @@ def _check_hyperparameters(tau, lr, beta, momentum, failure_probability) -> None
 def is_accessible(
     model,
     params,
-    tau,
+    tau=None,
     lr: float | None = None,
     *,
     beta: float = 0.0,
@@ -530,6 +532,7 @@ def is_accessible(
     local_sgd=None,
     outer_lr: float | None = None,
     outer_momentum: float = 0.0,
+    block_delays=None,
 ) -> Accessibility:
     """Are the sharp directions of the minimum ``params`` stable with delay tau and lr?
 
@@ -602,10 +605,34 @@ def is_accessible(
         is per inner step; ``report.local_sgd`` (`LocalSGDAccessibility`) holds kappa,
         the round radius and the largest stable outer lr. Full batch only.
 
+      block_delays: judge a delay per block of parameters instead (a pipeline's
+        stages): anything `stability.block_delays` accepts, e.g. ``stability.Stages(4,
+        "1f1b")`` or ``{"Dense_0": 3, "Dense_1": 2, ...}`` (paths of the differentiated
+        params). Leave ``tau`` None. The largest stable lr of the coupled dynamics is
+        estimated by the Ritz reduction (`stability.block_delay_max_lr`; docs/theory.md
+        section 18) and the verdict is decided only outside a band around it
+        (`stability.pipeline_verdict`: an estimate, ``certified_by="block_estimate"``,
+        or ``"full_operator"`` when an eigenvalue of the full history operator outside
+        the unit circle confirms instability); ``report.pipeline``
+        (`PipelineAccessibility`) holds the estimate, its band, the uniform models'
+        answers. Full batch, gd / heavy_ball / nesterov; ``tol`` is not used (the Ritz
+        pairs are converged to 1e-8).
+
     Returns:
       An `Accessibility` report; ``bool(report)`` is True only for a certified
-      stable verdict.
+      stable verdict (with ``block_delays``: a stable estimate outside its band).
     """
+    if block_delays is not None:  # imported here: that module builds this one's report
+        from stability.pipeline_verdict import pipeline_accessible
+
+        if local_sgd is not None:
+            raise ValueError("block_delays and local_sgd cannot go together; got both")
+        return pipeline_accessible(
+            model, params, block_delays, tau=tau, lr=lr, beta=beta, momentum=momentum,
+            data=data, loss=loss, train=train, call_kwargs=call_kwargs, batch_keys=batch_keys,
+            batch_size=batch_size, optimizer_state=optimizer_state, spectrum=spectrum,
+            require_minimum=require_minimum, max_hvps=max_hvps, seed=seed,
+        )  # fmt: skip
     if local_sgd is not None:  # imported here: that module builds this one's report
         from stability.local_sgd_verdict import local_sgd_accessible
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ __all__ = [
     "AdaptiveAccessibility",
     "LocalSGDAccessibility",
     "MinibatchAccessibility",
+    "PipelineAccessibility",
 ]
 
 
@@ -138,6 +139,52 @@ class LocalSGDAccessibility(NamedTuple):
     max_stable_sharpness: float | None = None
 
 
+class PipelineAccessibility(NamedTuple):
+    """The block-delay part of an `Accessibility` report (``report.pipeline``): a delay
+    per block of parameters (a pipeline's stages), judged on the coupled dynamics
+    ``det(A(z) I + lr sum_b B_b(z) P_b H)`` (docs/theory.md section 18,
+    `stability.pipeline_verdict`).
+
+    Attributes:
+      blocks: the resolved `stability.BlockDelays` (which leaves have which delay).
+      max_stable_lr: the largest stable lr by the Ritz reduction
+        (`stability.block_delay_max_lr`): an estimate, with ``margin``.
+      margin: the relative half-width of the undecided band around it: the verdict
+        is decided only for ``lr <= max_stable_lr (1 - margin)`` or ``lr >=
+        max_stable_lr (1 + margin)``. It covers the measured error indicators (three
+        times the change with k and the backward error, at least the working
+        precision's floor); it is not a proof.
+      lr_change, backward_error, k: the reduction's convergence in k, the backward
+        error of its critical eigenpair in the full problem, and the Ritz pairs used.
+      critical_root: the root ``exp(i theta)`` at which the reduced problem crosses the
+        unit circle at ``max_stable_lr``.
+      radius, radius_residual, radius_converged: the largest-modulus eigenvalue of the
+        full history operator at this lr (Krylov-Schur Arnoldi,
+        `stability.block_delay_radius`), its residual and convergence; run only when
+        the estimate says unstable (an eigenvalue outside the unit circle then confirms
+        it on the full operator); nan otherwise.
+      lr_uniform_max_delay, lr_uniform_mean_delay, lr_delay_distribution, mean_delay:
+        what the uniform models say for the same sharpness: every block at the largest
+        delay, at floor / ceil of the parameter-weighted mean delay, and the scalar
+        first-moment model with the delays' distribution.
+    """
+
+    blocks: Any
+    max_stable_lr: float
+    margin: float
+    lr_change: float
+    backward_error: float
+    k: int
+    critical_root: complex
+    radius: float
+    radius_residual: float
+    radius_converged: bool
+    lr_uniform_max_delay: float
+    lr_uniform_mean_delay: tuple[float, float]
+    lr_delay_distribution: float
+    mean_delay: float
+
+
 def _alias(name: str) -> property:
     """A read-only property of `Accessibility`: ``minibatch.<name>``, None without
     ``batch_size``."""
@@ -241,6 +288,7 @@ class Accessibility:
     minibatch: MinibatchAccessibility | None = None
     adaptive: AdaptiveAccessibility | None = None
     local_sgd: LocalSGDAccessibility | None = None
+    pipeline: PipelineAccessibility | None = None
 
     batch_size = _alias("batch_size")
     num_examples = _alias("num_examples")
@@ -289,6 +337,29 @@ class Accessibility:
             + self._minibatch_lines()
             + self._adaptive_lines()
             + self._local_sgd_lines()
+            + self._pipeline_lines()
+        )
+
+    def _pipeline_lines(self) -> str:
+        p = self.pipeline
+        if p is None:
+            return ""
+        floor, ceil = p.lr_uniform_mean_delay
+        radius = (
+            ""
+            if not math.isfinite(p.radius)
+            else f"; full operator at this lr: radius {p.radius:.6g} (residual "
+            f"{p.radius_residual:.2g}{'' if p.radius_converged else ', not converged'})"
+        )
+        return (
+            f"\n  block delays      {p.blocks.describe()}\n"
+            f"  pipeline          max stable lr {_number(p.max_stable_lr, '.6g')} +- "
+            f"{percent(p.margin)} (k={p.k} Ritz pairs, change with k "
+            f"{_number(p.lr_change, '.2g')}, backward error {_number(p.backward_error, '.2g')})"
+            f"{radius}\n"
+            f"  uniform models    tau=max {_number(p.lr_uniform_max_delay, '.6g')}, "
+            f"tau=mean {p.mean_delay:.3g} (floor/ceil) {_number(floor, '.6g')} / "
+            f"{_number(ceil, '.6g')}, delay distribution {_number(p.lr_delay_distribution, '.6g')}"
         )
 
     def _local_sgd_lines(self) -> str:
@@ -414,6 +485,7 @@ class Accessibility:
         out.pop("minibatch")
         out.pop("adaptive")
         out.pop("local_sgd")
+        out.pop("pipeline")
         if self.minibatch is not None:
             out.update(self.minibatch._asdict())
         if self.adaptive is not None:
@@ -422,6 +494,8 @@ class Accessibility:
             out["adaptive"] = adaptive
         if self.local_sgd is not None:
             out["local_sgd"] = local_sgd_dict(self.local_sgd)
+        if self.pipeline is not None:
+            out["pipeline"] = pipeline_dict(self.pipeline)
         out["tau"] = _describe_tau(self.tau)
         out["momentum"] = str(self.momentum)  # a rule object by its name
         for key, value in out.items():
@@ -490,6 +564,24 @@ def local_sgd_dict(part: LocalSGDAccessibility) -> dict:
     config = {k: (v.name if hasattr(v, "name") and not isinstance(v, str) else v)
               for k, v in part.config._asdict().items()}  # fmt: skip
     out = dict(part._asdict(), config=config)
+    for key, value in out.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key] = None
+    return out
+
+
+def pipeline_dict(part: PipelineAccessibility) -> dict:
+    """``part`` JSON-ready: the blocks as delays and sizes, the root as (re, im),
+    non-finite numbers as None."""
+    out = part._asdict()
+    blocks = out.pop("blocks")
+    out["delays"] = list(blocks.delays)
+    out["sizes"] = list(blocks.sizes)
+    out["stages"] = None if blocks.stages is None else [list(g) for g in blocks.stages]
+    out["critical_root"] = [part.critical_root.real, part.critical_root.imag]
+    out["lr_uniform_mean_delay"] = [
+        x if math.isfinite(x) else None for x in part.lr_uniform_mean_delay
+    ]
     for key, value in out.items():
         if isinstance(value, float) and not math.isfinite(value):
             out[key] = None
