@@ -40,6 +40,13 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
     from stability.app.plotting import plot_stability_region, plot_thresholds, plot_trajectories
     from stability.compilation_cache import enable_compilation_cache
     from stability.curvature import nonuniformity as nonuniformity
+    from stability.curvature.block_spectrum import (
+        BlockDelayMaxLR,
+        BlockDelayRadius,
+        block_delay_max_lr,
+        block_delay_radius,
+    )
+    from stability.curvature.blocks import BlockDelays, Stages, block_delays
     from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
     from stability.curvature.nonuniformity import (
         DirectionalNonuniformity,
@@ -59,8 +66,19 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
     from stability.local_sgd_training import DiLoCoTrajectory, shard_data, simulate_diloco
     from stability.networks.examples import load_digits, train_to_minimum
     from stability.networks.models import loss_from_model, mean_squared_error
+    from stability.report import PipelineAccessibility
     from stability.simulate import AsyncTrajectory, growth_rate, simulate_async, stationary_tilt
     from stability.theory import mean_square as mean_square
+    from stability.theory.block_delays import (
+        BlockPolynomial,
+        BlockThreshold,
+        block_companion_matrix,
+        block_curvatures,
+        block_max_stable_lr,
+        block_polynomial,
+        block_spectral_radius,
+        block_threshold,
+    )
     from stability.theory.boundary_locus import (
         Threshold,
         dense_threshold,
@@ -101,6 +119,7 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
         second_moment_growth,
         variance_factor,
     )
+    from stability.theory.pipeline import pipeline_delays
     from stability.theory.rules import (  # noqa: F401 (the rule classes: lazy, not in __all__)
         GD,
         CharacteristicPolynomial,
@@ -125,6 +144,23 @@ if TYPE_CHECKING:  # the re-exports as plain imports, for type checkers and doc 
 # `import stability` and the command line's `stability --help` cost no JAX import until
 # a name is used.
 _EXPORTS = {
+    "PipelineAccessibility": "stability.report",
+    "pipeline_delays": "stability.theory.pipeline",
+    "Stages": "stability.curvature.blocks",
+    "BlockDelays": "stability.curvature.blocks",
+    "block_delays": "stability.curvature.blocks",
+    "block_polynomial": "stability.theory.block_delays",
+    "BlockPolynomial": "stability.theory.block_delays",
+    "block_curvatures": "stability.theory.block_delays",
+    "block_companion_matrix": "stability.theory.block_delays",
+    "block_spectral_radius": "stability.theory.block_delays",
+    "block_threshold": "stability.theory.block_delays",
+    "BlockThreshold": "stability.theory.block_delays",
+    "block_max_stable_lr": "stability.theory.block_delays",
+    "block_delay_radius": "stability.curvature.block_spectrum",
+    "BlockDelayRadius": "stability.curvature.block_spectrum",
+    "block_delay_max_lr": "stability.curvature.block_spectrum",
+    "BlockDelayMaxLR": "stability.curvature.block_spectrum",
     "Accessibility": "stability.accessibility",
     "AdaptiveAccessibility": "stability.accessibility",
     "LocalSGDAccessibility": "stability.accessibility",
@@ -269,6 +305,24 @@ __all__ = [
     "max_stable_outer_lr",
     "outer_stability_region",
     "OuterStabilityRegion",
+    # pipelines: a delay per block of parameters
+    "pipeline_delays",
+    "Stages",
+    "BlockDelays",
+    "block_delays",
+    "block_polynomial",
+    "BlockPolynomial",
+    "block_curvatures",
+    "block_companion_matrix",
+    "block_spectral_radius",
+    "block_threshold",
+    "BlockThreshold",
+    "block_max_stable_lr",
+    "block_delay_radius",
+    "BlockDelayRadius",
+    "block_delay_max_lr",
+    "BlockDelayMaxLR",
+    "PipelineAccessibility",
     # Hessian spectrum engine
     "hessian_spectrum",
     "HessianSpectrum",
