@@ -44,6 +44,7 @@ from stability.curvature.history_operator import (
     history_layout,
     history_operator,
 )
+from stability.theory.block_delays import block_polynomial, block_threshold
 from stability.theory.delays import DelayDistribution
 from stability.theory.tuning import max_stable_lr
 from stability.validation import check_int, check_positive, check_scalar
@@ -273,8 +274,6 @@ def _per_entry(layout, values_by_delay):
 
 
 def _reduce(rows, eigenvalues, layout, delays, beta, rule, rtol):
-    from stability.theory.block_delays import block_threshold
-
     kmat, scaling = reduced_curvatures(rows, eigenvalues, layout, delays)
     thr = block_threshold(kmat, delays, beta, momentum=rule, rtol=rtol)
     return thr, kmat, scaling
@@ -284,8 +283,6 @@ def _backward_error(product, rows, kmat, scaling, thr, layout, delays, beta, rul
     """The critical null vector of the reduced ``M_k(z)`` lifted to ``v = sum_b B_b(z)
     P_b V D_r s`` and the relative residual of the full ``M(z) v`` (two products).
     Returns ``(backward_error, products)``; ``(nan, 0)`` when there is no crossing."""
-    from stability.theory.block_delays import block_polynomial
-
     if not math.isfinite(thr.lr) or thr.lr <= 0:
         return float("nan"), 0
     poly = block_polynomial(delays, beta, momentum=rule)
