@@ -169,7 +169,31 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_check_local_sgd_options(check)
+    _add_check_pipeline_options(check)
     return parser
+
+
+def _add_check_pipeline_options(check) -> None:
+    """``stability check --stages P`` / ``--block-delays JSON``: a delay per block of
+    parameters (``is_accessible(..., block_delays=)``, docs/theory.md section 18)."""
+    group = check.add_argument_group(
+        "pipelines: a delay per block of parameters (instead of --tau; docs/theory.md section 18)"
+    )
+    group.add_argument(
+        "--stages", type=int, metavar="P",
+        help="cut the model's top-level modules (in natural order) into P pipeline stages "
+        "of near-equal size; stage s gets the --pipeline-schedule's delay",
+    )  # fmt: skip
+    group.add_argument(
+        "--pipeline-schedule", metavar="NAME",
+        help="with --stages: 1f1b (asynchronous 1F1B / PipeDream: P - 1 - s; default), "
+        "pipedream_2bw (1 for every stage) or gpipe (0)",
+    )  # fmt: skip
+    group.add_argument(
+        "--block-delays", metavar="JSON",
+        help="the delay of each block by parameter path prefix, e.g. "
+        "'{\"Dense_0\": 3, \"Dense_1\": 2, \"Dense_2\": 1, \"Dense_3\": 0}'",
+    )  # fmt: skip
 
 
 def _add_check_local_sgd_options(check) -> None:
@@ -850,20 +874,67 @@ def _optimizer_words(text: str) -> str:
     return f"--optimizer-state: {text}"
 
 
+def _check_pipeline_options(args):
+    """The block-delay spec of ``check`` (None without --stages / --block-delays), its
+    flags checked before anything is loaded."""
+    from stability.curvature.blocks import Stages
+    from stability.theory.pipeline import PIPELINE_SCHEDULES
+    from stability.validation import check_int
+
+    if args.stages is None and args.block_delays is None:
+        if args.pipeline_schedule is not None:
+            raise UsageError("--pipeline-schedule needs --stages P")
+        return None
+    if args.stages is not None and args.block_delays is not None:
+        raise UsageError("give one of --stages and --block-delays, not both")
+    for flag, given in (("--tau", args.tau is not None), ("--diloco", args.diloco),
+                        ("--optimizer-state", args.optimizer_state is not None),
+                        ("--batch-size", args.batch_size is not None),
+                        ("--require-minimum", args.require_minimum)):  # fmt: skip
+        if given:
+            blocks = "--stages" if args.stages is not None else "--block-delays"
+            raise UsageError(f"{flag} cannot go with {blocks} (the delays come from it)")
+    if args.stages is not None:
+        check_int("--stages", args.stages, 1)
+        schedule = args.pipeline_schedule or "1f1b"
+        choices = tuple(n for n in PIPELINE_SCHEDULES if n != "uniform")
+        if schedule not in choices:
+            raise UsageError(f"--pipeline-schedule must be one of {choices}; got {schedule!r}")
+        return Stages(args.stages, schedule)
+    if args.pipeline_schedule is not None:
+        raise UsageError("--pipeline-schedule needs --stages P")
+    try:
+        spec = json.loads(args.block_delays)
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"--block-delays must be JSON ({err}); got {args.block_delays!r}"
+        ) from None
+    if not isinstance(spec, dict) or not spec:
+        raise UsageError(
+            "--block-delays must be a JSON object of path prefix -> delay, e.g. "
+            f'\'{{"Dense_0": 1, "Dense_1": 0}}\'; got {args.block_delays!r}'
+        )
+    for key, value in spec.items():
+        check_int(f"--block-delays[{key!r}]", value, 0)
+    return spec
+
+
 def _cmd_check(args) -> int:
     from stability.validation import check_beta, check_int, check_lr, check_momentum, check_tau
 
     # The options first, named as typed, before any model or data is loaded.
     local = None
+    blocks = _check_pipeline_options(args)  # refuses --tau, --diloco etc. beside it
     if args.diloco:
         local = _check_check_local_sgd_options(args)
     else:
         stray = _given(args, _CHECK_LOCAL_SGD_DEFAULTS)
         if stray:
             raise UsageError(f"{stray[0]} belongs to local SGD / DiLoCo rounds: add --diloco")
-        if args.tau is None:
-            raise UsageError("--tau is required (the delay), unless --diloco")
-        check_tau(args.tau, "--tau")
+        if blocks is None and args.tau is None:
+            raise UsageError("--tau is required (the delay), unless --diloco or --stages")
+        if blocks is None:
+            check_tau(args.tau, "--tau")
     if args.lr is not None:
         check_lr(args.lr, "--lr")
     if args.beta is not None:
@@ -929,6 +1000,9 @@ def _cmd_check(args) -> int:
     elif local is not None:
         config, outer_lr, outer_momentum = local
         extra.update(local_sgd=config, outer_lr=outer_lr, outer_momentum=outer_momentum)
+    elif blocks is not None:
+        extra.update(block_delays=blocks, beta=args.beta or 0.0,
+                     momentum=args.momentum or "heavy_ball")  # fmt: skip
     else:
         extra.update(beta=args.beta or 0.0, momentum=args.momentum or "heavy_ball")
     if args.batch_size is not None:
@@ -943,7 +1017,7 @@ def _cmd_check(args) -> int:
     report = is_accessible(
         loss_fn,
         params,
-        None if local is not None else args.tau,
+        None if local is not None or blocks is not None else args.tau,
         args.lr,
         data=data,
         max_hvps=args.max_hvps,
