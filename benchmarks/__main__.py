@@ -94,6 +94,12 @@ BENCHMARKS = {
         ["--hs", "5", "--outers", "nesterov 0.9", "--iters", "10"],
         "RESULTS-diloco.md",
     ),
+    "block-radius": (
+        "block_radius.py",
+        [],
+        ["--power-cap", "1000", "--width", "300", "--no-write"],
+        "RESULTS-block-radius.md",
+    ),
 }
 DESCRIPTIONS = {
     "thresholds": "threshold evaluations per second, speed-up over eigenvalue bisection, "
@@ -109,6 +115,8 @@ DESCRIPTIONS = {
     "model and live delayed AdamW from a trained minimum",
     "diloco": "DiLoCo / local SGD: predicted largest stable outer lr against the "
     "divergence boundary of simulate_diloco from a digits minimum",
+    "block-radius": "a delay per block: Arnoldi against power iteration on the history "
+    "operator (products to 1e-6), block_delay_max_lr on a 1e6-parameter 4-stage model",
     "float32": "float32 certificates on Flax-example networks against float64 truths",
 }
 # Benchmarks whose script may not exist in every checkout: registered only when the

@@ -148,10 +148,17 @@ def part_a(args, lines):
             f"{run.products}) | {pow_txt} | {t_pow:.1f} (run of {power.products}) | "
             f"{ratio_txt} |"
         )
+    # Above lr* the critical pair is an outlier; below it the largest eigenvalues are the
+    # flat directions' near-continuum just inside 1, which neither method resolves to
+    # 1e-6 within its budget: the target is reported for each side separately.
+    pairs = zip((1.1, 0.9), ratios, strict=True)
+    for (factor, ratio), side in zip(pairs, ("above", "below"), strict=True):
+        verdict = "PASS" if ratio >= 10 else "MISS"
+        log(f"TARGET Arnoldi >= 10x fewer products than power iteration {side} the threshold "
+            f"({factor} lr*) -> {verdict} ({ratio:.1f}x)")  # fmt: skip
     met = all(r >= 10 for r in ratios)
-    log(f"TARGET Arnoldi >= 10x fewer products than power iteration at 1.1x and 0.9x lr*: "
-        f"{'MET' if met else 'MISSED'} ({', '.join(f'{r:.1f}x' for r in ratios)})")  # fmt: skip
-    lines += ["", f"Target >= 10x fewer products: {'met' if met else 'missed'}.", ""]
+    lines += ["", f"Target >= 10x fewer products: {'met' if met else 'missed'} "
+              f"({', '.join(f'{r:.1f}x' for r in ratios)} at 1.1x / 0.9x lr*).", ""]  # fmt: skip
 
 
 class FourLayer(nn.Module):
@@ -207,7 +214,7 @@ def part_b(args, lines):
         f"{res.lr_uniform_mean_delay[1]:.6g}, delay distribution "
         f"{res.lr_delay_distribution:.6g}")  # fmt: skip
     met = secs < 60
-    log(f"TARGET 1e6-parameter block_delay_max_lr under 60 s: {'MET' if met else 'MISSED'} "
+    log(f"TARGET 1e6-parameter block_delay_max_lr under 60 s -> {'PASS' if met else 'MISS'} "
         f"({secs:.1f} s)")  # fmt: skip
     lines += [
         "## (b) The largest stable lr of a ~1e6-parameter 4-stage model",
