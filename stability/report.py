@@ -357,9 +357,11 @@ class Accessibility:
             f"{percent(p.margin)} (k={p.k} Ritz pairs, change with k "
             f"{_number(p.lr_change, '.2g')}, backward error {_number(p.backward_error, '.2g')})"
             f"{radius}\n"
-            f"  uniform models    tau=max {_number(p.lr_uniform_max_delay, '.6g')}, "
-            f"tau=mean {p.mean_delay:.3g} (floor/ceil) {_number(floor, '.6g')} / "
-            f"{_number(ceil, '.6g')}, delay distribution {_number(p.lr_delay_distribution, '.6g')}"
+            f"  uniform models    tau=max {_versus(p.lr_uniform_max_delay, p.max_stable_lr)}, "
+            f"tau=mean {p.mean_delay:.3g} (floor/ceil) {_versus(floor, p.max_stable_lr)} / "
+            f"{_versus(ceil, p.max_stable_lr)}, delay distribution "
+            f"{_versus(p.lr_delay_distribution, p.max_stable_lr)} (max stable lr; vs the "
+            "block estimate)"
         )
 
     def _local_sgd_lines(self) -> str:
@@ -502,6 +504,13 @@ class Accessibility:
             if isinstance(value, float) and not math.isfinite(value):
                 out[key] = None  # JSON numbers are numbers or null (no "inf", no NaN)
         return out
+
+
+def _versus(x: float, reference: float) -> str:
+    """``x`` and how far it is from ``reference``: ``0.966 (-3.6 %)``."""
+    if not (math.isfinite(x) and math.isfinite(reference) and reference > 0):
+        return _number(x, ".6g")
+    return f"{x:.6g} ({(x / reference - 1) * 100:+.1f} %)"
 
 
 def _number(x, spec: str) -> str:
