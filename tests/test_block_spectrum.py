@@ -253,15 +253,17 @@ def test_uniform_delay_is_the_scalar_theory(dense, momentum, beta):
 def test_adaptive_k_and_verification(dense):
     truth = dense_threshold(dense, "heavy_ball", 0.7)
     got = block_delay_max_lr(LOSS, PARAMS, DATA, delays=SPEC, beta=0.7, k_start=4, k_max=32,
-                             verify=0.02, tol=1e-10)  # fmt: skip
+                             verify=0.05, tol=1e-10)  # fmt: skip
+    # the truncated reduction's error lies inside the band the verdict uses
+    band = 3 * max(got.lr_change, got.backward_error)
+    assert abs(got.lr - truth) <= band * truth
     ks = [k for k, _ in got.lr_by_k]
     assert ks[0] == 4 and ks == sorted(ks) and got.k == ks[-1] <= 32
-    assert got.lr_change == pytest.approx(
-        abs(got.lr_by_k[-1][1] - got.lr_by_k[-2][1]) / got.lr, rel=1e-12
-    )
+    last_two = [abs(got.lr - lr_k) for _, lr_k in got.lr_by_k[-3:-1]]
+    assert got.lr_change == pytest.approx(max(last_two) / got.lr, rel=1e-12)
     lower, upper = got.lr_bracket
     assert lower <= truth <= upper  # the full operator brackets the dense threshold
-    assert upper == pytest.approx(1.02 * got.lr) and lower == pytest.approx(0.98 * got.lr)
+    assert upper == pytest.approx(1.05 * got.lr) and lower == pytest.approx(0.95 * got.lr)
     below, above = got.verification
     assert above.radius > 1 and above.converged
     assert got.products >= below.products + above.products
