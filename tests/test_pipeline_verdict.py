@@ -25,7 +25,7 @@ WEIGHT_DECAY = 5e-2
 class Pipe(nn.Module):  # four layers: one per pipeline stage
     @nn.compact
     def __call__(self, x):
-        for width in (4, 4, 4):
+        for width in (3, 3, 3):
             x = jnp.tanh(nn.Dense(width)(x))
         return nn.Dense(3)(x)
 
@@ -41,7 +41,7 @@ def _loss(params, batch):
 def minimum():
     """A minimum (gradient < 1e-9) in float64 and the exact block thresholds."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(48, 8))
+    x = rng.normal(size=(40, 6))
     y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5).astype(np.int32)
     batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
     params = Pipe().init(jax.random.key(0), batch["image"][:1].astype(jnp.float32))["params"]
@@ -63,7 +63,7 @@ def minimum():
             params, state = step(params, state)
     flat, unravel = ravel_pytree(params)
     f = jax.jit(lambda v: _loss(unravel(v), batch))
-    for _ in range(4):  # Newton on the dense Hessian: quadratic convergence
+    for _ in range(6):  # Newton on the dense Hessian: quadratic convergence
         flat = flat - jnp.linalg.solve(jax.hessian(f)(flat), jax.grad(f)(flat))
     params = unravel(flat)
     assert float(jnp.linalg.norm(jax.grad(f)(flat))) < 1e-12
