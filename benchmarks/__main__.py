@@ -100,6 +100,12 @@ BENCHMARKS = {
         ["--power-cap", "1000", "--width", "300", "--no-write"],
         "RESULTS-block-radius.md",
     ),
+    "block-dense": (
+        "block_dense_check.py",
+        [],
+        ["--quick"],
+        "RESULTS-block-dense.md",
+    ),
 }
 DESCRIPTIONS = {
     "thresholds": "threshold evaluations per second, speed-up over eigenvalue bisection, "
@@ -117,6 +123,8 @@ DESCRIPTIONS = {
     "divergence boundary of simulate_diloco from a digits minimum",
     "block-radius": "a delay per block: Arnoldi against power iteration on the history "
     "operator (products to 1e-6), block_delay_max_lr on a 1e6-parameter 4-stage model",
+    "block-dense": "a delay per block on a 259-parameter digits minimum against the dense "
+    "transition matrix: max stable lr (k=n) to 1e-6, radius at 0.9x/1.1x to 1e-8",
     "float32": "float32 certificates on Flax-example networks against float64 truths",
 }
 # Benchmarks whose script may not exist in every checkout: registered only when the
