@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -48,6 +49,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import linen as nn  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
 from benchmarks.run_info import library_commit, timed  # noqa: E402
 from stability.curvature.arnoldi import arnoldi  # noqa: E402

@@ -246,11 +246,6 @@ def _flat_rows(vectors, mask, k):
     )
 
 
-# Ritz values at or below this fraction of the largest count as flat (as the verdict's
-# FLAT_TOLERANCE) and are left out of the reduction.
-FLAT = 1e-5
-
-
 def reduced_curvatures(rows, eigenvalues, layout, delays, scales=None):
     """``K_b = Lambda^1/2 V^T P_b V Lambda^1/2`` (``Lambda V^T P_b V`` if some Ritz value
     is <= 0), shape ``(len(delays), k, k)``, and the scaling ``D`` with ``K_b = D_l V^T
@@ -281,11 +276,13 @@ def _per_entry(layout, values_by_delay):
 
 
 def _reduce(rows, eigenvalues, layout, delays, beta, rule, rtol, scales=None):
-    # Flat and negative Ritz values (below FLAT x the largest) are left out: their
-    # directions grow by at most 1 + lr FLAT lambda per step for any delays (the scalar
-    # verdict's flat tolerance), and a negative one would make every lr "unstable".
+    # Negative (and zero) Ritz values are left out: a direction of negative curvature is
+    # left at every lr, whatever the delays (the verdict's minimum test speaks of it),
+    # and would make every lr "unstable" here. Small positive ones are kept: in the
+    # weighted metric they can be a long delay's real curvature (dropping those below
+    # 1e-5 of the largest cost up to 2.3e-5 of the threshold at k = n, RESULTS-block-dense).
     eigenvalues = np.asarray(eigenvalues, np.float64)
-    keep = eigenvalues > FLAT * np.max(eigenvalues)
+    keep = eigenvalues > 0
     rows, eigenvalues = rows[keep], eigenvalues[keep]
     kmat, scaling = reduced_curvatures(rows, eigenvalues, layout, delays, scales)
     thr = block_threshold(kmat, delays, beta, momentum=rule, rtol=rtol)
@@ -384,8 +381,8 @@ def block_delay_max_lr(
     block goes unstable at a curvature ``q_max(tau_b) / lr`` far below the top one
     (on the digits with heavy ball 0.9 and 1F1B stages the unweighted top 16 pairs
     overestimated the measured boundary by up to 199 %; weighted, the estimate at
-    k = 64 was within 5 % below it, inside its band). Ritz values at or below ``FLAT``
-    (1e-5) of the largest are left out (flat or negative curvature: see `FLAT`). For a
+    k = 64 was within 5 % below it, inside its band). Non-positive Ritz values are left
+    out (negative curvature is left at every lr, whatever the delays). For a
     full-rank ``H`` the tail is dropped, and the result reports what can be said
     about that, never more: ``lr_change`` (the answer at the previous k),
     ``backward_error`` (the critical eigenpair lifted to the full problem, two
