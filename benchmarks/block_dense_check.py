@@ -31,9 +31,9 @@ Protocol (fixed before measuring):
   eigensolves than plain bisection at ~2000 x 2000) on ``radius(lr) - (1 + 1e-12)``
   in that bracket, ``rtol`` 1e-9.
 - The library: ``block_delay_max_lr(..., k=n, tol=1e-10)`` (all n Ritz pairs of the
-  delay-weighted Hessian: exact by Sylvester's identity, except that Ritz values at or
-  below ``FLAT`` = 1e-5 of the largest are left out; how many of the dense weighted
-  eigenvalues are there is counted and printed) against that lr, TARGET 1e-6 relative;
+  delay-weighted Hessian: exact by Sylvester's identity, except that non-positive Ritz
+  values are left out; how many of the dense weighted eigenvalues are <= 0 is counted
+  and printed) against that lr, TARGET 1e-6 relative;
   ``block_delay_radius`` at 0.9x and 1.1x the dense lr (``max_products`` 20000, default
   k=2, tol 1e-10) against the dense radius at the same lr, TARGET 1e-8 absolute (the radius is ~1:
   absolute and relative agree to that order), products reported. Also reported, no
@@ -169,7 +169,7 @@ def check_loss(args, loss, targets):
     """Every spec and rule on the minimum of one loss; returns the section's lines."""
     import jax.numpy as jnp
 
-    from stability.curvature.block_spectrum import FLAT, block_delay_max_lr, block_delay_radius
+    from stability.curvature.block_spectrum import block_delay_max_lr, block_delay_radius
     from stability.curvature.blocks import Stages, block_delays
     from stability.curvature.hvp import flatten_params, trainable_mask
     from stability.networks.examples import train_to_minimum
@@ -209,7 +209,7 @@ def check_loss(args, loss, targets):
         desc + ".",
         "",
         "| spec (delay: parameters) | rule | n | dense lr | eigensolves, s | reduced lr k=n | "
-        "rel error | pairs left out (FLAT) | k=n products, s | adaptive k | adaptive lr | "
+        "rel error | pairs left out (<= 0) | k=n products, s | adaptive k | adaptive lr | "
         "rel error | lr_change | adaptive s | radius 0.9x: dense / Arnoldi (diff, products, "
         "s) | radius 1.1x: dense / Arnoldi (diff, products, s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -249,15 +249,15 @@ def check_loss(args, loss, targets):
                 retries.append(f"{loss} {name} {rule}: {retry}seed {seed} ran")
             ada, t_ada = timed(lib)
             # block_delay_max_lr takes Ritz pairs of W^1/2 H W^1/2 (w_b = 1 / q_max(tau_b,
-            # beta), one delay: unweighted) and leaves out those <= FLAT x the largest; how
-            # many of the dense weighted eigenvalues are there (then k=n is not all of H)
+            # beta), one delay: unweighted) and leaves out the non-positive ones; how many
+            # of the dense weighted eigenvalues are there (then k=n is not all of H)
             if len(blocks.delays) > 1:
                 q = {d: float(max_stable_lr(1.0, d, beta, momentum=rule)) for d in blocks.delays}
                 root_w = np.sqrt([1.0 / q[int(d)] for d in per_entry])
                 weighted = np.linalg.eigvalsh(root_w[:, None] * h * root_w[None, :])
             else:
                 weighted = eig
-            flat = int(np.sum(weighted <= FLAT * weighted[-1]))
+            flat = int(np.sum(weighted <= 0))
             err_full = abs(full.lr - lr_d) / lr_d
             err_ada = abs(ada.lr - lr_d) / lr_d
             log(f"  {rule} beta {beta}: dense lr {lr_d:.12g} ({solves} eigensolves, {scanned} "
@@ -265,7 +265,7 @@ def check_loss(args, loss, targets):
                 f"error {full.backward_error:.1e}, {full.products} products, {t_full:.1f} s); "
                 f"adaptive k={ada.k} {ada.lr:.12g} (rel err {err_ada:.1e}, lr_change "
                 f"{ada.lr_change:.1e}, {ada.products} products, {t_ada:.1f} s); weighted "
-                f"eigenvalues <= FLAT x the largest (left out at k=n): {flat}")  # fmt: skip
+                f"eigenvalues <= 0 (left out at k=n): {flat}")  # fmt: skip
             ok = err_full <= LR_TOL
             what = f"{loss} {name} {rule}: max lr (k=n) within {LR_TOL:g} of the dense oracle"
             log(f"TARGET {what} -> {'PASS' if ok else f'MISS ({err_full:.1e})'}")
@@ -317,11 +317,11 @@ def write(sections, targets, load, total):
         "32, 64). "
         "Radius: `block_delay_radius` (k=2, tol 1e-10, max_products 20000) against the "
         "dense radius at 0.9x and 1.1x the dense lr, absolute difference. lr errors are "
-        "relative to the dense lr. Seconds are wall time. Pairs left out (FLAT): the "
+        "relative to the dense lr. Seconds are wall time. Pairs left out (<= 0): the "
         "eigenvalues of the dense delay-weighted Hessian W^1/2 H W^1/2 (w_b = 1 / "
-        "q_max(tau_b, beta), what `block_delay_max_lr` takes Ritz pairs of) at or below "
-        "`FLAT` (1e-5) x the largest: the reduction leaves them out, so with any of them "
-        "k=n is not the whole Hessian and Sylvester's identity does not make it exact.",
+        "q_max(tau_b, beta), what `block_delay_max_lr` takes Ritz pairs of) that are not "
+        "positive: the reduction leaves them out, so with any of them k=n is not the "
+        "whole Hessian and Sylvester's identity does not make it exact.",
         "",
     ]
     for section in sections:
