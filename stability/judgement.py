@@ -16,7 +16,7 @@ from stability.curvature.hessian_spectrum import HessianSpectrum
 from stability.curvature.verification import PRECISION_TOLERANCE
 from stability.report import distinct, percent
 
-__all__ = ["FLAT_TOLERANCE", "Judgement", "judge"]
+__all__ = ["FLAT_TOLERANCE", "Judgement", "judge", "with_minimum"]
 
 # Curvature above -FLAT_TOLERANCE x sharpness counts as flat (zero): such a
 # direction grows by at most 1 + lr * 1e-5 * sharpness per step.
@@ -96,18 +96,33 @@ def judge(spectrum: HessianSpectrum, limit: float, require_minimum: bool,
         minimum = None
 
     verdict = sharp
-    if require_minimum and sharp is not False and minimum is not True:
-        if minimum is False:
-            verdict, by = False, "ritz_value"
-            why = (
-                f"not a minimum: a Ritz value {low:.4g} is below -{FLAT_TOLERANCE:g} x "
-                f"sharpness (require_minimum=True)"
-            )
-        else:
-            verdict, by = None, None
-            why = (
-                f"undecided: a minimum is not established (smallest eigenvalue {low:.4g} "
-                f"+- {low_err:.2g} after {spectrum.num_hvps} Hessian-vector products; "
-                f"require_minimum=True); sharp side: {why}"
-            )
+    if require_minimum:
+        verdict, by, why = with_minimum(sharp, by, why, minimum, low, low_err, spectrum.num_hvps)
     return Judgement(verdict, minimum, by, why, upper)
+
+
+def with_minimum(verdict, by, why, minimum, low, low_err, num_hvps, *, grows: str = ""):
+    """``require_minimum=True``: the sharp side's ``(verdict, by, why)`` unless it is
+    already False or the minimum is established; a proven non-minimum (``minimum``
+    False) makes it False, an unsettled one undecided. ``grows``: words appended to
+    the non-minimum reason (what that direction does under the rule)."""
+    if verdict is False or minimum is True:
+        return verdict, by, why
+    if minimum is False:
+        return (
+            False,
+            "ritz_value",
+            (
+                f"not a minimum: a Ritz value {low:.4g} is below -{FLAT_TOLERANCE:g} x "
+                f"sharpness (require_minimum=True{grows})"
+            ),
+        )
+    return (
+        None,
+        None,
+        (
+            f"undecided: a minimum is not established (smallest eigenvalue {low:.4g} "
+            f"+- {low_err:.2g} after {num_hvps} Hessian-vector products; "
+            f"require_minimum=True); sharp side: {why}"
+        ),
+    )

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from stability.curvature.hessian_spectrum import HessianSpectrum, hessian_spectrum
-from stability.judgement import FLAT_TOLERANCE, Judgement, judge
+from stability.judgement import Judgement, judge, with_minimum
 from stability.networks.models import loss_from_model
 from stability.report import Accessibility, LocalSGDAccessibility
 from stability.theory import boundary_locus
@@ -357,20 +357,11 @@ def _judge_local(spectrum: HessianSpectrum, setting: _LocalSetting, require_mini
     if sharp is None:
         why += f" after {spectrum.num_hvps} Hessian-vector products"
     verdict, minimum = sharp, base.is_minimum
-    if require_minimum and sharp is not False and minimum is not True:
-        if minimum is False:
-            verdict, by = False, "ritz_value"
-            why = (
-                f"not a minimum: a Ritz value {low:.4g} is below -{FLAT_TOLERANCE:g} x "
-                f"sharpness (require_minimum=True; kappa < 0 there: that direction grows)"
-            )
-        else:
-            verdict, by = None, None
-            why = (
-                f"undecided: a minimum is not established (smallest eigenvalue {low:.4g} "
-                f"+- {low_err:.2g} after {spectrum.num_hvps} Hessian-vector products; "
-                f"require_minimum=True); sharp side: {why}"
-            )
+    if require_minimum:
+        verdict, by, why = with_minimum(
+            sharp, by, why, minimum, low, low_err, spectrum.num_hvps,
+            grows="; kappa < 0 there: that direction grows",
+        )  # fmt: skip
     return Judgement(verdict, minimum, by, why, upper)
 
 
