@@ -42,7 +42,7 @@ the bundled digits, at a true minimum of a tanh MLP with 4 Dense layers
   first and above 1 at the second.
 
 Every gap is ``(model - measured) / measured``. Sizes: ``"tiny"`` (the tests: 980
-parameters, P = 2 and 4, plain SGD, short runs), ``"quick"`` (the command's default:
+parameters, P = 4, plain SGD, short runs), ``"quick"`` (the command's default:
 the same network, P = 2, 3, 4, plain SGD and heavy ball 0.9; about a minute on a
 2-core CPU), ``"full"`` (``train_to_minimum(256, hidden=16, depth=3)``, 1754
 parameters, longer runs and more halvings).
@@ -88,7 +88,7 @@ DENSE_STEPS = 4  # the dense check's steps, times the simulations' steps
 BRACKET = (0.8, 1.25)  # times the prediction; asymmetric so that no bisection point is 1
 WIDEN = 4  # at most this many widenings (x 1.25) of a bracket that does not straddle
 PIPELINE_SIZES = {
-    "tiny": dict(n=64, hidden=10, depth=3, stages=(2, 4), momenta=(0.0,), steps=600, iters=5),
+    "tiny": dict(n=64, hidden=10, depth=3, stages=(4,), momenta=(0.0,), steps=600, iters=5),
     "quick": dict(
         n=64, hidden=10, depth=3, stages=(2, 3, 4), momenta=(0.0, 0.9), steps=1500, iters=9
     ),
