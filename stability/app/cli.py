@@ -482,12 +482,68 @@ def _table_number(q: float) -> str:
     return f"{q:>12.6e}" if 0 < abs(q) < 1e-3 else f"{q:>12.8f}"
 
 
+def _checked_inner_rule(args) -> str:
+    """--inner-rule and --inner-momentum of --diloco checked; returns the rule name (a
+    momentum typed without a rule means heavy ball: torch/optax SGD momentum)."""
+    from stability.theory.rules import as_rule
+
+    inner_rule = args.inner_rule or ("heavy_ball" if args.inner_momentum != 0 else "gd")
+    if inner_rule == "gd" and args.inner_momentum != 0:
+        raise UsageError(
+            f"--inner-momentum must be 0 with --inner-rule gd (choose heavy_ball or "
+            f"nesterov); got {args.inner_momentum!r}"
+        )
+    as_rule(inner_rule).check_beta(args.inner_momentum, "--inner-momentum")
+    return inner_rule
+
+
+def _check_outer_momentum(outer_rule: str, mu) -> None:
+    """One --outer-momentum value against --outer-rule."""
+    from stability.theory.rules import as_rule
+
+    if outer_rule == "gd" and mu != 0:
+        raise UsageError(
+            f"--outer-momentum must be 0 with --outer-rule gd (choose heavy_ball or "
+            f"nesterov); got {mu!r}"
+        )
+    as_rule(outer_rule).check_beta(mu, "--outer-momentum")
+
+
+def _checked_workers_and_overlap(args, *, dense_rows: bool = False) -> tuple[int, int]:
+    """--workers and --overlap against --schedule; ``dense_rows``: the rows factor a
+    polynomial of degree ~overlap (``table`` with kept state or --outer-lr)."""
+    from stability.theory.local_sgd import MAX_WORKERS
+    from stability.validation import MAX_DELAY, check_int
+
+    workers = check_int("--workers", args.workers, 1, MAX_WORKERS)
+    if args.schedule != "eager" and workers != 1:
+        raise UsageError(
+            f"--workers matters only with --schedule eager (identical full-batch workers "
+            f"send equal pseudo-gradients); got {workers} with --schedule {args.schedule}"
+        )
+    overlap = check_int("--overlap", args.overlap, 0, MAX_DELAY)
+    if args.schedule == "streaming" and overlap < 1:
+        raise UsageError(f"--overlap must be >= 1 with --schedule streaming; got {overlap}")
+    if overlap > MAX_DENSE_OVERLAP and dense_rows:
+        # Kept state and the radius factor a polynomial of degree ~overlap per row
+        # (overlap 2000: 10-30 s and 4 GB); the reset threshold has a closed path.
+        raise UsageError(
+            f"--overlap must be <= {MAX_DENSE_OVERLAP:,} with --keep-inner-state or "
+            f"--outer-lr (each row factors a polynomial of degree overlap + 3); got {overlap}"
+        )
+    if args.schedule != "streaming" and overlap != 0:
+        raise UsageError(
+            f"--overlap is only for --schedule streaming; got {overlap} with "
+            f"--schedule {args.schedule}"
+        )
+    return workers, overlap
+
+
 def _check_local_sgd_options(args):
     """The --diloco options checked, each error naming its flag; returns the
     `LocalSGD` configuration without H (one per row) and the outer momenta."""
-    from stability.theory.local_sgd import MAX_INNER_STEPS, MAX_WORKERS, LocalSGD
-    from stability.theory.rules import as_rule
-    from stability.validation import MAX_DELAY, check_finite, check_int, check_lr
+    from stability.theory.local_sgd import MAX_INNER_STEPS, LocalSGD
+    from stability.validation import check_finite, check_int, check_lr
 
     mixed = _given(args, _TABLE_DEFAULTS)
     if mixed:
@@ -507,48 +563,15 @@ def _check_local_sgd_options(args):
     check_lr(args.inner_lr, "--inner-lr")
     for h in args.inner_steps:
         check_int("--inner-steps", h, 1, MAX_INNER_STEPS)
-    # A momentum typed without a rule means heavy ball (torch/optax SGD momentum).
-    inner_rule = args.inner_rule or ("heavy_ball" if args.inner_momentum != 0 else "gd")
-    if inner_rule == "gd" and args.inner_momentum != 0:
-        raise UsageError(
-            f"--inner-momentum must be 0 with --inner-rule gd (choose heavy_ball or "
-            f"nesterov); got {args.inner_momentum!r}"
-        )
-    as_rule(inner_rule).check_beta(args.inner_momentum, "--inner-momentum")
-    outer = as_rule(args.outer_rule)
+    inner_rule = _checked_inner_rule(args)
     if args.outer_momentum is None:
         args.outer_momentum = [0.0] if args.outer_rule == "gd" else [0.9]
     for mu in args.outer_momentum:
-        if args.outer_rule == "gd" and mu != 0:
-            raise UsageError(
-                f"--outer-momentum must be 0 with --outer-rule gd (choose heavy_ball or "
-                f"nesterov); got {mu!r}"
-            )
-        outer.check_beta(mu, "--outer-momentum")
+        _check_outer_momentum(args.outer_rule, mu)
     if args.outer_lr is not None:
         check_lr(args.outer_lr, "--outer-lr")
-    workers = check_int("--workers", args.workers, 1, MAX_WORKERS)
-    if args.schedule != "eager" and workers != 1:
-        raise UsageError(
-            f"--workers matters only with --schedule eager (identical full-batch workers "
-            f"send equal pseudo-gradients); got {workers} with --schedule {args.schedule}"
-        )
-    overlap = check_int("--overlap", args.overlap, 0, MAX_DELAY)
-    if args.schedule == "streaming" and overlap < 1:
-        raise UsageError(f"--overlap must be >= 1 with --schedule streaming; got {overlap}")
     dense = args.keep_inner_state or args.outer_lr is not None
-    if overlap > MAX_DENSE_OVERLAP and dense:
-        # Kept state and the radius factor a polynomial of degree ~overlap per row
-        # (overlap 2000: 10-30 s and 4 GB); the reset threshold has a closed path.
-        raise UsageError(
-            f"--overlap must be <= {MAX_DENSE_OVERLAP:,} with --keep-inner-state or "
-            f"--outer-lr (each row factors a polynomial of degree overlap + 3); got {overlap}"
-        )
-    if args.schedule != "streaming" and overlap != 0:
-        raise UsageError(
-            f"--overlap is only for --schedule streaming; got {overlap} with "
-            f"--schedule {args.schedule}"
-        )
+    workers, overlap = _checked_workers_and_overlap(args, dense_rows=dense)
     config = LocalSGD(
         inner_lr=float(args.inner_lr),
         inner=inner_rule,
@@ -565,9 +588,8 @@ def _check_local_sgd_options(args):
 def _check_check_local_sgd_options(args):
     """``check --diloco``'s options checked before any model is loaded, each error
     naming its flag; returns the `LocalSGD` configuration, the outer lr and momentum."""
-    from stability.theory.local_sgd import MAX_INNER_STEPS, MAX_WORKERS, LocalSGD
-    from stability.theory.rules import as_rule
-    from stability.validation import MAX_DELAY, check_int, check_lr
+    from stability.theory.local_sgd import MAX_INNER_STEPS, LocalSGD
+    from stability.validation import check_int, check_lr
 
     for flag, dest in (("--tau", "tau"), ("--lr", "lr"), ("--beta", "beta"),
                        ("--momentum", "momentum"), ("--batch-size", "batch_size"),
@@ -587,37 +609,12 @@ def _check_check_local_sgd_options(args):
             setattr(args, dest, default)
     check_lr(args.inner_lr, "--inner-lr")
     steps = check_int("--inner-steps", args.inner_steps, 1, MAX_INNER_STEPS)
-    # A momentum typed without a rule means heavy ball (torch/optax SGD momentum).
-    inner_rule = args.inner_rule or ("heavy_ball" if args.inner_momentum != 0 else "gd")
-    if inner_rule == "gd" and args.inner_momentum != 0:
-        raise UsageError(
-            f"--inner-momentum must be 0 with --inner-rule gd (choose heavy_ball or "
-            f"nesterov); got {args.inner_momentum!r}"
-        )
-    as_rule(inner_rule).check_beta(args.inner_momentum, "--inner-momentum")
+    inner_rule = _checked_inner_rule(args)
     if args.outer_momentum is None:
         args.outer_momentum = 0.0 if args.outer_rule == "gd" else 0.9
-    if args.outer_rule == "gd" and args.outer_momentum != 0:
-        raise UsageError(
-            f"--outer-momentum must be 0 with --outer-rule gd (choose heavy_ball or "
-            f"nesterov); got {args.outer_momentum!r}"
-        )
-    as_rule(args.outer_rule).check_beta(args.outer_momentum, "--outer-momentum")
+    _check_outer_momentum(args.outer_rule, args.outer_momentum)
     check_lr(args.outer_lr, "--outer-lr")
-    workers = check_int("--workers", args.workers, 1, MAX_WORKERS)
-    if args.schedule != "eager" and workers != 1:
-        raise UsageError(
-            f"--workers matters only with --schedule eager (identical full-batch workers "
-            f"send equal pseudo-gradients); got {workers} with --schedule {args.schedule}"
-        )
-    overlap = check_int("--overlap", args.overlap, 0, MAX_DELAY)
-    if args.schedule == "streaming" and overlap < 1:
-        raise UsageError(f"--overlap must be >= 1 with --schedule streaming; got {overlap}")
-    if args.schedule != "streaming" and overlap != 0:
-        raise UsageError(
-            f"--overlap is only for --schedule streaming; got {overlap} with "
-            f"--schedule {args.schedule}"
-        )
+    workers, overlap = _checked_workers_and_overlap(args)
     config = LocalSGD(
         inner_lr=float(args.inner_lr),
         inner_steps=steps,
